@@ -1,0 +1,43 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * ARP responder for IPv4 VIPs: in L2 DSR the VIP lives on the backends' lo
+ * (arp_ignore=1), so nobody else may answer for it on this segment. The reply
+ * is built in the request's own frame (growing an skb-backed veth frame fails,
+ * see FACTS) and sent back with XDP_TX.
+ */
+#ifndef WEIR_ARP_H
+#define WEIR_ARP_H
+
+#include "parse.h"
+#include "stats.h"
+
+#define ARPOP_REQUEST 1
+#define ARPOP_REPLY 2
+
+static __always_inline int handle_arp(void *data, void *data_end, struct packet *pkt)
+{
+	struct ethhdr *eth = data;
+	struct arp_eth *arp = data + pkt->l3_off;
+	__be32 target;
+
+	if ((void *)(arp + 1) > data_end)
+		return pass_because(WEIR_STAT_PASS_TRUNCATED);
+	if (arp->hw_type != bpf_htons(1) || arp->proto_type != bpf_htons(ETH_P_IP) ||
+	    arp->hw_len != ETH_ALEN || arp->proto_len != 4 || arp->op != bpf_htons(ARPOP_REQUEST))
+		return pass_because(WEIR_STAT_PASS_ARP_OTHER);
+	target = arp->tpa;
+	if (!bpf_map_lookup_elem(&vip_arp, &target))
+		return pass_because(WEIR_STAT_PASS_ARP_OTHER);
+
+	arp->op = bpf_htons(ARPOP_REPLY);
+	__builtin_memcpy(arp->tha, arp->sha, ETH_ALEN);
+	arp->tpa = arp->spa;
+	__builtin_memcpy(arp->sha, (const void *)iface_mac, ETH_ALEN);
+	arp->spa = target;
+	__builtin_memcpy(eth->h_dest, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, (const void *)iface_mac, ETH_ALEN);
+	stat_inc(WEIR_STAT_ARP_REPLY);
+	return verdict(XDP_TX);
+}
+
+#endif

@@ -1,0 +1,97 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * weir's load balancer: the packet's path, top to bottom.
+ *   parse (Ethernet, 802.1Q, IPv4/IPv6, TCP/UDP) -> ARP for VIPs
+ *   -> VIP lookup (port, then port 0) -> flow table (keep the backend)
+ *   -> schedule a new flow -> rewrite and send (XDP_TX or DEVMAP redirect)
+ */
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "weir.h"
+#include "maps.h"
+#include "stats.h"
+#include "parse.h"
+#include "arp.h"
+#include "sched.h"
+#include "forward.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+static __always_inline struct vip_meta *find_vip(const struct flow_key *k)
+{
+	struct vip_key vk = {};
+	struct vip_meta *vip;
+
+	__builtin_memcpy(vk.addr, k->dst, sizeof(vk.addr));
+	vk.port = k->dport;
+	vk.proto = k->proto;
+	vk.family = k->family;
+	vip = bpf_map_lookup_elem(&vips, &vk);
+	if (vip)
+		return vip;
+	vk.port = 0;
+	return bpf_map_lookup_elem(&vips, &vk);
+}
+
+SEC("xdp")
+int weir_lb(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u64 bytes = data_end - data;
+	struct packet pkt = {};
+	struct vip_meta *vip;
+	struct backend *be;
+	struct flow *f;
+	__u32 bid = WEIR_NO_BACKEND;
+	int new_flow = 0;
+	int rc;
+
+	rc = parse_eth(data, data_end, &pkt);
+	if (rc)
+		return pass_because(rc);
+	if (pkt.l3_proto == bpf_htons(ETH_P_IP))
+		rc = parse_ipv4(data, data_end, &pkt);
+	else if (pkt.l3_proto == bpf_htons(ETH_P_IPV6))
+		rc = parse_ipv6(data, data_end, &pkt);
+	else if (pkt.l3_proto == bpf_htons(ETH_P_ARP))
+		return handle_arp(data, data_end, &pkt);
+	else
+		rc = WEIR_STAT_PASS_NOT_IP;
+	if (rc)
+		return pass_because(rc);
+
+	vip = find_vip(&pkt.key);
+	if (!vip)
+		return pass_because(WEIR_STAT_PASS_NOT_VIP);
+
+	f = bpf_map_lookup_elem(&flows, &pkt.key);
+	if (f) {
+		bid = f->backend_id;
+		be = bpf_map_lookup_elem(&backends, &bid);
+		if (be && (be->flags & WEIR_BACKEND_ACTIVE)) {
+			stat_inc(WEIR_STAT_FLOW_HIT);
+			goto send;
+		}
+		/* Its backend left the config: reschedule rather than blackhole. */
+		stat_inc(WEIR_STAT_FLOW_RESCHEDULED);
+	}
+
+	bid = schedule(vip, &pkt.key);
+	be = bpf_map_lookup_elem(&backends, &bid);
+	if (!be || !(be->flags & WEIR_BACKEND_ACTIVE)) {
+		traffic_add(&vip_stats, vip->vip_id, bytes, 0);
+		return drop_because(WEIR_STAT_DROP_NO_BACKEND);
+	}
+	{
+		struct flow nf = { .backend_id = bid, .vip_id = vip->vip_id };
+
+		bpf_map_update_elem(&flows, &pkt.key, &nf, BPF_ANY);
+	}
+	new_flow = 1;
+	stat_inc(WEIR_STAT_FLOW_NEW);
+send:
+	traffic_add(&vip_stats, vip->vip_id, bytes, new_flow);
+	traffic_add(&backend_stats, bid, bytes, new_flow);
+	return forward_dsr(data, be);
+}

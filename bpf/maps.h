@@ -1,0 +1,96 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* Every map of the load balancer. Names stay within 15 characters. */
+#ifndef WEIR_MAPS_H
+#define WEIR_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "weir.h"
+
+/* Set by the control plane before load. */
+const volatile __u32 ring_size = 65537;
+const volatile __u8 iface_mac[6] = {};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct vip_key);
+	__type(value, struct vip_meta);
+	__uint(max_entries, WEIR_MAX_VIPS);
+} vips SEC(".maps");
+
+/* IPv4 VIP addresses this interface answers ARP for. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, WEIR_MAX_VIPS);
+} vip_arp SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct backend);
+	__uint(max_entries, WEIR_MAX_BACKENDS);
+} backends SEC(".maps");
+
+/* One block of ring_size backend ids per VIP; resized before load. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, 16 * 65537);
+} maglev_ring SEC(".maps");
+
+/* One block of WEIR_RR_SLOTS backend ids per VIP. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, WEIR_MAX_VIPS * WEIR_RR_SLOTS);
+} rr_ring SEC(".maps");
+
+/* Shared (not per-CPU) so rotation is exact across CPUs; touched once per new flow. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, WEIR_MAX_VIPS);
+} rr_cursor SEC(".maps");
+
+/* Connection tracking; max_entries set from the config before load. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct flow_key);
+	__type(value, struct flow);
+	__uint(max_entries, 65536);
+} flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_DEVMAP);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, WEIR_MAX_TX_PORTS);
+} tx_ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, WEIR_STAT_MAX);
+} stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct traffic);
+	__uint(max_entries, WEIR_MAX_VIPS);
+} vip_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct traffic);
+	__uint(max_entries, WEIR_MAX_BACKENDS);
+} backend_stats SEC(".maps");
+
+#endif

@@ -1,0 +1,163 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * Header parsing. Every access is bounds-checked against data_end before it
+ * is read. A parser returns 0 when the packet can be balanced, otherwise the
+ * weir_stat reason for handing it to the kernel.
+ */
+#ifndef WEIR_PARSE_H
+#define WEIR_PARSE_H
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <bpf/bpf_endian.h>
+#include "weir.h"
+
+#ifndef ETH_P_8021Q
+#define ETH_P_8021Q 0x8100
+#endif
+#ifndef ETH_P_8021AD
+#define ETH_P_8021AD 0x88A8
+#endif
+#define IP_MF 0x2000
+#define IP_OFFSET 0x1FFF
+
+struct vlan_hdr {
+	__be16 tci;
+	__be16 encap_proto;
+};
+
+/* <linux/if_arp.h> pulls in libc headers that do not build for BPF. */
+struct arp_eth {
+	__be16 hw_type;
+	__be16 proto_type;
+	__u8 hw_len;
+	__u8 proto_len;
+	__be16 op;
+	__u8 sha[ETH_ALEN];
+	__be32 spa;
+	__u8 tha[ETH_ALEN];
+	__be32 tpa;
+} __attribute__((packed));
+
+struct packet {
+	struct flow_key key;
+	__u32 l3_off; /* after Ethernet and an optional 802.1Q tag */
+	__be16 l3_proto;
+};
+
+/* Ethernet plus at most one 802.1Q / 802.1ad tag. */
+static __always_inline int parse_eth(void *data, void *data_end, struct packet *pkt)
+{
+	struct ethhdr *eth = data;
+	__u32 off = sizeof(*eth);
+	__be16 proto;
+
+	if ((void *)(eth + 1) > data_end)
+		return WEIR_STAT_PASS_TRUNCATED;
+	proto = eth->h_proto;
+	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD)) {
+		struct vlan_hdr *vh = data + off;
+
+		if ((void *)(vh + 1) > data_end)
+			return WEIR_STAT_PASS_TRUNCATED;
+		proto = vh->encap_proto;
+		off += sizeof(*vh);
+	}
+	pkt->l3_off = off;
+	pkt->l3_proto = proto;
+	return 0;
+}
+
+static __always_inline int parse_l4(void *l4, void *data_end, struct packet *pkt)
+{
+	if (pkt->key.proto == IPPROTO_TCP) {
+		struct tcphdr *th = l4;
+
+		if ((void *)(th + 1) > data_end)
+			return WEIR_STAT_PASS_TRUNCATED;
+		pkt->key.sport = th->source;
+		pkt->key.dport = th->dest;
+		return 0;
+	}
+	if (pkt->key.proto == IPPROTO_UDP) {
+		struct udphdr *uh = l4;
+
+		if ((void *)(uh + 1) > data_end)
+			return WEIR_STAT_PASS_TRUNCATED;
+		pkt->key.sport = uh->source;
+		pkt->key.dport = uh->dest;
+		return 0;
+	}
+	return WEIR_STAT_PASS_UNKNOWN_PROTO;
+}
+
+static __always_inline int parse_ipv4(void *data, void *data_end, struct packet *pkt)
+{
+	struct iphdr *iph = data + pkt->l3_off;
+	__u32 ihl_len;
+
+	if ((void *)(iph + 1) > data_end)
+		return WEIR_STAT_PASS_TRUNCATED;
+	if (iph->version != 4 || iph->ihl < 5)
+		return WEIR_STAT_PASS_MALFORMED;
+	/*
+	 * Every fragment, the first included, goes to the kernel: later
+	 * fragments carry no ports, so balancing the first alone would split
+	 * one datagram between two hosts.
+	 */
+	if (iph->frag_off & bpf_htons(IP_MF | IP_OFFSET))
+		return WEIR_STAT_PASS_FRAGMENT;
+	if (iph->protocol != IPPROTO_TCP && iph->protocol != IPPROTO_UDP)
+		return WEIR_STAT_PASS_UNKNOWN_PROTO;
+	ihl_len = iph->ihl * 4;
+	if ((void *)iph + ihl_len > data_end)
+		return WEIR_STAT_PASS_TRUNCATED;
+	pkt->key.family = WEIR_FAMILY_V4;
+	pkt->key.proto = iph->protocol;
+	pkt->key.src[0] = iph->saddr;
+	pkt->key.dst[0] = iph->daddr;
+	return parse_l4((void *)iph + ihl_len, data_end, pkt);
+}
+
+static __always_inline int is_ipv6_ext(__u8 nexthdr)
+{
+	switch (nexthdr) {
+	case IPPROTO_HOPOPTS:
+	case IPPROTO_ROUTING:
+	case IPPROTO_FRAGMENT:
+	case IPPROTO_DSTOPTS:
+	case IPPROTO_AH:
+	case IPPROTO_ESP:
+	case 135: /* mobility */
+	case 139: /* HIP */
+	case 140: /* shim6 */
+		return 1;
+	}
+	return 0;
+}
+
+static __always_inline int parse_ipv6(void *data, void *data_end, struct packet *pkt)
+{
+	struct ipv6hdr *ip6 = data + pkt->l3_off;
+
+	if ((void *)(ip6 + 1) > data_end)
+		return WEIR_STAT_PASS_TRUNCATED;
+	if (ip6->version != 6)
+		return WEIR_STAT_PASS_MALFORMED;
+	if (is_ipv6_ext(ip6->nexthdr))
+		return WEIR_STAT_PASS_IPV6_EXT;
+	if (ip6->nexthdr != IPPROTO_TCP && ip6->nexthdr != IPPROTO_UDP)
+		return WEIR_STAT_PASS_UNKNOWN_PROTO;
+	pkt->key.family = WEIR_FAMILY_V6;
+	pkt->key.proto = ip6->nexthdr;
+	__builtin_memcpy(pkt->key.src, &ip6->saddr, 16);
+	__builtin_memcpy(pkt->key.dst, &ip6->daddr, 16);
+	return parse_l4(ip6 + 1, data_end, pkt);
+}
+
+#endif

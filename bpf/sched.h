@@ -1,0 +1,68 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* Backend selection for a new flow: Maglev, round-robin or source hash. */
+#ifndef WEIR_SCHED_H
+#define WEIR_SCHED_H
+
+#include "jhash.h"
+#include "maps.h"
+
+/*
+ * The flow hash. src/ and tests/ mirror it bit for bit (the Rust tests keep
+ * an independent copy to predict the backend), so change all three together.
+ */
+static __always_inline __u32 flow_hash(const struct flow_key *k)
+{
+	__u32 ports = ((__u32)k->sport << 16) | k->dport;
+	__u32 h;
+
+	if (k->family == WEIR_FAMILY_V4)
+		return jhash_3words(k->src[0], k->dst[0], ports, WEIR_HASH_SEED ^ k->proto);
+	h = jhash_3words(k->src[0], k->src[1], k->src[2], WEIR_HASH_SEED ^ k->proto);
+	return jhash_3words(k->src[3], k->dst[0] ^ k->dst[1] ^ k->dst[2] ^ k->dst[3], ports, h);
+}
+
+static __always_inline __u32 source_hash(const struct flow_key *k)
+{
+	__u32 h;
+
+	if (k->family == WEIR_FAMILY_V4)
+		return jhash_1word(k->src[0], WEIR_HASH_SEED);
+	h = jhash_3words(k->src[0], k->src[1], k->src[2], WEIR_HASH_SEED);
+	return jhash_1word(k->src[3], h);
+}
+
+static __always_inline __u32 ring_pick(__u32 vip_id, __u32 hash)
+{
+	__u32 idx = vip_id * ring_size + hash % ring_size;
+	__u32 *bid = bpf_map_lookup_elem(&maglev_ring, &idx);
+
+	return bid ? *bid : WEIR_NO_BACKEND;
+}
+
+static __always_inline __u32 round_robin_pick(const struct vip_meta *vip)
+{
+	__u32 vid = vip->vip_id, idx, n;
+	__u32 *cursor = bpf_map_lookup_elem(&rr_cursor, &vid);
+	__u32 *bid;
+
+	if (!cursor || vip->rr_len == 0)
+		return WEIR_NO_BACKEND;
+	n = __sync_fetch_and_add(cursor, 1);
+	idx = vid * WEIR_RR_SLOTS + n % vip->rr_len;
+	bid = bpf_map_lookup_elem(&rr_ring, &idx);
+	return bid ? *bid : WEIR_NO_BACKEND;
+}
+
+static __always_inline __u32 schedule(const struct vip_meta *vip, const struct flow_key *k)
+{
+	switch (vip->sched) {
+	case WEIR_SCHED_ROUND_ROBIN:
+		return round_robin_pick(vip);
+	case WEIR_SCHED_SOURCE_HASH:
+		return ring_pick(vip->vip_id, source_hash(k));
+	default:
+		return ring_pick(vip->vip_id, flow_hash(k));
+	}
+}
+
+#endif

@@ -1,0 +1,118 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * The one definition of everything the BPF programs and the Rust control
+ * plane share. Rust reaches these through the skeletons' generated `types`
+ * (they are in the objects' BTF because maps use them), never a copy.
+ */
+#ifndef WEIR_H
+#define WEIR_H
+
+#include <linux/types.h>
+
+#define WEIR_MAX_VIPS      64
+#define WEIR_MAX_BACKENDS  4096
+/* Length of one VIP's weighted round-robin sequence (see src/sched.rs). */
+#define WEIR_RR_SLOTS      256
+/* DEVMAP slots for XDP_REDIRECT to other interfaces; slot 0 means XDP_TX. */
+#define WEIR_MAX_TX_PORTS  64
+/* Ring value meaning "this VIP has no usable backend". */
+#define WEIR_NO_BACKEND    0xffffffffu
+/* Flow-hash seed. Fixed so that every weir node picks the same backend. */
+#define WEIR_HASH_SEED     0x5745u
+
+#define WEIR_FAMILY_V4 4
+#define WEIR_FAMILY_V6 6
+
+enum weir_sched {
+	WEIR_SCHED_MAGLEV = 0,
+	WEIR_SCHED_ROUND_ROBIN = 1,
+	WEIR_SCHED_SOURCE_HASH = 2,
+};
+
+enum weir_fwd_mode {
+	WEIR_MODE_DSR = 0,
+};
+
+enum weir_backend_flags {
+	WEIR_BACKEND_ACTIVE = 1,
+};
+
+/* A virtual service. Addresses and port in network byte order. */
+struct vip_key {
+	__u32 addr[4]; /* IPv4 in addr[0], the rest zero */
+	__u16 port;    /* 0: every port of the address */
+	__u8 proto;    /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 family;   /* WEIR_FAMILY_V4 or WEIR_FAMILY_V6 */
+};
+
+struct vip_meta {
+	__u32 vip_id;  /* index of its counters, Maglev ring block and rr block */
+	__u8 sched;    /* enum weir_sched */
+	__u8 mode;     /* enum weir_fwd_mode */
+	__u16 rr_len;  /* used entries of its round-robin block */
+};
+
+struct backend {
+	__u32 addr[4];
+	__u8 mac[6];     /* next hop: the backend itself for L2 DSR */
+	__u8 src_mac[6]; /* MAC of the interface the frame leaves by */
+	__u32 tx_port;   /* 0: XDP_TX; n > 0: XDP_REDIRECT to DEVMAP slot n */
+	__u8 family;
+	__u8 flags;      /* enum weir_backend_flags */
+	__u16 pad;
+};
+
+/* Connection-tracking key: the client's 5-tuple as it reaches the VIP. */
+struct flow_key {
+	__u32 src[4];
+	__u32 dst[4];
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 family;
+	__u16 pad;
+};
+
+struct flow {
+	__u32 backend_id;
+	__u32 vip_id;
+};
+
+/* Per VIP and per backend, per CPU. */
+struct traffic {
+	__u64 packets;
+	__u64 bytes;
+	__u64 new_flows;
+};
+
+/*
+ * Global per-CPU counters. The first five are indexed by the XDP action the
+ * program returned; the rest say why a packet was passed or dropped.
+ */
+enum weir_stat {
+	WEIR_STAT_ABORTED = 0,
+	WEIR_STAT_DROP = 1,
+	WEIR_STAT_PASS = 2,
+	WEIR_STAT_TX = 3,
+	WEIR_STAT_REDIRECT = 4,
+	/* why a packet went to the kernel */
+	WEIR_STAT_PASS_NOT_IP,
+	WEIR_STAT_PASS_NOT_VIP,
+	WEIR_STAT_PASS_FRAGMENT,
+	WEIR_STAT_PASS_IPV6_EXT,
+	WEIR_STAT_PASS_UNKNOWN_PROTO,
+	WEIR_STAT_PASS_TRUNCATED,
+	WEIR_STAT_PASS_MALFORMED,
+	WEIR_STAT_PASS_ARP_OTHER,
+	/* why a packet was dropped */
+	WEIR_STAT_DROP_NO_BACKEND,
+	WEIR_STAT_DROP_TX_PORT,
+	/* events */
+	WEIR_STAT_ARP_REPLY,
+	WEIR_STAT_FLOW_NEW,
+	WEIR_STAT_FLOW_HIT,
+	WEIR_STAT_FLOW_RESCHEDULED,
+	WEIR_STAT_MAX,
+};
+
+#endif /* WEIR_H */

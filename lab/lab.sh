@@ -1,0 +1,396 @@
+#!/usr/bin/env bash
+# weir lab: a switch namespace with a bridge, one client, one balancer and
+# three HTTP backends, all in network namespaces of their own.
+#
+#   usage: lab/lab.sh up|down|status
+#   env:   PREFIX  namespace prefix (default: weir) -> ${PREFIX}-sw, -client, -lb, -b1..-b3
+#          WEIR    path to the weir binary; if set, `weir xdp-stub --iface p-lb`
+#                  is run inside ${PREFIX}-sw after the links are built
+#   state: /run/weir-lab/${PREFIX}  (pid files, logs, web roots)
+#
+# Safety: nothing is ever created in, attached to or sent through the root
+# network namespace. Every veth is created inside the switch namespace with its
+# peer placed directly into the host namespace (`ip -n SW link add ... peer
+# name X netns HOST`). Only processes whose PIDs this script recorded are killed.
+# See lab/README-lab.md.
+set -Eeuo pipefail
+
+PREFIX="${PREFIX:-weir}"
+WEIR="${WEIR:-}"
+BACKENDS=(b1 b2 b3)
+HOSTS=(client lb b1 b2 b3)
+
+die() { echo "lab.sh: error: $*" >&2; exit 1; }
+log() { echo "lab.sh: $*"; }
+
+# PREFIX ends up in paths that are rm -rf'd: keep it short and boring.
+[[ "$PREFIX" =~ ^[A-Za-z0-9][A-Za-z0-9_-]{0,19}$ ]] ||
+	die "PREFIX must be 1-20 characters of [A-Za-z0-9_-] (got '$PREFIX')"
+
+STATE_ROOT=/run/weir-lab
+STATE="$STATE_ROOT/$PREFIX"
+SW="${PREFIX}-sw"
+
+ns() { echo "${PREFIX}-$1"; }
+
+# switch-side port name and host-side interface name for each host
+port_of() { echo "p-$1"; }
+hostif_of() {
+	case "$1" in
+	client) echo c0 ;;
+	lb) echo veth6 ;;
+	b*) echo b0 ;;
+	esac
+}
+# last octet / IPv6 suffix for each host
+addr_of() {
+	case "$1" in
+	client) echo 1 ;;
+	lb) echo 10 ;;
+	b1) echo 11 ;;
+	b2) echo 12 ;;
+	b3) echo 13 ;;
+	esac
+}
+V4NET=198.18.0
+V6NET=2001:2:
+VIP4=198.18.0.100
+VIP6=2001:2::100
+
+# ---------------------------------------------------------------- checks ---
+need_root() {
+	[[ "$(id -u)" -eq 0 ]] || die "must run as root (network namespaces, veths, XDP)"
+}
+
+need_tools() {
+	local missing=() t pkg
+	for t in ip:iproute2 ss:iproute2 ethtool:ethtool python3:python3; do
+		pkg="${t#*:}"
+		t="${t%%:*}"
+		command -v "$t" >/dev/null 2>&1 || missing+=("$t (apt-get install $pkg)")
+	done
+	if ((${#missing[@]})); then
+		die "missing tools: ${missing[*]}"
+	fi
+}
+
+ns_exists() { [[ -e "/run/netns/$1" ]] || ip netns list 2>/dev/null | awk '{print $1}' | grep -qx -- "$1"; }
+
+lab_exists() {
+	[[ -d "$STATE" ]] && return 0
+	local h
+	for h in sw "${HOSTS[@]}"; do
+		ns_exists "$(ns "$h")" && return 0
+	done
+	return 1
+}
+
+# -------------------------------------------------------------- teardown ---
+# kill_recorded FILE PATTERN: kill the PID in FILE only if its command line
+# still contains PATTERN (guards against PID reuse).
+kill_recorded() {
+	local file="$1" pattern="$2" pid cmd i
+	[[ -f "$file" ]] || return 0
+	pid="$(tr -dc '0-9' <"$file")"
+	rm -f "$file"
+	[[ -n "$pid" ]] || return 0
+	if [[ ! -r "/proc/$pid/cmdline" ]]; then
+		return 0
+	fi
+	cmd="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || true)"
+	if [[ "$cmd" != *"$pattern"* ]]; then
+		log "pid $pid from $(basename "$file") is now '$cmd', not ours; leaving it alone"
+		return 0
+	fi
+	kill -TERM "$pid" 2>/dev/null || return 0
+	for ((i = 0; i < 30; i++)); do
+		kill -0 "$pid" 2>/dev/null || return 0
+		sleep 0.1
+	done
+	log "pid $pid ignored SIGTERM; sending SIGKILL"
+	kill -KILL "$pid" 2>/dev/null || true
+	for ((i = 0; i < 20; i++)); do
+		kill -0 "$pid" 2>/dev/null || return 0
+		sleep 0.1
+	done
+	log "warning: pid $pid still alive"
+}
+
+do_down() {
+	local b h n pids
+	if [[ -d "$STATE" ]]; then
+		for b in "${BACKENDS[@]}"; do
+			kill_recorded "$STATE/$b.pid" "http.server"
+		done
+		kill_recorded "$STATE/xdp-stub.pid" "xdp-stub"
+	fi
+	for h in "${HOSTS[@]}" sw; do
+		n="$(ns "$h")"
+		ns_exists "$n" || continue
+		pids="$(ip netns pids "$n" 2>/dev/null | tr '\n' ' ' || true)"
+		if [[ -n "${pids// /}" ]]; then
+			log "warning: unrecorded processes still in $n (not killed): $pids"
+		fi
+		ip netns del "$n" 2>/dev/null || log "warning: could not delete namespace $n"
+	done
+	if [[ -d "$STATE" ]]; then
+		rm -rf -- "$STATE"
+	fi
+	rmdir "$STATE_ROOT" 2>/dev/null || true
+	return 0
+}
+
+# -------------------------------------------------------------------- up ---
+nsx() { # nsx HOST cmd...: run cmd inside the host's namespace
+	local h="$1"
+	shift
+	ip netns exec "$(ns "$h")" "$@"
+}
+
+sysctl_ns() { # sysctl_ns HOST key=value...
+	local h="$1" kv
+	shift
+	for kv in "$@"; do
+		nsx "$h" sysctl -qw "$kv" >/dev/null
+	done
+}
+
+build_switch() {
+	ip netns add "$SW"
+	ip -n "$SW" link set lo up
+	sysctl_ns sw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+	ip -n "$SW" link add br0 type bridge stp_state 0 forward_delay 0 mcast_snooping 0
+	ip -n "$SW" link set br0 type bridge stp_state 0 forward_delay 0
+	ip -n "$SW" link set br0 up
+}
+
+build_host() {
+	local h="$1" n ifc port a
+	n="$(ns "$h")"
+	ifc="$(hostif_of "$h")"
+	port="$(port_of "$h")"
+	a="$(addr_of "$h")"
+
+	ip netns add "$n"
+	ip -n "$n" link set lo up
+	# no DAD anywhere in the lab: addresses are usable immediately
+	sysctl_ns "$h" net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0 \
+		net.ipv6.conf.all.dad_transmits=0 net.ipv6.conf.default.dad_transmits=0
+
+	# veth created in the switch namespace, peer placed straight into $n:
+	# neither end ever exists in the root namespace.
+	ip -n "$SW" link add "$port" type veth peer name "$ifc" netns "$n"
+	ip -n "$SW" link set "$port" master br0
+	ip -n "$SW" link set "$port" up
+
+	ip -n "$n" addr add "$V4NET.$a/24" dev "$ifc"
+	ip -n "$n" -6 addr add "${V6NET}:$a/64" dev "$ifc" nodad
+	ip -n "$n" link set "$ifc" up
+	# veths hand over packets with partial checksums unless tx offload is off
+	nsx "$h" ethtool -K "$ifc" tx off >/dev/null
+}
+
+build_backend() {
+	local b="$1"
+	ip -n "$(ns "$b")" addr add "$VIP4/32" dev lo
+	ip -n "$(ns "$b")" -6 addr add "$VIP6/128" dev lo nodad
+	sysctl_ns "$b" net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2 \
+		net.ipv4.conf.b0.arp_ignore=1 net.ipv4.conf.b0.arp_announce=2
+}
+
+listener_pid() { # pid of whatever listens on TCP :80 in the host's namespace
+	nsx "$1" ss -Hltnp 'sport = :80' 2>/dev/null | grep -o 'pid=[0-9]*' | head -n1 | cut -d= -f2
+}
+
+start_server() {
+	local b="$1" www="$STATE/www-$1" pid lpid i
+	mkdir -p "$www"
+	printf '%s\n' "$b" >"$www/index.html"
+	# `--bind ::` gives a dual-stack socket: http.server's DualStackServer clears
+	# IPV6_V6ONLY, so IPv4 clients reach it as ::ffff:198.18.0.x.
+	# setsid: keep the server out of the caller's process group (no stray ^C).
+	ip netns exec "$(ns "$b")" "${SETSID[@]}" "$PY" -m http.server 80 --bind :: --directory "$www" \
+		</dev/null >"$STATE/$b.log" 2>&1 &
+	pid=$!
+	echo "$pid" >"$STATE/$b.pid"
+	for ((i = 0; i < 50; i++)); do
+		lpid="$(listener_pid "$b" || true)"
+		if [[ -n "$lpid" ]]; then
+			if [[ "$lpid" != "$pid" ]]; then
+				log "note: $b listener pid $lpid differs from started pid $pid; recording $lpid"
+				echo "$lpid" >"$STATE/$b.pid"
+			fi
+			return 0
+		fi
+		kill -0 "$pid" 2>/dev/null || {
+			cat "$STATE/$b.log" >&2 || true
+			die "http server for $b exited (log: $STATE/$b.log)"
+		}
+		sleep 0.1
+	done
+	die "http server for $b not listening on :80 after 5 s (log: $STATE/$b.log)"
+}
+
+xdp_attached() { ip -n "$SW" -d link show dev p-lb 2>/dev/null | grep -q 'prog/xdp'; }
+
+start_stub() {
+	local pid rc i
+	if [[ -z "$WEIR" ]]; then
+		log "note: WEIR not set; skipped the XDP_PASS stub on $SW/p-lb (XDP_TX from the balancer will not reach the bridge)"
+		return 0
+	fi
+	# The stub may attach and exit, or attach and stay running; handle both.
+	ip netns exec "$SW" "${SETSID[@]}" "$WEIR" xdp-stub --iface p-lb \
+		</dev/null >"$STATE/xdp-stub.log" 2>&1 &
+	pid=$!
+	for ((i = 0; i < 100; i++)); do
+		if ! kill -0 "$pid" 2>/dev/null; then
+			rc=0
+			wait "$pid" || rc=$?
+			if ((rc != 0)); then
+				cat "$STATE/xdp-stub.log" >&2 || true
+				die "'$WEIR xdp-stub --iface p-lb' failed (exit $rc, log: $STATE/xdp-stub.log)"
+			fi
+			xdp_attached || die "'$WEIR xdp-stub' exited 0 but no XDP program is attached to $SW/p-lb"
+			log "XDP stub attached to $SW/p-lb"
+			return 0
+		fi
+		if xdp_attached; then
+			echo "$pid" >"$STATE/xdp-stub.pid"
+			log "XDP stub attached to $SW/p-lb (running as pid $pid)"
+			return 0
+		fi
+		sleep 0.1
+	done
+	kill -TERM "$pid" 2>/dev/null || true
+	die "'$WEIR xdp-stub' neither exited nor attached within 10 s (log: $STATE/xdp-stub.log)"
+}
+
+UP_BUILDING=0
+on_up_err() { # ERR during up: say where; the EXIT trap does the teardown
+	echo "lab.sh: up failed at line $1: $2" >&2
+}
+on_up_exit() {
+	local rc=$?
+	trap - EXIT INT TERM ERR
+	if ((UP_BUILDING)); then
+		set +e
+		((rc != 0)) || rc=1
+		echo "lab.sh: up failed (exit $rc); tearing down partially built lab '$PREFIX'" >&2
+		do_down >&2
+	fi
+	exit "$rc"
+}
+
+do_up() {
+	local w
+	if [[ -n "$WEIR" ]]; then
+		w="$(command -v -- "$WEIR" || true)"
+		[[ -n "$w" && -f "$w" && -x "$w" ]] || die "WEIR=$WEIR is not an executable file"
+		[[ "$w" == /* ]] || w="$PWD/$w"
+		WEIR="$w"
+	fi
+	if lab_exists; then
+		log "lab '$PREFIX' already exists; tearing it down first"
+		do_down
+	fi
+	PY="$(python3 -c 'import sys; print(sys.executable)')"
+	SETSID=()
+	command -v setsid >/dev/null 2>&1 && SETSID=(setsid)
+
+	# Any failure from here on (set -e, die, ^C) tears down what was built.
+	UP_BUILDING=1
+	trap 'on_up_exit' EXIT
+	trap 'exit 130' INT TERM
+	trap 'on_up_err "$LINENO" "$BASH_COMMAND"' ERR
+
+	mkdir -p "$STATE"
+	chmod 755 "$STATE_ROOT" "$STATE"
+	build_switch
+	local h
+	for h in "${HOSTS[@]}"; do
+		build_host "$h"
+	done
+	for h in "${BACKENDS[@]}"; do
+		build_backend "$h"
+	done
+	start_stub
+	for h in "${BACKENDS[@]}"; do
+		start_server "$h"
+	done
+	UP_BUILDING=0
+	trap - ERR INT TERM EXIT
+	log "lab '$PREFIX' is up: namespaces $(ns sw) $(ns client) $(ns lb) $(ns b1) $(ns b2) $(ns b3); state in $STATE"
+}
+
+# ---------------------------------------------------------------- status ---
+probe() { # probe BACKEND -> prints body, fails if no answer
+	local url="http://$V4NET.$(addr_of "$1")/"
+	if command -v curl >/dev/null 2>&1; then
+		nsx client curl -s --max-time 2 "$url"
+	else
+		nsx client python3 -c 'import sys,urllib.request as u; sys.stdout.write(u.urlopen(sys.argv[1], timeout=2).read().decode())' "$url"
+	fi
+}
+
+do_status() {
+	local h n ok=0 body pid state
+	echo "lab '$PREFIX' (state: $STATE$([[ -d "$STATE" ]] || echo ', missing'))"
+	for h in sw "${HOSTS[@]}"; do
+		n="$(ns "$h")"
+		if ns_exists "$n"; then
+			echo "  netns $n: present"
+		else
+			echo "  netns $n: MISSING"
+			ok=1
+		fi
+	done
+	if ns_exists "$SW"; then
+		if xdp_attached; then
+			echo "  $SW/p-lb: XDP program attached"
+		else
+			echo "  $SW/p-lb: no XDP program"
+		fi
+	fi
+	for h in "${BACKENDS[@]}"; do
+		pid="$(cat "$STATE/$h.pid" 2>/dev/null || true)"
+		state="pid ${pid:-?}"
+		if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then state+=" running"; else state+=" not running"; fi
+		if ns_exists "$(ns client)" && ns_exists "$(ns "$h")" &&
+			body="$(probe "$h" 2>/dev/null)" && [[ "$body" == "$h" ]]; then
+			echo "  backend $h ($V4NET.$(addr_of "$h")): answers '$body' ($state)"
+		else
+			echo "  backend $h ($V4NET.$(addr_of "$h")): NO ANSWER ($state)"
+			ok=1
+		fi
+	done
+	return "$ok"
+}
+
+# ------------------------------------------------------------------ main ---
+case "${1:-}" in
+up)
+	need_root
+	need_tools
+	do_up
+	;;
+down)
+	need_root
+	command -v ip >/dev/null 2>&1 || die "missing tool: ip (apt-get install iproute2)"
+	if lab_exists; then
+		do_down
+		log "lab '$PREFIX' is down"
+	else
+		log "lab '$PREFIX' does not exist; nothing to do"
+	fi
+	;;
+status)
+	need_root
+	need_tools
+	do_status
+	;;
+*)
+	echo "usage: [PREFIX=weir] [WEIR=/path/to/weir] $0 up|down|status" >&2
+	exit 2
+	;;
+esac
