@@ -11,6 +11,18 @@
 const volatile __u32 ring_size = 65537;
 const volatile __u8 iface_mac[6] = {};
 
+/*
+ * Never read by the program: it puts the shared enums into the object's BTF
+ * so that Rust gets them from the skeleton instead of a copy.
+ */
+const volatile struct {
+	enum weir_stat stat;
+	enum weir_sched sched;
+	enum weir_fwd_mode mode;
+	enum weir_backend_flags backend_flags;
+	enum weir_const limits;
+} weir_abi = { .stat = WEIR_STAT_MAX };
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, struct vip_key);

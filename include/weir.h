@@ -9,19 +9,22 @@
 
 #include <linux/types.h>
 
-#define WEIR_MAX_VIPS      64
-#define WEIR_MAX_BACKENDS  4096
-/* Length of one VIP's weighted round-robin sequence (see src/sched.rs). */
-#define WEIR_RR_SLOTS      256
-/* DEVMAP slots for XDP_REDIRECT to other interfaces; slot 0 means XDP_TX. */
-#define WEIR_MAX_TX_PORTS  64
-/* Ring value meaning "this VIP has no usable backend". */
-#define WEIR_NO_BACKEND    0xffffffffu
-/* Flow-hash seed. Fixed so that every weir node picks the same backend. */
-#define WEIR_HASH_SEED     0x5745u
+/* Limits and constants, as an enum so that they reach Rust through BTF. */
+enum weir_const {
+	WEIR_MAX_VIPS = 64,
+	WEIR_MAX_BACKENDS = 4096,
+	/* Length of one VIP's weighted round-robin sequence (src/sched.rs). */
+	WEIR_RR_SLOTS = 256,
+	/* DEVMAP slots for XDP_REDIRECT to other interfaces; 0 means XDP_TX. */
+	WEIR_MAX_TX_PORTS = 64,
+	/* Flow-hash seed. Fixed so that every weir node picks the same backend. */
+	WEIR_HASH_SEED = 0x5745,
+	WEIR_FAMILY_V4 = 4,
+	WEIR_FAMILY_V6 = 6,
+};
 
-#define WEIR_FAMILY_V4 4
-#define WEIR_FAMILY_V6 6
+/* Ring value meaning "this VIP has no usable backend" (u32::MAX in Rust). */
+#define WEIR_NO_BACKEND 0xffffffffu
 
 enum weir_sched {
 	WEIR_SCHED_MAGLEV = 0,

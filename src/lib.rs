@@ -1,1 +1,13 @@
+//! weir: an XDP layer-4 load balancer. The binary is a thin shell over these
+//! modules; the tests drive the same API.
+pub mod attach;
+pub mod bench;
+pub mod config;
+pub mod control;
+pub mod dataplane;
+pub mod maglev;
+pub mod net;
+pub mod plan;
+pub mod rr;
 pub mod skel;
+pub mod stats;

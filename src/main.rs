@@ -1,1 +1,189 @@
-fn main() {}
+//! weir: parse the command line, build the thing, run it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{Xdp, XdpFlags};
+
+use weir::attach::{attach, AttachMode};
+use weir::config::Config;
+use weir::control::{fetch, ControlSocket};
+use weir::dataplane::{next_hops, Dataplane, Settings};
+use weir::net::{in_host_netns, resolve_mac, Iface};
+use weir::plan::Plan;
+use weir::stats::Snapshot;
+
+#[derive(Parser)]
+#[command(name = "weir", version, about = "XDP layer-4 load balancer")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Load the balancer, fill its maps from the config and attach it until Ctrl-C / SIGTERM.
+    Run {
+        #[arg(long)]
+        iface: String,
+        #[arg(long)]
+        config: String,
+        #[arg(long, value_enum, default_value = "auto")]
+        mode: AttachMode,
+        /// Print the stats table every N seconds (0: never).
+        #[arg(long, default_value_t = 2)]
+        interval: u64,
+        /// Permit attaching in the host's own network namespace.
+        #[arg(long)]
+        allow_host_netns: bool,
+    },
+    /// Validate a config and print the plan, with each backend's Maglev share.
+    Check { config: String },
+    /// Show a running instance's counters.
+    Stats {
+        #[arg(long)]
+        iface: String,
+        #[arg(long)]
+        json: bool,
+        /// Print once and exit.
+        #[arg(long)]
+        once: bool,
+        #[arg(long, default_value_t = 1)]
+        interval: u64,
+    },
+    /// Per-packet cost of each data-plane path beside a trivial XDP program.
+    Bench {
+        #[arg(long, default_value_t = 20000)]
+        calls: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lab helper: attach (or --detach) a native XDP_PASS program, which a
+    /// veth peer needs for XDP_TX frames to reach it. Stays after exit.
+    XdpStub {
+        #[arg(long)]
+        iface: String,
+        #[arg(long)]
+        detach: bool,
+    },
+}
+
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("weir: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Run { iface, config, mode, interval, allow_host_netns } => {
+            run(&iface, &config, mode, interval, allow_host_netns)
+        }
+        Cmd::Check { config } => {
+            let cfg = Config::load(&config)?;
+            print!("{}", Plan::build(&cfg)?.describe());
+            println!("config OK");
+            Ok(())
+        }
+        Cmd::Stats { iface, json, once, interval } => stats(&iface, json, once, interval),
+        Cmd::Bench { calls, json } => {
+            let r = weir::bench::run(calls)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{}", r.render());
+            }
+            Ok(())
+        }
+        Cmd::XdpStub { iface, detach } => xdp_stub(&iface, detach),
+    }
+}
+
+fn refuse_host_netns(what: &str) -> Result<()> {
+    if in_host_netns()? {
+        bail!(
+            "refusing to {what} in the host's own network namespace; run inside a namespace \
+             (`ip netns exec NS weir ...`), or pass --allow-host-netns on a dedicated balancer host"
+        );
+    }
+    Ok(())
+}
+
+fn run(iface_name: &str, config: &str, mode: AttachMode, interval: u64, allow_host_netns: bool) -> Result<()> {
+    let cfg = Config::load(config)?;
+    let plan = Plan::build(&cfg)?;
+    let iface = Iface::lookup(iface_name)?;
+    if !allow_host_netns {
+        refuse_host_netns(&format!("attach to {iface_name}"))?;
+    }
+    let (hops, tx) = next_hops(&plan, &iface, &mut |ip, via| resolve_mac(ip, &via.name, Duration::from_secs(3)))?;
+    let dp = Dataplane::load(Settings::for_plan(&plan, iface.mac))?;
+    dp.apply(&plan, &hops, &tx)?;
+    let control = ControlSocket::bind(iface_name)?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    ctrlc::set_handler(move || s.store(true, Ordering::SeqCst)).context("installing the SIGINT/SIGTERM handler")?;
+
+    // Nothing is attached before this point; the link detaches when dropped.
+    let link = attach(dp.prog_fd(), &iface, mode)?;
+    let started = Instant::now();
+    eprint!("{}", plan.describe());
+    eprintln!("weir: attached to {} in {} mode; Ctrl-C or SIGTERM detaches", iface.name, link.mode);
+    let mode_s = link.mode.to_string();
+    let mut snapshot = || Snapshot::collect(&dp, &plan, &iface.name, &mode_s, started);
+    let mut prev: Option<Snapshot> = None;
+    let mut last_print = Instant::now();
+    while !stop.load(Ordering::SeqCst) {
+        control.serve(&mut snapshot);
+        if interval > 0 && last_print.elapsed() >= Duration::from_secs(interval) {
+            last_print = Instant::now();
+            let s = snapshot()?;
+            println!("{}", s.render(prev.as_ref()));
+            prev = Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(link);
+    eprintln!("weir: detached from {}", iface.name);
+    Ok(())
+}
+
+fn stats(iface: &str, json: bool, once: bool, interval: u64) -> Result<()> {
+    let mut prev: Option<Snapshot> = None;
+    loop {
+        let s = fetch(iface)?;
+        if json {
+            println!("{}", serde_json::to_string(&s)?);
+        } else {
+            println!("{}", s.render(prev.as_ref()));
+        }
+        if once {
+            return Ok(());
+        }
+        prev = Some(s);
+        std::thread::sleep(Duration::from_secs(interval.max(1)));
+    }
+}
+
+fn xdp_stub(iface_name: &str, detach: bool) -> Result<()> {
+    refuse_host_netns("attach the XDP stub")?;
+    let iface = Iface::lookup(iface_name)?;
+    let holder = Box::leak(Box::new(std::mem::MaybeUninit::uninit()));
+    let skel = weir::skel::trivial::TrivialSkelBuilder::default().open(holder)?.load()?;
+    let xdp = Xdp::new(skel.progs.xdp_pass.as_fd());
+    if detach {
+        xdp.detach(iface.ifindex as i32, XdpFlags::DRV_MODE)
+            .with_context(|| format!("detaching the XDP stub from {iface_name}"))?;
+    } else {
+        xdp.attach(iface.ifindex as i32, XdpFlags::DRV_MODE | XdpFlags::UPDATE_IF_NOEXIST)
+            .with_context(|| format!("attaching the XDP stub to {iface_name} (native mode)"))?;
+    }
+    Ok(())
+}

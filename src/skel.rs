@@ -1,9 +1,87 @@
 //! The generated skeletons, and the shared C types they carry.
-#![allow(clippy::all, non_camel_case_types, dead_code, unused_imports)]
+//!
+//! Every struct shared with the BPF side is defined once, in
+//! `include/weir.h`; Rust gets it from the skeleton's BTF-generated `types`.
+//! The size assertions below fail the build if the two ever disagree with
+//! what the maps were created with.
 
+#[allow(clippy::all, non_camel_case_types, dead_code, unused_imports, non_snake_case)]
 pub mod lb {
     include!(concat!(env!("OUT_DIR"), "/lb.skel.rs"));
 }
+#[allow(clippy::all, non_camel_case_types, dead_code, unused_imports, non_snake_case)]
 pub mod trivial {
     include!(concat!(env!("OUT_DIR"), "/trivial.skel.rs"));
+}
+
+pub use lb::types::{
+    backend as Backend, flow as Flow, flow_key as FlowKey, traffic as Traffic, vip_key as VipKey,
+    vip_meta as VipMeta, weir_backend_flags, weir_const, weir_fwd_mode, weir_sched, weir_stat,
+};
+
+// SAFETY: plain C structs of integers and byte arrays, no pointers, no padding
+// that carries meaning; any byte pattern is a valid value.
+unsafe impl plain::Plain for Backend {}
+unsafe impl plain::Plain for Flow {}
+unsafe impl plain::Plain for FlowKey {}
+unsafe impl plain::Plain for Traffic {}
+unsafe impl plain::Plain for VipKey {}
+unsafe impl plain::Plain for VipMeta {}
+
+const _: () = assert!(std::mem::size_of::<VipKey>() == 20);
+const _: () = assert!(std::mem::size_of::<VipMeta>() == 8);
+const _: () = assert!(std::mem::size_of::<Backend>() == 36);
+const _: () = assert!(std::mem::size_of::<FlowKey>() == 40);
+const _: () = assert!(std::mem::size_of::<Flow>() == 8);
+const _: () = assert!(std::mem::size_of::<Traffic>() == 24);
+
+pub const MAX_VIPS: u32 = weir_const::WEIR_MAX_VIPS.0;
+pub const MAX_BACKENDS: u32 = weir_const::WEIR_MAX_BACKENDS.0;
+pub const RR_SLOTS: u32 = weir_const::WEIR_RR_SLOTS.0;
+pub const MAX_TX_PORTS: u32 = weir_const::WEIR_MAX_TX_PORTS.0;
+pub const HASH_SEED: u32 = weir_const::WEIR_HASH_SEED.0;
+pub const FAMILY_V4: u8 = weir_const::WEIR_FAMILY_V4.0 as u8;
+pub const FAMILY_V6: u8 = weir_const::WEIR_FAMILY_V6.0 as u8;
+/// `WEIR_NO_BACKEND` in weir.h (a #define: too large for a C enum).
+pub const NO_BACKEND: u32 = u32::MAX;
+pub const STAT_COUNT: usize = weir_stat::WEIR_STAT_MAX.0 as usize;
+
+/// Names of the global counters, by index (the enum's order in weir.h).
+pub fn stat_name(idx: usize) -> &'static str {
+    const NAMES: [&str; STAT_COUNT] = [
+        "xdp_aborted",
+        "xdp_drop",
+        "xdp_pass",
+        "xdp_tx",
+        "xdp_redirect",
+        "pass_not_ip",
+        "pass_not_vip",
+        "pass_fragment",
+        "pass_ipv6_ext",
+        "pass_unknown_proto",
+        "pass_truncated",
+        "pass_malformed",
+        "pass_arp_other",
+        "drop_no_backend",
+        "drop_tx_port",
+        "arp_reply",
+        "flow_new",
+        "flow_hit",
+        "flow_rescheduled",
+    ];
+    NAMES.get(idx).copied().unwrap_or("unknown")
+}
+
+/// Bytes of a shared struct, as a map key or value.
+pub fn bytes_of<T: plain::Plain>(v: &T) -> &[u8] {
+    // SAFETY: Plain types have no invalid byte patterns and no references.
+    unsafe { plain::as_bytes(v) }
+}
+
+/// A shared struct read back from a map.
+pub fn from_bytes<T: plain::Plain + Default>(b: &[u8]) -> anyhow::Result<T> {
+    let mut v = T::default();
+    plain::copy_from_bytes(&mut v, b)
+        .map_err(|e| anyhow::anyhow!("map value of {} bytes does not fit its type: {e:?}", b.len()))?;
+    Ok(v)
 }

@@ -1,0 +1,220 @@
+//! `weir bench`: per-packet cost of the data plane through BPF_PROG_TEST_RUN,
+//! beside a trivial XDP program timed in the same run.
+//!
+//! Method (FACTS: with repeat > 1 the kernel re-runs the program on the frame
+//! it just rewrote, so a "new flow" would be new only once): every figure is
+//! one test_run call per packet (repeat = 1), many calls, and the trivial
+//! XDP_PASS program's per-call cost is the baseline subtracted from it.
+
+use std::mem::MaybeUninit;
+use std::net::Ipv4Addr;
+
+use anyhow::{Context, Result};
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::OpenObject;
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::dataplane::{self, test_run, Dataplane, NextHop, Settings};
+use crate::plan::Plan;
+use crate::skel::trivial::TrivialSkelBuilder;
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Summary {
+    pub mean: f64,
+    pub median: f64,
+    pub min: f64,
+}
+
+pub fn summarize(samples: &[f64]) -> Summary {
+    if samples.is_empty() {
+        return Summary { mean: 0.0, median: 0.0, min: 0.0 };
+    }
+    let mut s = samples.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let mean = s.iter().sum::<f64>() / s.len() as f64;
+    let median = if s.len() % 2 == 1 { s[s.len() / 2] } else { (s[s.len() / 2 - 1] + s[s.len() / 2]) / 2.0 };
+    Summary { mean, median, min: s[0] }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub path: String,
+    pub expected_action: &'static str,
+    /// Mean kernel-measured ns per call (repeat = 1).
+    pub ns_per_packet: f64,
+    pub median_ns: f64,
+    /// ns_per_packet minus the trivial program's: the program's own work.
+    pub net_ns: f64,
+    /// ns_per_packet / trivial program's ns_per_packet.
+    pub ratio_to_trivial: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub calls_per_path: usize,
+    pub baseline: String,
+    pub baseline_ns: f64,
+    pub rows: Vec<Row>,
+}
+
+pub fn make_row(path: &str, action: &'static str, samples: &[f64], baseline: &Summary) -> Row {
+    let s = summarize(samples);
+    Row {
+        path: path.to_string(),
+        expected_action: action,
+        ns_per_packet: s.mean,
+        median_ns: s.median,
+        net_ns: s.mean - baseline.mean,
+        ratio_to_trivial: if baseline.mean > 0.0 { s.mean / baseline.mean } else { 0.0 },
+    }
+}
+
+impl Report {
+    pub fn render(&self) -> String {
+        let mut s = format!(
+            "per-packet cost, BPF_PROG_TEST_RUN, {} calls per path, baseline {} = {:.1} ns/call\n",
+            self.calls_per_path, self.baseline, self.baseline_ns
+        );
+        s += &format!("{:<36} {:>8} {:>10} {:>10} {:>10} {:>8}\n", "path", "action", "ns/pkt", "median", "net ns", "ratio");
+        for r in &self.rows {
+            s += &format!(
+                "{:<36} {:>8} {:>10.1} {:>10.1} {:>10.1} {:>7.2}x\n",
+                r.path, r.expected_action, r.ns_per_packet, r.median_ns, r.net_ns, r.ratio_to_trivial
+            );
+        }
+        s
+    }
+}
+
+/// Ethernet + IPv4 + TCP SYN (or UDP) frame; checksums are not checked by
+/// the balancer, so they are left zero here (the tests build real ones).
+pub fn frame_v4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, tcp: bool) -> Vec<u8> {
+    let mut f = Vec::with_capacity(64);
+    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x0a, 0x02, 0, 0, 0, 0, 0x01, 0x08, 0x00]);
+    let l4_len: u16 = if tcp { 20 } else { 8 };
+    let total = 20 + l4_len;
+    f.extend_from_slice(&[0x45, 0, (total >> 8) as u8, total as u8, 0, 1, 0x40, 0, 64, if tcp { 6 } else { 17 }, 0, 0]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    f.extend_from_slice(&sport.to_be_bytes());
+    f.extend_from_slice(&dport.to_be_bytes());
+    if tcp {
+        f.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+    } else {
+        f.extend_from_slice(&[0, 8, 0, 0]);
+    }
+    f
+}
+
+const BENCH_CONFIG: &str = r#"
+[conntrack]
+size = 262144
+[[vip]]
+name = "bench"
+address = "198.18.0.100"
+port = 80
+protocol = "tcp"
+[[vip.backend]]
+address = "198.18.0.11"
+mac = "02:00:00:00:00:0b"
+[[vip.backend]]
+address = "198.18.0.12"
+mac = "02:00:00:00:00:0c"
+[[vip.backend]]
+address = "198.18.0.13"
+mac = "02:00:00:00:00:0d"
+"#;
+
+pub fn run(calls: usize) -> Result<Report> {
+    let calls = calls.max(10);
+    let holder: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
+    let trivial = TrivialSkelBuilder::default()
+        .open(holder)
+        .context("opening the baseline program")?
+        .load()
+        .context("loading the baseline program (run as root)")?;
+
+    let plan = Plan::build(&Config::from_toml(BENCH_CONFIG)?)?;
+    let mac = [0x02, 0, 0, 0, 0, 0x0a];
+    let dp = Dataplane::load(Settings::for_plan(&plan, mac))?;
+    let (hops, tx) = dataplane::next_hops(&plan, &crate::net::Iface { name: "bench".into(), ifindex: 1, mac, mtu: 1500 }, &mut |_, _| {
+        anyhow::bail!("bench backends carry their MACs")
+    })?;
+    let _ = NextHop { mac, src_mac: mac, tx_port: 0 };
+    dp.apply(&plan, &hops, &tx)?;
+    let prog = &dp.skel.progs.weir_lb;
+
+    let vip = Ipv4Addr::new(198, 18, 0, 100);
+    let time = |p: &libbpf_rs::ProgramMut<'_>, f: &[u8]| -> Result<(u32, f64)> {
+        let (a, _, ns) = test_run(p, f, 1)?;
+        Ok((a, ns))
+    };
+    let sample = |p: &libbpf_rs::ProgramMut<'_>, frames: &mut dyn FnMut(usize) -> Vec<u8>, want: u32| -> Result<Vec<f64>> {
+        let mut v = Vec::with_capacity(calls);
+        for i in 0..calls {
+            let f = frames(i);
+            let (a, ns) = time(p, &f)?;
+            anyhow::ensure!(a == want, "bench path returned XDP action {a}, expected {want}");
+            v.push(ns);
+        }
+        Ok(v)
+    };
+    let client = |i: usize| Ipv4Addr::from(0x0a00_0000u32 + (i as u32 >> 14));
+    let port = |i: usize| 1024 + (i as u16 & 0x3fff);
+    let one = frame_v4(Ipv4Addr::new(10, 0, 0, 1), vip, 40000, 80, true);
+
+    let base = sample(&trivial.progs.xdp_pass, &mut |_| one.clone(), 2)?;
+    let base_s = summarize(&base);
+    let drop = sample(&trivial.progs.xdp_drop, &mut |_| one.clone(), 1)?;
+    let non_vip = sample(prog, &mut |_| frame_v4(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(198, 18, 0, 50), 40000, 80, true), 2)?;
+    let new_flow = sample(prog, &mut |i| frame_v4(client(i), vip, port(i), 80, true), 3)?;
+    // Same flow again and again: the conntrack hit path.
+    let est = sample(prog, &mut |_| one.clone(), 3)?;
+    // Cycle through the flows created above: LRU and cache effects show.
+    let many = calls.min(65536);
+    let est_many = sample(prog, &mut |i| frame_v4(client(i % many), vip, port(i % many), 80, true), 3)?;
+
+    let rows = vec![
+        make_row("trivial XDP_PASS (baseline)", "PASS", &base, &base_s),
+        make_row("trivial XDP_DROP", "DROP", &drop, &base_s),
+        make_row("weir: non-VIP packet", "PASS", &non_vip, &base_s),
+        make_row("weir: new flow (SYN, distinct tuples)", "TX", &new_flow, &base_s),
+        make_row("weir: established flow (1 flow)", "TX", &est, &base_s),
+        make_row(&format!("weir: established ({many} flows)"), "TX", &est_many, &base_s),
+    ];
+    Ok(Report { calls_per_path: calls, baseline: "trivial XDP_PASS".into(), baseline_ns: base_s.mean, rows })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_statistics() {
+        let s = summarize(&[4.0, 1.0, 3.0, 2.0]);
+        assert_eq!(s, Summary { mean: 2.5, median: 2.5, min: 1.0 });
+        assert_eq!(summarize(&[5.0, 1.0, 9.0]).median, 5.0);
+        assert_eq!(summarize(&[]).mean, 0.0);
+    }
+
+    #[test]
+    fn rows_subtract_and_divide_by_the_baseline() {
+        let base = summarize(&[20.0, 20.0]);
+        let r = make_row("x", "TX", &[50.0, 70.0], &base);
+        assert_eq!(r.ns_per_packet, 60.0);
+        assert_eq!(r.net_ns, 40.0);
+        assert_eq!(r.ratio_to_trivial, 3.0);
+    }
+
+    #[test]
+    fn bench_frames_are_well_formed() {
+        let f = frame_v4(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(198, 18, 0, 100), 1, 80, true);
+        assert_eq!(f.len(), 14 + 20 + 20);
+        assert_eq!(&f[12..14], &[0x08, 0x00]);
+        assert_eq!(u16::from_be_bytes([f[16], f[17]]), 40);
+        let u = frame_v4(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(198, 18, 0, 100), 1, 53, false);
+        assert_eq!(u.len(), 14 + 20 + 8);
+        assert_eq!(u[23], 17);
+    }
+}

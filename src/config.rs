@@ -1,0 +1,393 @@
+//! The TOML configuration file: its format and its validation.
+//!
+//! Every error names the field (`vip[1].backend[0].mac`) and what to do.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::IpAddr;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+use crate::maglev::is_prime;
+use crate::skel::{MAX_BACKENDS, MAX_VIPS};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub conntrack: Conntrack,
+    #[serde(default)]
+    pub maglev: Maglev,
+    #[serde(default, rename = "vip")]
+    pub vips: Vec<Vip>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Conntrack {
+    /// Flows remembered (LRU): an established flow keeps its backend while
+    /// it is in this table.
+    #[serde(default = "default_flows")]
+    pub size: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Maglev {
+    /// Slots per VIP; a prime, ideally >= 100 x the VIP's backends.
+    #[serde(default = "default_table_size")]
+    pub table_size: u32,
+}
+
+fn default_flows() -> u32 {
+    65536
+}
+fn default_table_size() -> u32 {
+    65537
+}
+fn default_weight() -> u32 {
+    1
+}
+impl Default for Conntrack {
+    fn default() -> Self {
+        Self { size: default_flows() }
+    }
+}
+impl Default for Maglev {
+    fn default() -> Self {
+        Self { table_size: default_table_size() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => libc::IPPROTO_TCP as u8,
+            Protocol::Udp => libc::IPPROTO_UDP as u8,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scheduler {
+    #[default]
+    Maglev,
+    RoundRobin,
+    SourceHash,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Dsr,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+impl fmt::Display for Scheduler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Scheduler::Maglev => "maglev",
+            Scheduler::RoundRobin => "round-robin",
+            Scheduler::SourceHash => "source-hash",
+        })
+    }
+}
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("dsr")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vip {
+    pub name: Option<String>,
+    pub address: String,
+    /// 0 (the default) balances every port of the address.
+    #[serde(default)]
+    pub port: u16,
+    pub protocol: Protocol,
+    #[serde(default)]
+    pub scheduler: Scheduler,
+    #[serde(default)]
+    pub mode: Mode,
+    #[serde(default, rename = "backend")]
+    pub backends: Vec<Backend>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backend {
+    pub address: String,
+    /// Share of new flows; 0 drains the backend (no new flows, tracked flows stay).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Next-hop MAC; when omitted it is read from the neighbour table.
+    pub mac: Option<String>,
+    /// Send through this interface (XDP_REDIRECT via a DEVMAP) instead of
+    /// back out of the receiving one.
+    pub iface: Option<String>,
+}
+
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return None;
+    }
+    let mut mac = [0u8; 6];
+    for (m, p) in mac.iter_mut().zip(parts) {
+        if p.is_empty() || p.len() > 2 {
+            return None;
+        }
+        *m = u8::from_str_radix(p, 16).ok()?;
+    }
+    Some(mac)
+}
+
+pub fn format_mac(m: &[u8; 6]) -> String {
+    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+}
+
+impl Vip {
+    pub fn label(&self, i: usize) -> String {
+        self.name.clone().unwrap_or_else(|| format!("vip[{i}]"))
+    }
+    pub fn ip(&self) -> IpAddr {
+        // Validated in Config::validate.
+        self.address.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))
+    }
+}
+
+impl Backend {
+    pub fn ip(&self) -> IpAddr {
+        self.address.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))
+    }
+    pub fn mac(&self) -> Option<[u8; 6]> {
+        self.mac.as_deref().and_then(parse_mac)
+    }
+}
+
+impl Config {
+    pub fn from_toml(text: &str) -> Result<Config> {
+        let cfg: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn load(path: &str) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {path} (check the path and permissions)"))?;
+        Config::from_toml(&text).with_context(|| format!("invalid config {path}"))
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.conntrack.size == 0 {
+            bail!("conntrack.size: must be at least 1 (flows remembered)");
+        }
+        let m = self.maglev.table_size;
+        if !is_prime(m) || m < 3 {
+            bail!("maglev.table_size: {m} is not a prime (try 65537, 655373 or another prime)");
+        }
+        if m > 10_000_019 {
+            bail!("maglev.table_size: {m} is too large (at most 10000019)");
+        }
+        if self.vips.is_empty() {
+            bail!("no [[vip]] defined: add at least one VIP with its backends");
+        }
+        if self.vips.len() > MAX_VIPS as usize {
+            bail!("{} VIPs defined, at most {MAX_VIPS} are supported", self.vips.len());
+        }
+        let total: usize = self.vips.iter().map(|v| v.backends.len()).sum();
+        if total > MAX_BACKENDS as usize {
+            bail!("{total} backends defined, at most {MAX_BACKENDS} in all are supported");
+        }
+        let mut seen = HashSet::new();
+        for (i, vip) in self.vips.iter().enumerate() {
+            let at = format!("vip[{i}]");
+            let addr: IpAddr = vip.address.parse().map_err(|_| {
+                anyhow::anyhow!("{at}.address: '{}' is not an IPv4 or IPv6 address", vip.address)
+            })?;
+            if addr.is_unspecified() || addr.is_multicast() {
+                bail!("{at}.address: {addr} cannot be a VIP (unspecified or multicast)");
+            }
+            if !seen.insert((addr, vip.port, vip.protocol)) {
+                bail!(
+                    "{at}: duplicate VIP {addr} port {} {}: each (address, port, protocol) may appear once",
+                    vip.port,
+                    vip.protocol
+                );
+            }
+            if let Some(n) = &vip.name {
+                if n.is_empty() || n.len() > 64 {
+                    bail!("{at}.name: must be 1 to 64 characters");
+                }
+            }
+            if vip.backends.is_empty() {
+                bail!("{at} ({addr}): VIP without backends: add at least one [[vip.backend]]");
+            }
+            let mut bseen = HashSet::new();
+            for (j, b) in vip.backends.iter().enumerate() {
+                let bat = format!("{at}.backend[{j}]");
+                let ip: IpAddr = b.address.parse().map_err(|_| {
+                    anyhow::anyhow!("{bat}.address: '{}' is not an IPv4 or IPv6 address", b.address)
+                })?;
+                if ip.is_ipv4() != addr.is_ipv4() {
+                    bail!("{bat}.address: {ip} is not of the VIP's family ({addr}); direct server return keeps the IP header as it is");
+                }
+                if !bseen.insert(ip) {
+                    bail!("{bat}.address: {ip} is listed twice for this VIP; use weight to give it a larger share");
+                }
+                if b.weight > 65535 {
+                    bail!("{bat}.weight: {} is above the maximum 65535", b.weight);
+                }
+                if let Some(mac) = &b.mac {
+                    match parse_mac(mac) {
+                        Some(m) if m[0] & 1 == 0 && m != [0; 6] => {}
+                        Some(_) => bail!("{bat}.mac: {mac} is not a unicast MAC address"),
+                        None => bail!("{bat}.mac: '{mac}' is not a MAC address like 02:00:00:00:00:0b"),
+                    }
+                }
+                if let Some(ifn) = &b.iface {
+                    if ifn.is_empty() || ifn.len() > 15 {
+                        bail!("{bat}.iface: '{ifn}' is not an interface name (1 to 15 characters)");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[conntrack]
+size = 1024
+[maglev]
+table_size = 251
+[[vip]]
+name = "web"
+address = "198.18.0.100"
+port = 80
+protocol = "tcp"
+scheduler = "round-robin"
+[[vip.backend]]
+address = "198.18.0.11"
+mac = "02:00:00:00:00:0b"
+[[vip.backend]]
+address = "198.18.0.12"
+weight = 3
+"#;
+
+    fn err(text: &str) -> String {
+        format!("{:#}", Config::from_toml(text).unwrap_err())
+    }
+
+    #[test]
+    fn good_config_parses() {
+        let c = Config::from_toml(GOOD).unwrap();
+        assert_eq!(c.conntrack.size, 1024);
+        assert_eq!(c.vips[0].scheduler, Scheduler::RoundRobin);
+        assert_eq!(c.vips[0].backends[1].weight, 3);
+        assert_eq!(c.vips[0].backends[0].weight, 1);
+        assert_eq!(c.vips[0].backends[0].mac(), Some([2, 0, 0, 0, 0, 0x0b]));
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let e = err(&GOOD.replace("weight = 3", "wieght = 3"));
+        assert!(e.contains("unknown field `wieght`"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_vip() {
+        let dup = format!("{GOOD}\n[[vip]]\naddress = \"198.18.0.100\"\nport = 80\nprotocol = \"tcp\"\n[[vip.backend]]\naddress = \"198.18.0.13\"\n");
+        let e = err(&dup);
+        assert!(e.contains("vip[1]: duplicate VIP 198.18.0.100 port 80 tcp"), "{e}");
+    }
+
+    #[test]
+    fn same_address_other_protocol_is_not_duplicate() {
+        let ok = format!("{GOOD}\n[[vip]]\naddress = \"198.18.0.100\"\nport = 80\nprotocol = \"udp\"\n[[vip.backend]]\naddress = \"198.18.0.13\"\n");
+        Config::from_toml(&ok).unwrap();
+    }
+
+    #[test]
+    fn vip_without_backends() {
+        let e = err("[[vip]]\naddress = \"198.18.0.100\"\nprotocol = \"tcp\"\n");
+        assert!(e.contains("vip[0] (198.18.0.100): VIP without backends"), "{e}");
+    }
+
+    #[test]
+    fn bad_vip_address() {
+        let e = err(&GOOD.replace("198.18.0.100", "198.18.0.300"));
+        assert!(e.contains("vip[0].address: '198.18.0.300' is not an IPv4 or IPv6 address"), "{e}");
+    }
+
+    #[test]
+    fn bad_backend_address() {
+        let e = err(&GOOD.replace("198.18.0.12", "backend-two"));
+        assert!(e.contains("vip[0].backend[1].address: 'backend-two'"), "{e}");
+    }
+
+    #[test]
+    fn bad_mac() {
+        let e = err(&GOOD.replace("02:00:00:00:00:0b", "02:00:00:00:0b"));
+        assert!(e.contains("vip[0].backend[0].mac: '02:00:00:00:0b' is not a MAC address"), "{e}");
+        let e = err(&GOOD.replace("02:00:00:00:00:0b", "01:00:5e:00:00:01"));
+        assert!(e.contains("not a unicast MAC"), "{e}");
+    }
+
+    #[test]
+    fn family_mismatch() {
+        let e = err(&GOOD.replace("198.18.0.12", "2001:2::12"));
+        assert!(e.contains("vip[0].backend[1].address: 2001:2::12 is not of the VIP's family"), "{e}");
+    }
+
+    #[test]
+    fn table_size_must_be_prime() {
+        let e = err(&GOOD.replace("251", "250"));
+        assert!(e.contains("maglev.table_size: 250 is not a prime"), "{e}");
+    }
+
+    #[test]
+    fn bad_protocol_and_scheduler() {
+        let e = err(&GOOD.replace("\"tcp\"", "\"sctp\""));
+        assert!(e.contains("unknown variant `sctp`"), "{e}");
+        let e = err(&GOOD.replace("round-robin", "random"));
+        assert!(e.contains("unknown variant `random`"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_backend_and_zero_conntrack() {
+        let e = err(&GOOD.replace("198.18.0.12", "198.18.0.11"));
+        assert!(e.contains("vip[0].backend[1].address: 198.18.0.11 is listed twice"), "{e}");
+        let e = err(&GOOD.replace("size = 1024", "size = 0"));
+        assert!(e.contains("conntrack.size"), "{e}");
+    }
+
+    #[test]
+    fn no_vips() {
+        let e = err("[conntrack]\nsize = 10\n");
+        assert!(e.contains("no [[vip]] defined"), "{e}");
+    }
+}

@@ -1,0 +1,79 @@
+//! The control socket: a running `weir run` serves JSON snapshots on a Unix
+//! socket under /run/weir, which `weir stats` reads. The socket's name
+//! carries the network namespace, since interface names repeat across them.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::stats::Snapshot;
+
+pub const RUN_DIR: &str = "/run/weir";
+
+pub fn socket_path(iface: &str) -> Result<PathBuf> {
+    let ns = std::fs::metadata("/proc/self/ns/net").context("reading /proc/self/ns/net")?.ino();
+    Ok(PathBuf::from(format!("{RUN_DIR}/{iface}.{ns}.sock")))
+}
+
+pub struct ControlSocket {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl ControlSocket {
+    pub fn bind(iface: &str) -> Result<ControlSocket> {
+        std::fs::create_dir_all(RUN_DIR).with_context(|| format!("creating {RUN_DIR}"))?;
+        let path = socket_path(iface)?;
+        if path.exists() {
+            if UnixStream::connect(&path).is_ok() {
+                bail!("a weir instance is already running on {iface} in this namespace ({})", path.display());
+            }
+            std::fs::remove_file(&path).with_context(|| format!("removing stale {}", path.display()))?;
+        }
+        let listener = UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
+        listener.set_nonblocking(true)?;
+        Ok(ControlSocket { listener, path })
+    }
+
+    /// Answer every client waiting now; never blocks.
+    pub fn serve(&self, snapshot: &mut dyn FnMut() -> Result<Snapshot>) {
+        while let Ok((mut stream, _)) = self.listener.accept() {
+            let _ = stream.set_nonblocking(false);
+            let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+            let body = match snapshot() {
+                Ok(s) => serde_json::to_string(&s).unwrap_or_default(),
+                Err(e) => serde_json::json!({ "error": format!("{e:#}") }).to_string(),
+            };
+            let _ = stream.write_all(body.as_bytes());
+        }
+    }
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+pub fn fetch(iface: &str) -> Result<Snapshot> {
+    let path = socket_path(iface)?;
+    let mut s = UnixStream::connect(&path).with_context(|| {
+        format!(
+            "no weir instance is running on {iface} in this network namespace (no answer on {}); \
+             start one with `weir run --iface {iface} --config FILE`",
+            path.display()
+        )
+    })?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).context("reading the snapshot")?;
+    let v: serde_json::Value = serde_json::from_str(&body).context("the instance sent invalid JSON")?;
+    if let Some(e) = v.get("error") {
+        bail!("the instance could not read its counters: {e}");
+    }
+    Ok(serde_json::from_value(v)?)
+}

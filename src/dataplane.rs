@@ -1,0 +1,284 @@
+//! The loaded load-balancer program and its maps: the one API through which
+//! both `weir run` and the tests configure the data plane.
+
+use std::collections::BTreeMap;
+use std::mem::MaybeUninit;
+use std::net::IpAddr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+
+use anyhow::{bail, Context, Result};
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{MapCore, MapFlags, OpenObject, ProgramInput};
+
+use crate::net::Iface;
+use crate::plan::Plan;
+use crate::skel::lb::{LbSkel, LbSkelBuilder};
+use crate::skel::{
+    bytes_of, from_bytes, weir_backend_flags, Backend, Traffic, VipKey, VipMeta, FAMILY_V4, FAMILY_V6, MAX_TX_PORTS,
+    RR_SLOTS, STAT_COUNT,
+};
+
+/// Load-time settings: they size maps or are constants in the program.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub ring_size: u32,
+    pub conntrack_size: u32,
+    /// VIP slots in the Maglev ring map.
+    pub max_vips: u32,
+    /// MAC the ARP responder answers with.
+    pub iface_mac: [u8; 6],
+}
+
+impl Settings {
+    pub fn for_plan(plan: &Plan, iface_mac: [u8; 6]) -> Settings {
+        Settings {
+            ring_size: plan.table_size,
+            conntrack_size: plan.conntrack_size,
+            max_vips: plan.vips.len().max(1) as u32,
+            iface_mac,
+        }
+    }
+}
+
+/// Where a backend's frames leave: its MAC, the egress interface's MAC, and
+/// the DEVMAP slot (0: XDP_TX out of the receiving interface).
+#[derive(Debug, Clone, Copy)]
+pub struct NextHop {
+    pub mac: [u8; 6],
+    pub src_mac: [u8; 6],
+    pub tx_port: u32,
+}
+
+pub struct Dataplane {
+    pub skel: LbSkel<'static>,
+    pub settings: Settings,
+}
+
+pub fn addr_words(a: IpAddr) -> ([u32; 4], u8) {
+    let mut w = [0u32; 4];
+    match a {
+        IpAddr::V4(v) => {
+            w[0] = u32::from_ne_bytes(v.octets());
+            (w, FAMILY_V4)
+        }
+        IpAddr::V6(v) => {
+            for (i, c) in v.octets().chunks(4).enumerate() {
+                w[i] = u32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
+            }
+            (w, FAMILY_V6)
+        }
+    }
+}
+
+fn key32(k: u32) -> [u8; 4] {
+    k.to_ne_bytes()
+}
+
+impl Dataplane {
+    /// Open, size and load the program. Nothing is attached.
+    pub fn load(settings: Settings) -> Result<Dataplane> {
+        // The skeleton borrows its object for its whole life; weir keeps one
+        // data plane per process (tests a few), so leaking the holder is fine.
+        let holder: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
+        let mut open = LbSkelBuilder::default()
+            .open(holder)
+            .context("opening the load-balancer BPF object")?;
+        let ring_entries = u64::from(settings.ring_size) * u64::from(settings.max_vips);
+        let ring_entries = u32::try_from(ring_entries).context("maglev.table_size x VIPs exceeds 2^32 slots")?;
+        open.maps.maglev_ring.set_max_entries(ring_entries)?;
+        open.maps.flows.set_max_entries(settings.conntrack_size)?;
+        let ro = open.maps.rodata_data.as_deref_mut().context("the BPF object has no .rodata")?;
+        ro.ring_size = settings.ring_size;
+        ro.iface_mac = settings.iface_mac;
+        let skel = open.load().map_err(|e| {
+            let hint = if e.kind() == libbpf_rs::ErrorKind::PermissionDenied {
+                " (run as root, or grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)"
+            } else {
+                ""
+            };
+            anyhow::anyhow!("loading the load-balancer BPF program into the kernel failed: {e}{hint}")
+        })?;
+        Ok(Dataplane { skel, settings })
+    }
+
+    pub fn prog_fd(&self) -> BorrowedFd<'_> {
+        self.skel.progs.weir_lb.as_fd()
+    }
+
+    /// Write a plan into the maps. `hops` gives each backend id its next hop;
+    /// `tx_ifindex` maps DEVMAP slots to interfaces.
+    pub fn apply(&self, plan: &Plan, hops: &BTreeMap<u32, NextHop>, tx_ifindex: &BTreeMap<u32, u32>) -> Result<()> {
+        if plan.table_size != self.settings.ring_size {
+            bail!("plan's table size {} differs from the loaded {}", plan.table_size, self.settings.ring_size);
+        }
+        if plan.vips.len() as u32 > self.settings.max_vips {
+            bail!("plan has {} VIPs, the program was sized for {}", plan.vips.len(), self.settings.max_vips);
+        }
+        let maps = &self.skel.maps;
+        for (slot, ifindex) in tx_ifindex {
+            if *slot == 0 || *slot >= MAX_TX_PORTS {
+                bail!("DEVMAP slot {slot} out of range");
+            }
+            maps.tx_ports
+                .update(&key32(*slot), &ifindex.to_ne_bytes(), MapFlags::ANY)
+                .with_context(|| format!("adding ifindex {ifindex} to the redirect DEVMAP (does it support XDP?)"))?;
+        }
+        for vip in &plan.vips {
+            for b in &vip.backends {
+                let hop = hops.get(&b.id).with_context(|| format!("backend {} has no next hop", b.addr))?;
+                let (addr, family) = addr_words(b.addr);
+                let be = Backend {
+                    addr,
+                    mac: hop.mac,
+                    src_mac: hop.src_mac,
+                    tx_port: hop.tx_port,
+                    family,
+                    flags: weir_backend_flags::WEIR_BACKEND_ACTIVE.0 as u8,
+                    pad: 0,
+                };
+                maps.backends
+                    .update(&key32(b.id), bytes_of(&be), MapFlags::ANY)
+                    .with_context(|| format!("writing backend {}", b.addr))?;
+            }
+            // The ring before the VIP: a packet never finds a VIP without its table.
+            let base = vip.id * self.settings.ring_size;
+            let keys: Vec<u8> = (0..self.settings.ring_size).flat_map(|s| key32(base + s)).collect();
+            let vals: Vec<u8> = vip.ring.iter().flat_map(|b| b.to_ne_bytes()).collect();
+            maps.maglev_ring
+                .update_batch(&keys, &vals, self.settings.ring_size, MapFlags::ANY, MapFlags::ANY)
+                .context("writing the Maglev table")?;
+            for (k, bid) in vip.rr.iter().enumerate() {
+                maps.rr_ring.update(&key32(vip.id * RR_SLOTS + k as u32), &bid.to_ne_bytes(), MapFlags::ANY)?;
+            }
+            let (addr, family) = addr_words(vip.addr);
+            let key = VipKey { addr, port: vip.port.to_be(), proto: vip.proto.number(), family };
+            let meta = VipMeta {
+                vip_id: vip.id,
+                sched: vip.sched as u8,
+                mode: vip.mode as u8,
+                rr_len: vip.rr.len() as u16,
+            };
+            maps.vips.update(bytes_of(&key), bytes_of(&meta), MapFlags::ANY).context("writing the VIP")?;
+            if family == FAMILY_V4 {
+                maps.vip_arp.update(&addr[0].to_ne_bytes(), &key32(vip.id), MapFlags::ANY)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Mark a backend gone (the program then reschedules its tracked flows).
+    pub fn remove_backend(&self, id: u32) -> Result<()> {
+        let zero = Backend::default();
+        self.skel.maps.backends.update(&key32(id), bytes_of(&zero), MapFlags::ANY)?;
+        Ok(())
+    }
+
+    /// Replace one VIP's Maglev table (e.g. after a backend left).
+    pub fn write_ring(&self, vip_id: u32, ring: &[u32]) -> Result<()> {
+        let base = vip_id * self.settings.ring_size;
+        let keys: Vec<u8> = (0..ring.len() as u32).flat_map(|s| key32(base + s)).collect();
+        let vals: Vec<u8> = ring.iter().flat_map(|b| b.to_ne_bytes()).collect();
+        self.skel
+            .maps
+            .maglev_ring
+            .update_batch(&keys, &vals, ring.len() as u32, MapFlags::ANY, MapFlags::ANY)?;
+        Ok(())
+    }
+
+    pub fn global_counters(&self) -> Result<Vec<u64>> {
+        let mut out = vec![0u64; STAT_COUNT];
+        for (i, v) in out.iter_mut().enumerate() {
+            let per_cpu = self.skel.maps.stats.lookup_percpu(&key32(i as u32), MapFlags::ANY)?;
+            *v = per_cpu
+                .into_iter()
+                .flatten()
+                .map(|b| u64::from_ne_bytes(b[..8].try_into().unwrap_or([0; 8])))
+                .sum();
+        }
+        Ok(out)
+    }
+
+    fn traffic(map: &dyn MapCore, id: u32) -> Result<Traffic> {
+        let mut t = Traffic::default();
+        for b in map.lookup_percpu(&key32(id), MapFlags::ANY)?.into_iter().flatten() {
+            let c: Traffic = from_bytes(&b)?;
+            t.packets += c.packets;
+            t.bytes += c.bytes;
+            t.new_flows += c.new_flows;
+        }
+        Ok(t)
+    }
+
+    pub fn vip_traffic(&self, vip_id: u32) -> Result<Traffic> {
+        Self::traffic(&self.skel.maps.vip_stats, vip_id)
+    }
+
+    pub fn backend_traffic(&self, backend_id: u32) -> Result<Traffic> {
+        Self::traffic(&self.skel.maps.backend_stats, backend_id)
+    }
+
+    /// Number of entries in the flow table (walks it: for tests and stats).
+    pub fn flow_count(&self) -> usize {
+        self.skel.maps.flows.keys().count()
+    }
+
+    /// Run the program once on `frame` through BPF_PROG_TEST_RUN: the XDP
+    /// action and the frame as the program left it.
+    pub fn run(&self, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
+        test_run(&self.skel.progs.weir_lb, frame, 1).map(|(a, out, _)| (a, out))
+    }
+}
+
+/// One BPF_PROG_TEST_RUN call: action, output frame, mean ns per repetition.
+pub fn test_run(prog: &libbpf_rs::ProgramMut<'_>, frame: &[u8], repeat: u32) -> Result<(u32, Vec<u8>, f64)> {
+    let mut out = vec![0u8; frame.len() + 256];
+    let input = ProgramInput { data_in: Some(frame), data_out: Some(&mut out), repeat, ..Default::default() };
+    let o = prog
+        .test_run(input)
+        .with_context(|| format!("BPF_PROG_TEST_RUN on fd {} failed", prog.as_fd().as_raw_fd()))?;
+    let n = o.data.as_ref().map(|d| d.len()).unwrap_or(0);
+    let ns = o.duration.as_nanos() as f64;
+    let action = o.return_value;
+    out.truncate(n);
+    Ok((action, out, ns))
+}
+
+/// The next hop of every backend of `plan`: MACs resolved, redirect
+/// interfaces given DEVMAP slots.
+pub fn next_hops(
+    plan: &Plan,
+    iface: &Iface,
+    resolve: &mut dyn FnMut(IpAddr, &Iface) -> Result<[u8; 6]>,
+) -> Result<(BTreeMap<u32, NextHop>, BTreeMap<u32, u32>)> {
+    let mut hops = BTreeMap::new();
+    let mut slots: BTreeMap<String, (u32, Iface)> = BTreeMap::new();
+    for vip in &plan.vips {
+        for b in &vip.backends {
+            let (out_iface, tx_port) = match &b.iface {
+                None => (iface.clone(), 0),
+                Some(name) if name == &iface.name => (iface.clone(), 0),
+                Some(name) => {
+                    if !slots.contains_key(name) {
+                        let n = slots.len() as u32 + 1;
+                        if n >= MAX_TX_PORTS {
+                            bail!("more than {} redirect interfaces", MAX_TX_PORTS - 1);
+                        }
+                        let i = Iface::lookup(name)
+                            .with_context(|| format!("backend {} of {}: iface {name}", b.addr, vip.name))?;
+                        slots.insert(name.clone(), (n, i));
+                    }
+                    let (n, i) = &slots[name];
+                    (i.clone(), *n)
+                }
+            };
+            let mac = match b.mac {
+                Some(m) => m,
+                None => resolve(b.addr, &out_iface)
+                    .with_context(|| format!("backend {} of {}", b.addr, vip.name))?,
+            };
+            hops.insert(b.id, NextHop { mac, src_mac: out_iface.mac, tx_port });
+        }
+    }
+    let tx = slots.values().map(|(n, i)| (*n, i.ifindex)).collect();
+    Ok((hops, tx))
+}

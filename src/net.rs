@@ -1,0 +1,102 @@
+//! What weir needs to know about the host's network: interfaces, neighbour
+//! MACs, and which network namespace it runs in.
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::unix::fs::MetadataExt;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::config::parse_mac;
+
+#[derive(Debug, Clone)]
+pub struct Iface {
+    pub name: String,
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+    pub mtu: u32,
+}
+
+fn sys(name: &str, attr: &str) -> Result<String> {
+    let p = format!("/sys/class/net/{name}/{attr}");
+    Ok(std::fs::read_to_string(&p).with_context(|| format!("reading {p}"))?.trim().to_string())
+}
+
+impl Iface {
+    pub fn lookup(name: &str) -> Result<Iface> {
+        if name.is_empty() || name.len() > 15 || name.contains('/') || name.starts_with('.') {
+            bail!("'{name}' is not an interface name");
+        }
+        if !std::path::Path::new(&format!("/sys/class/net/{name}")).exists() {
+            bail!(
+                "interface '{name}' not found in this network namespace \
+                 (`ip link` lists the ones here; run weir inside the interface's namespace, e.g. `ip netns exec NS weir ...`)"
+            );
+        }
+        let ifindex = sys(name, "ifindex")?.parse().context("parsing ifindex")?;
+        let mac_s = sys(name, "address")?;
+        let mac = parse_mac(&mac_s).with_context(|| format!("interface {name} has no Ethernet address ({mac_s})"))?;
+        let mtu = sys(name, "mtu")?.parse().context("parsing mtu")?;
+        Ok(Iface { name: name.to_string(), ifindex, mac, mtu })
+    }
+}
+
+/// True when this process shares PID 1's network namespace: the host's own.
+pub fn in_host_netns() -> Result<bool> {
+    let me = std::fs::metadata("/proc/self/ns/net").context("reading /proc/self/ns/net")?;
+    let init = std::fs::metadata("/proc/1/ns/net")
+        .context("reading /proc/1/ns/net (needs root: run weir as root or with CAP_SYS_ADMIN)")?;
+    Ok(me.ino() == init.ino() && me.dev() == init.dev())
+}
+
+/// The neighbour table's MAC for `ip` on `iface`, if it has a usable one.
+fn neighbour(ip: IpAddr, iface: &str) -> Result<Option<[u8; 6]>> {
+    let out = Command::new("ip")
+        .args(["-j", "neigh", "show", "to", &ip.to_string(), "dev", iface])
+        .output()
+        .context("running `ip neigh` (install iproute2)")?;
+    if !out.status.success() {
+        bail!("`ip neigh show to {ip} dev {iface}` failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    for n in v.as_array().into_iter().flatten() {
+        let states: Vec<&str> =
+            n["state"].as_array().into_iter().flatten().filter_map(|s| s.as_str()).collect();
+        if states.iter().any(|s| *s == "FAILED" || *s == "INCOMPLETE") {
+            continue;
+        }
+        if let Some(mac) = n["lladdr"].as_str().and_then(parse_mac) {
+            return Ok(Some(mac));
+        }
+    }
+    Ok(None)
+}
+
+/// Resolve a backend's MAC from the kernel's neighbour table, probing it
+/// (one UDP datagram to the discard port makes the kernel ARP / NDP) when
+/// the entry is missing.
+pub fn resolve_mac(ip: IpAddr, iface: &str, timeout: Duration) -> Result<[u8; 6]> {
+    if let Some(m) = neighbour(ip, iface)? {
+        return Ok(m);
+    }
+    let bind: SocketAddr = if ip.is_ipv4() { "0.0.0.0:0".parse()? } else { "[::]:0".parse()? };
+    let sock = UdpSocket::bind(bind).context("opening a UDP socket to probe a neighbour")?;
+    let start = Instant::now();
+    let mut last_probe = None::<Instant>;
+    while start.elapsed() < timeout {
+        if last_probe.is_none_or(|t| t.elapsed() > Duration::from_millis(500)) {
+            let _ = sock.send_to(b"weir neighbour probe", SocketAddr::new(ip, 9));
+            last_probe = Some(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        if let Some(m) = neighbour(ip, iface)? {
+            return Ok(m);
+        }
+    }
+    bail!(
+        "no MAC for backend {ip} on {iface} after {:.1}s of probing: is it up and on {iface}'s segment? \
+         (or set `mac = \"..\"` for it in the config)",
+        timeout.as_secs_f64()
+    )
+}

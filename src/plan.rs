@@ -1,0 +1,162 @@
+//! A validated config turned into what the maps will hold: ids, resolved
+//! MACs, Maglev and round-robin tables. Built without touching the kernel
+//! maps, so `weir check` prints exactly what `weir run` would load.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use anyhow::Result;
+
+use crate::config::{format_mac, Config, Mode, Protocol, Scheduler};
+use crate::maglev;
+use crate::rr;
+use crate::skel::NO_BACKEND;
+
+#[derive(Debug, Clone)]
+pub struct PlannedBackend {
+    /// Index in the `backends` map and `backend_stats`.
+    pub id: u32,
+    pub addr: IpAddr,
+    pub weight: u32,
+    pub mac: Option<[u8; 6]>,
+    pub iface: Option<String>,
+    /// Slots of the VIP's Maglev table it owns.
+    pub slots: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct PlannedVip {
+    pub id: u32,
+    pub name: String,
+    pub addr: IpAddr,
+    pub port: u16,
+    pub proto: Protocol,
+    pub sched: Scheduler,
+    pub mode: Mode,
+    pub backends: Vec<PlannedBackend>,
+    /// Backend ids, `table_size` long (NO_BACKEND when all weights are 0).
+    pub ring: Vec<u32>,
+    /// Backend ids in round-robin order.
+    pub rr: Vec<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub table_size: u32,
+    pub conntrack_size: u32,
+    pub vips: Vec<PlannedVip>,
+}
+
+/// The identity Maglev hashes: the backend's address bytes.
+fn identity(a: IpAddr) -> Vec<u8> {
+    match a {
+        IpAddr::V4(v) => v.octets().to_vec(),
+        IpAddr::V6(v) => v.octets().to_vec(),
+    }
+}
+
+impl Plan {
+    pub fn build(cfg: &Config) -> Result<Plan> {
+        cfg.validate()?;
+        let m = cfg.maglev.table_size;
+        let mut next_id = 0u32;
+        let mut vips = Vec::new();
+        for (i, v) in cfg.vips.iter().enumerate() {
+            let mut backends: Vec<PlannedBackend> = v
+                .backends
+                .iter()
+                .map(|b| {
+                    let id = next_id;
+                    next_id += 1;
+                    PlannedBackend {
+                        id,
+                        addr: b.ip(),
+                        weight: b.weight,
+                        mac: b.mac(),
+                        iface: b.iface.clone(),
+                        slots: 0,
+                    }
+                })
+                .collect();
+            // Maglev input sorted by identity: the table must not depend on
+            // the order backends are listed in.
+            let mut order: Vec<usize> = (0..backends.len()).collect();
+            order.sort_by_key(|&j| identity(backends[j].addr));
+            let input: Vec<(Vec<u8>, u32)> =
+                order.iter().map(|&j| (identity(backends[j].addr), backends[j].weight)).collect();
+            let table = maglev::build(&input, m);
+            let ring: Vec<u32> = table
+                .iter()
+                .map(|s| s.map(|k| backends[order[k]].id).unwrap_or(NO_BACKEND))
+                .collect();
+            for (k, n) in maglev::shares(&table, input.len()).iter().enumerate() {
+                backends[order[k]].slots = *n as u32;
+            }
+            let weights: Vec<u32> = order.iter().map(|&j| backends[j].weight).collect();
+            let rr = rr::sequence(&weights).iter().map(|&k| backends[order[k]].id).collect();
+            vips.push(PlannedVip {
+                id: i as u32,
+                name: v.label(i),
+                addr: v.ip(),
+                port: v.port,
+                proto: v.protocol,
+                sched: v.scheduler,
+                mode: v.mode,
+                backends,
+                ring,
+                rr,
+            });
+        }
+        Ok(Plan { table_size: m, conntrack_size: cfg.conntrack.size, vips })
+    }
+
+    pub fn backend_count(&self) -> usize {
+        self.vips.iter().map(|v| v.backends.len()).sum()
+    }
+
+    /// Human-readable plan, for `weir check` and `weir run`'s start-up log.
+    pub fn describe(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "maglev table: {} slots per VIP; conntrack: {} flows",
+            self.table_size, self.conntrack_size
+        );
+        for v in &self.vips {
+            let port = if v.port == 0 { "*".to_string() } else { v.port.to_string() };
+            let _ = writeln!(
+                s,
+                "vip {} {}:{} {} scheduler={} mode={}",
+                v.name,
+                fmt_addr(v.addr),
+                port,
+                v.proto,
+                v.sched,
+                v.mode
+            );
+            for b in &v.backends {
+                let share = 100.0 * f64::from(b.slots) / f64::from(self.table_size);
+                let mac = b.mac.map(|m| format_mac(&m)).unwrap_or_else(|| "(from neighbour table)".into());
+                let via = b.iface.as_deref().map(|i| format!(" via {i}")).unwrap_or_default();
+                let _ = writeln!(
+                    s,
+                    "  backend {:<39} weight {:>5}  maglev {:>6} slots ({share:5.2}%)  mac {mac}{via}",
+                    b.addr.to_string(),
+                    b.weight,
+                    b.slots
+                );
+            }
+            if v.ring.first() == Some(&NO_BACKEND) {
+                let _ = writeln!(s, "  warning: every backend has weight 0: new flows to this VIP are dropped");
+            }
+        }
+        s
+    }
+}
+
+pub fn fmt_addr(a: IpAddr) -> String {
+    match a {
+        IpAddr::V4(v) => v.to_string(),
+        IpAddr::V6(v) => format!("[{v}]"),
+    }
+}

@@ -1,0 +1,194 @@
+//! Counters of a running data plane: collected into a snapshot (served as
+//! JSON to `weir stats`) and shown as a table.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+use crate::dataplane::Dataplane;
+use crate::plan::{fmt_addr, Plan};
+use crate::skel::{stat_name, STAT_COUNT};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub iface: String,
+    pub xdp_mode: String,
+    pub uptime_s: f64,
+    pub flows_tracked: usize,
+    pub counters: BTreeMap<String, u64>,
+    pub vips: Vec<VipStats>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VipStats {
+    pub name: String,
+    pub address: String,
+    pub port: u16,
+    pub protocol: String,
+    pub scheduler: String,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub backends: Vec<BackendStats>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackendStats {
+    pub address: String,
+    pub weight: u32,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+impl Snapshot {
+    pub fn collect(dp: &Dataplane, plan: &Plan, iface: &str, mode: &str, started: Instant) -> Result<Snapshot> {
+        let g = dp.global_counters()?;
+        let counters = (0..STAT_COUNT).map(|i| (stat_name(i).to_string(), g[i])).collect();
+        let mut vips = Vec::new();
+        for v in &plan.vips {
+            let t = dp.vip_traffic(v.id)?;
+            let mut backends = Vec::new();
+            for b in &v.backends {
+                let bt = dp.backend_traffic(b.id)?;
+                backends.push(BackendStats {
+                    address: b.addr.to_string(),
+                    weight: b.weight,
+                    packets: bt.packets,
+                    bytes: bt.bytes,
+                    new_flows: bt.new_flows,
+                });
+            }
+            vips.push(VipStats {
+                name: v.name.clone(),
+                address: v.addr.to_string(),
+                port: v.port,
+                protocol: v.proto.to_string(),
+                scheduler: v.sched.to_string(),
+                packets: t.packets,
+                bytes: t.bytes,
+                new_flows: t.new_flows,
+                backends,
+            });
+        }
+        Ok(Snapshot {
+            iface: iface.to_string(),
+            xdp_mode: mode.to_string(),
+            uptime_s: started.elapsed().as_secs_f64(),
+            flows_tracked: dp.flow_count(),
+            counters,
+            vips,
+        })
+    }
+
+    /// The table `weir stats` and `weir run` print. With a previous snapshot,
+    /// rates are per second over the interval between the two.
+    pub fn render(&self, prev: Option<&Snapshot>) -> String {
+        let dt = prev.map(|p| self.uptime_s - p.uptime_s).filter(|d| *d > 0.0);
+        let rate = |now: u64, before: Option<u64>| -> String {
+            match (dt, before) {
+                (Some(d), Some(b)) => format!("{:.0}", now.saturating_sub(b) as f64 / d),
+                _ => "-".into(),
+            }
+        };
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "weir on {} ({} XDP), up {:.0}s, {} flows tracked",
+            self.iface, self.xdp_mode, self.uptime_s, self.flows_tracked
+        );
+        let _ = writeln!(s, "{:<44} {:>12} {:>10} {:>14} {:>10}", "VIP / backend", "packets", "pps", "bytes", "new flows");
+        for (vi, v) in self.vips.iter().enumerate() {
+            let pv = prev.and_then(|p| p.vips.get(vi));
+            let addr = fmt_addr(v.address.parse().unwrap_or(std::net::IpAddr::from([0, 0, 0, 0])));
+            let port = if v.port == 0 { "*".into() } else { v.port.to_string() };
+            let label = format!("{} {}:{}/{} ({})", v.name, addr, port, v.protocol, v.scheduler);
+            let _ = writeln!(
+                s,
+                "{:<44} {:>12} {:>10} {:>14} {:>10}",
+                label,
+                v.packets,
+                rate(v.packets, pv.map(|p| p.packets)),
+                v.bytes,
+                v.new_flows
+            );
+            for (bi, b) in v.backends.iter().enumerate() {
+                let pb = pv.and_then(|p| p.backends.get(bi));
+                let label = format!("  {} (weight {})", b.address, b.weight);
+                let _ = writeln!(
+                    s,
+                    "{:<44} {:>12} {:>10} {:>14} {:>10}",
+                    label,
+                    b.packets,
+                    rate(b.packets, pb.map(|p| p.packets)),
+                    b.bytes,
+                    b.new_flows
+                );
+            }
+        }
+        let nonzero: Vec<String> =
+            self.counters.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k}={v}")).collect();
+        let _ = writeln!(s, "counters: {}", if nonzero.is_empty() { "(none yet)".into() } else { nonzero.join(" ") });
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(t: f64, pkts: u64) -> Snapshot {
+        Snapshot {
+            iface: "veth6".into(),
+            xdp_mode: "native".into(),
+            uptime_s: t,
+            flows_tracked: 3,
+            counters: [("xdp_tx".to_string(), pkts), ("xdp_drop".to_string(), 0)].into_iter().collect(),
+            vips: vec![VipStats {
+                name: "web".into(),
+                address: "198.18.0.100".into(),
+                port: 80,
+                protocol: "tcp".into(),
+                scheduler: "maglev".into(),
+                packets: pkts,
+                bytes: pkts * 60,
+                new_flows: 1,
+                backends: vec![BackendStats {
+                    address: "198.18.0.11".into(),
+                    weight: 1,
+                    packets: pkts,
+                    bytes: pkts * 60,
+                    new_flows: 1,
+                }],
+            }],
+        }
+    }
+
+    #[test]
+    fn rates_come_from_the_interval_between_snapshots() {
+        let a = snap(10.0, 100);
+        let b = snap(12.0, 700);
+        let out = b.render(Some(&a));
+        let vip_line = out.lines().find(|l| l.starts_with("web ")).unwrap();
+        assert!(vip_line.split_whitespace().any(|w| w == "300"), "600 packets in 2 s is 300 pps: {vip_line}");
+        assert!(out.contains("counters: xdp_tx=700"), "zero counters hidden: {out}");
+    }
+
+    #[test]
+    fn first_snapshot_has_no_rate() {
+        let out = snap(1.0, 5).render(None);
+        let line = out.lines().find(|l| l.contains("198.18.0.11")).unwrap();
+        assert!(line.contains(" - "), "{line}");
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let a = snap(1.0, 5);
+        let j = serde_json::to_string(&a).unwrap();
+        let b: Snapshot = serde_json::from_str(&j).unwrap();
+        assert_eq!(b.vips[0].backends[0].packets, 5);
+    }
+}
