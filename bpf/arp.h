@@ -25,6 +25,12 @@ static __always_inline int handle_arp(void *data, void *data_end, struct packet 
 	if (arp->hw_type != bpf_htons(1) || arp->proto_type != bpf_htons(ETH_P_IP) ||
 	    arp->hw_len != ETH_ALEN || arp->proto_len != 4 || arp->op != bpf_htons(ARPOP_REQUEST))
 		return pass_because(WEIR_STAT_PASS_ARP_OTHER);
+	__u8 mac[ETH_ALEN];
+	int i;
+
+	/* Element-wise: a memcpy from the const volatile would be folded to zeros. */
+	for (i = 0; i < ETH_ALEN; i++)
+		mac[i] = iface_mac[i];
 	target = arp->tpa;
 	if (!bpf_map_lookup_elem(&vip_arp, &target))
 		return pass_because(WEIR_STAT_PASS_ARP_OTHER);
@@ -32,10 +38,10 @@ static __always_inline int handle_arp(void *data, void *data_end, struct packet 
 	arp->op = bpf_htons(ARPOP_REPLY);
 	__builtin_memcpy(arp->tha, arp->sha, ETH_ALEN);
 	arp->tpa = arp->spa;
-	__builtin_memcpy(arp->sha, (const void *)iface_mac, ETH_ALEN);
+	__builtin_memcpy(arp->sha, mac, ETH_ALEN);
 	arp->spa = target;
 	__builtin_memcpy(eth->h_dest, eth->h_source, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, (const void *)iface_mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, mac, ETH_ALEN);
 	stat_inc(WEIR_STAT_ARP_REPLY);
 	return verdict(XDP_TX);
 }

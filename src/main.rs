@@ -108,7 +108,7 @@ fn real_main() -> Result<()> {
 fn refuse_host_netns(what: &str) -> Result<()> {
     if in_host_netns()? {
         bail!(
-            "refusing to {what} in the host's own network namespace; run inside a namespace \
+            "refusing to {what} outside a named network namespace (this may be the host's own); run inside one \
              (`ip netns exec NS weir ...`), or pass --allow-host-netns on a dedicated balancer host"
         );
     }

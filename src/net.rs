@@ -42,12 +42,23 @@ impl Iface {
     }
 }
 
-/// True when this process shares PID 1's network namespace: the host's own.
+/// True unless this process runs in a named network namespace (one of
+/// /run/netns/*, as `ip netns add` makes). PID 1's namespace cannot be read
+/// in every container, so "named" is the test: the host's own namespace is
+/// never named.
 pub fn in_host_netns() -> Result<bool> {
     let me = std::fs::metadata("/proc/self/ns/net").context("reading /proc/self/ns/net")?;
-    let init = std::fs::metadata("/proc/1/ns/net")
-        .context("reading /proc/1/ns/net (needs root: run weir as root or with CAP_SYS_ADMIN)")?;
-    Ok(me.ino() == init.ino() && me.dev() == init.dev())
+    let Ok(dir) = std::fs::read_dir("/run/netns") else {
+        return Ok(true);
+    };
+    for entry in dir.flatten() {
+        if let Ok(m) = std::fs::metadata(entry.path()) {
+            if m.ino() == me.ino() && m.dev() == me.dev() {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
 }
 
 /// The neighbour table's MAC for `ip` on `iface`, if it has a usable one.

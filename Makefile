@@ -1,0 +1,56 @@
+# weir: `make demo` runs the built-in lab end to end; `make test` runs every test.
+CLANG ?= clang
+CARGO ?= cargo
+IFACE ?= veth6
+PREFIX ?= weir
+CONFIG ?= lab/weir-lab.toml
+WEIR := target/release/weir
+TARGET := $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p')
+STATIC_BIN := target/$(TARGET)/release/weir
+
+export CLANG
+
+.PHONY: all deps build test unit lab lab-down run demo bench static clean
+
+all: build
+
+deps:
+	scripts/deps.sh
+
+build:
+	$(CARGO) build --release
+
+# Unit tests need nothing; BPF fixture and netns end-to-end tests need root.
+# With CI set, a test that would skip fails instead.
+test: deps
+	$(CARGO) build --release
+	scripts/as-root.sh $(CARGO) test --release -- --test-threads=1
+
+unit:
+	$(CARGO) test --release --lib
+
+lab: build
+	PREFIX=$(PREFIX) WEIR=$(abspath $(WEIR)) scripts/as-root.sh lab/lab.sh up
+
+lab-down:
+	PREFIX=$(PREFIX) scripts/as-root.sh lab/lab.sh down
+
+# The design card's command: weir on the lab's balancer interface.
+run: build
+	@scripts/as-root.sh ip netns pids $(PREFIX)-lb >/dev/null 2>&1 || { echo "the lab is not up: run 'make lab' first"; exit 1; }
+	scripts/as-root.sh ip netns exec $(PREFIX)-lb $(WEIR) run --iface $(IFACE) --config $(CONFIG)
+
+demo: deps build
+	scripts/as-root.sh scripts/demo.sh
+
+bench: build
+	scripts/as-root.sh $(WEIR) bench
+
+static:
+	LIBBPF_SYS_LIBRARY_PATH=/usr/lib/$(shell uname -m)-linux-gnu RUSTFLAGS='-C target-feature=+crt-static' \
+		$(CARGO) build --release --features static --target $(TARGET)
+	file $(STATIC_BIN) | tee /dev/stderr | grep -q 'static-pie linked\|statically linked'
+	@echo "static binary: $(STATIC_BIN)"
+
+clean:
+	$(CARGO) clean
