@@ -7,8 +7,8 @@
 #include "maps.h"
 
 /*
- * The flow hash. src/ and tests/ mirror it bit for bit (the Rust tests keep
- * an independent copy to predict the backend), so change all three together.
+ * The flow hash. tests/common keeps an independent copy to predict the
+ * backend of each fixture: change both together.
  */
 static __always_inline __u32 flow_hash(const struct flow_key *k)
 {
@@ -47,6 +47,8 @@ static __always_inline __u32 round_robin_pick(const struct vip_meta *vip)
 
 	if (!cursor || vip->rr_len == 0)
 		return WEIR_NO_BACKEND;
+	/* The control plane keeps the cursor below rr_len x 2^24 by resetting
+	 * it on reload; a wrap of the u32 costs one uneven turn at worst. */
 	n = __sync_fetch_and_add(cursor, 1);
 	idx = vid * WEIR_RR_SLOTS + n % vip->rr_len;
 	bid = bpf_map_lookup_elem(&rr_ring, &idx);

@@ -13,7 +13,7 @@
 enum weir_const {
 	WEIR_MAX_VIPS = 64,
 	WEIR_MAX_BACKENDS = 4096,
-	/* Length of one VIP's weighted round-robin sequence (src/sched.rs). */
+	/* Length of one VIP's weighted round-robin sequence (src/rr.rs). */
 	WEIR_RR_SLOTS = 256,
 	/* DEVMAP slots for XDP_REDIRECT to other interfaces; 0 means XDP_TX. */
 	WEIR_MAX_TX_PORTS = 64,

@@ -15,7 +15,7 @@ use libbpf_rs::OpenObject;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::dataplane::{self, test_run, Dataplane, NextHop, Settings};
+use crate::dataplane::{self, test_run, Dataplane, Settings};
 use crate::plan::Plan;
 use crate::skel::trivial::TrivialSkelBuilder;
 
@@ -141,7 +141,6 @@ pub fn run(calls: usize) -> Result<Report> {
     let (hops, tx) = dataplane::next_hops(&plan, &crate::net::Iface { name: "bench".into(), ifindex: 1, mac, mtu: 1500 }, &mut |_, _| {
         anyhow::bail!("bench backends carry their MACs")
     })?;
-    let _ = NextHop { mac, src_mac: mac, tx_port: 0 };
     dp.apply(&plan, &hops, &tx)?;
     let prog = &dp.skel.progs.weir_lb;
 

@@ -202,7 +202,7 @@ impl Config {
             bail!("conntrack.size: must be at least 1 (flows remembered)");
         }
         let m = self.maglev.table_size;
-        if !is_prime(m) || m < 3 {
+        if !is_prime(m) {
             bail!("maglev.table_size: {m} is not a prime (try 65537, 655373 or another prime)");
         }
         if m > 10_000_019 {
@@ -213,6 +213,14 @@ impl Config {
         }
         if self.vips.len() > MAX_VIPS as usize {
             bail!("{} VIPs defined, at most {MAX_VIPS} are supported", self.vips.len());
+        }
+        let ring_bytes = u64::from(m) * self.vips.len() as u64 * 4;
+        if ring_bytes > 1 << 30 {
+            bail!(
+                "maglev.table_size: {m} slots x {} VIPs needs {} MiB of tables; use a smaller prime (65537 suits up to ~650 backends per VIP)",
+                self.vips.len(),
+                ring_bytes >> 20
+            );
         }
         let total: usize = self.vips.iter().map(|v| v.backends.len()).sum();
         if total > MAX_BACKENDS as usize {

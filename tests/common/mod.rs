@@ -1,0 +1,209 @@
+//! Shared by the root-only integration tests: the no-skip-in-CI guard, frame
+//! builders (etherparse, independent of the code under test), and an
+//! independent copy of the data plane's flow hash to predict backends.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use etherparse::{IpHeaders, Ipv4Header, PacketBuilder};
+use weir::config::Config;
+use weir::dataplane::{next_hops, Dataplane, NextHop, Settings};
+use weir::net::Iface;
+use weir::plan::Plan;
+
+/// True when the test may run. Without root it skips, unless CI is set: then
+/// a skip would hide an untested data plane, so it fails.
+pub fn require_root(what: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{what} needs root (BPF / network namespaces) and CI is set: refusing to skip");
+    }
+    eprintln!("SKIPPED {what}: needs root (run `make test`, which uses sudo)");
+    false
+}
+
+pub const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+
+pub struct Lb {
+    pub dp: Dataplane,
+    pub plan: Plan,
+    pub hops: BTreeMap<u32, NextHop>,
+}
+
+/// Load the data plane and configure it exactly as `weir run` does.
+pub fn load(config: &str) -> Lb {
+    let cfg = Config::from_toml(config).expect("test config is valid");
+    let plan = Plan::build(&cfg).expect("plan");
+    let iface = Iface { name: "test0".into(), ifindex: 1, mac: LB_MAC, mtu: 1500 };
+    let (hops, tx) = next_hops(&plan, &iface, &mut |ip, _| panic!("test backends carry MACs ({ip})")).expect("hops");
+    let dp = Dataplane::load(Settings::for_plan(&plan, LB_MAC)).expect("load BPF (root)");
+    dp.apply(&plan, &hops, &tx).expect("apply plan");
+    Lb { dp, plan, hops }
+}
+
+// ---- lookup3 (Bob Jenkins), written from the reference, not from bpf/ ----
+fn rot(x: u32, k: u32) -> u32 {
+    x.rotate_left(k)
+}
+fn final_mix(mut a: u32, mut b: u32, mut c: u32) -> u32 {
+    c ^= b;
+    c = c.wrapping_sub(rot(b, 14));
+    a ^= c;
+    a = a.wrapping_sub(rot(c, 11));
+    b ^= a;
+    b = b.wrapping_sub(rot(a, 25));
+    c ^= b;
+    c = c.wrapping_sub(rot(b, 16));
+    a ^= c;
+    a = a.wrapping_sub(rot(c, 4));
+    b ^= a;
+    b = b.wrapping_sub(rot(a, 14));
+    c ^= b;
+    c.wrapping_sub(rot(b, 24))
+}
+fn jhash3(a: u32, b: u32, c: u32, init: u32) -> u32 {
+    let iv = init.wrapping_add(0xdeadbeef).wrapping_add(12);
+    final_mix(a.wrapping_add(iv), b.wrapping_add(iv), c.wrapping_add(iv))
+}
+fn jhash1(a: u32, init: u32) -> u32 {
+    let iv = init.wrapping_add(0xdeadbeef).wrapping_add(4);
+    final_mix(a.wrapping_add(iv), iv, iv)
+}
+
+/// An address as the data plane loads it: network-order bytes read as
+/// native-endian words.
+fn words(a: IpAddr) -> [u32; 4] {
+    let mut w = [0u32; 4];
+    match a {
+        IpAddr::V4(v) => w[0] = u32::from_ne_bytes(v.octets()),
+        IpAddr::V6(v) => {
+            let o = v.octets();
+            for i in 0..4 {
+                w[i] = u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]);
+            }
+        }
+    }
+    w
+}
+
+const SEED: u32 = 0x5745;
+
+pub fn flow_hash(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, proto: u8) -> u32 {
+    let s = words(src);
+    let d = words(dst);
+    let sp = u16::from_ne_bytes(sport.to_be_bytes()) as u32;
+    let dp = u16::from_ne_bytes(dport.to_be_bytes()) as u32;
+    let ports = (sp << 16) | dp;
+    if src.is_ipv4() {
+        return jhash3(s[0], d[0], ports, SEED ^ u32::from(proto));
+    }
+    let h = jhash3(s[0], s[1], s[2], SEED ^ u32::from(proto));
+    jhash3(s[3], d[0] ^ d[1] ^ d[2] ^ d[3], ports, h)
+}
+
+pub fn source_hash(src: IpAddr) -> u32 {
+    let s = words(src);
+    if src.is_ipv4() {
+        return jhash1(s[0], SEED);
+    }
+    jhash1(s[3], jhash3(s[0], s[1], s[2], SEED))
+}
+
+impl Lb {
+    /// The backend MAC Maglev must pick for this hash on VIP `vip`.
+    pub fn ring_mac(&self, vip: usize, hash: u32) -> [u8; 6] {
+        let v = &self.plan.vips[vip];
+        let bid = v.ring[(hash % self.plan.table_size) as usize];
+        self.hops[&bid].mac
+    }
+    pub fn backend_mac(&self, vip: usize, idx: usize) -> [u8; 6] {
+        self.hops[&self.plan.vips[vip].backends[idx].id].mac
+    }
+    pub fn counters(&self) -> Vec<u64> {
+        self.dp.global_counters().expect("counters")
+    }
+}
+
+// ---------------------------------------------------------------- frames ---
+pub fn tcp_syn(src: &str, dst: &str, sport: u16, dport: u16) -> Vec<u8> {
+    tcp_payload(src, dst, sport, dport, &[])
+}
+
+pub fn tcp_payload(src: &str, dst: &str, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC);
+    let b = match (src.parse::<IpAddr>().unwrap(), dst.parse::<IpAddr>().unwrap()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => b.ipv4(s.octets(), d.octets(), 64),
+        (IpAddr::V6(s), IpAddr::V6(d)) => b.ipv6(s.octets(), d.octets(), 64),
+        _ => panic!("mixed families"),
+    };
+    let b = b.tcp(sport, dport, 0x1000_0000, 64240).syn();
+    let mut out = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut out, payload).unwrap();
+    out
+}
+
+pub fn udp(src: &str, dst: &str, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC);
+    let b = match (src.parse::<IpAddr>().unwrap(), dst.parse::<IpAddr>().unwrap()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => b.ipv4(s.octets(), d.octets(), 64),
+        (IpAddr::V6(s), IpAddr::V6(d)) => b.ipv6(s.octets(), d.octets(), 64),
+        _ => panic!("mixed families"),
+    };
+    let b = b.udp(sport, dport);
+    let mut out = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut out, payload).unwrap();
+    out
+}
+
+pub fn tcp_syn_vlan(src: &str, dst: &str, sport: u16, dport: u16, vid: u16) -> Vec<u8> {
+    let s: std::net::Ipv4Addr = src.parse().unwrap();
+    let d: std::net::Ipv4Addr = dst.parse().unwrap();
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+        .single_vlan(vid.try_into().unwrap())
+        .ipv4(s.octets(), d.octets(), 64)
+        .tcp(sport, dport, 7, 64240)
+        .syn();
+    let mut out = Vec::new();
+    b.write(&mut out, &[]).unwrap();
+    out
+}
+
+/// IPv4 (IHL 6: one NOP-padded option word) + TCP SYN.
+pub fn tcp_syn_ip_options(src: &str, dst: &str, sport: u16, dport: u16) -> Vec<u8> {
+    let s: std::net::Ipv4Addr = src.parse().unwrap();
+    let d: std::net::Ipv4Addr = dst.parse().unwrap();
+    let mut ip = Ipv4Header::new(0, 64, etherparse::IpNumber::TCP, s.octets(), d.octets()).unwrap();
+    ip.options = [1u8, 1, 1, 0][..].try_into().unwrap(); // NOP NOP NOP EOL
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+        .ip(IpHeaders::Ipv4(ip, Default::default()))
+        .tcp(sport, dport, 7, 64240)
+        .syn();
+    let mut out = Vec::new();
+    b.write(&mut out, &[]).unwrap();
+    out
+}
+
+/// What DSR must make of `frame`: the same bytes with new MACs.
+pub fn with_macs(frame: &[u8], dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    f[0..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&src);
+    f
+}
+
+/// An ARP request (who-has `target` tell `sender`).
+pub fn arp_request(sender: [u8; 4], target: [u8; 4]) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&CLIENT_MAC);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&CLIENT_MAC);
+    f.extend_from_slice(&sender);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&target);
+    f
+}

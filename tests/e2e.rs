@@ -1,0 +1,212 @@
+//! End to end in network namespaces (root): the lab (client, balancer,
+//! three HTTP backends on a bridge), weir attached natively to the
+//! balancer's veth, 300 curl requests through the VIP.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::require_root;
+
+const WEIR: &str = env!("CARGO_BIN_EXE_weir");
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// The lab and weir, torn down on every exit path (panics included).
+struct Lab {
+    prefix: String,
+    weir: Option<Child>,
+    config: std::path::PathBuf,
+}
+
+impl Lab {
+    fn up(prefix: &str) -> Lab {
+        let lab = Lab { prefix: prefix.into(), weir: None, config: std::env::temp_dir().join(format!("{prefix}.toml")) };
+        let st = Command::new(format!("{ROOT}/lab/lab.sh"))
+            .arg("up")
+            .env("PREFIX", prefix)
+            .env("WEIR", WEIR)
+            .status()
+            .expect("running lab/lab.sh");
+        assert!(st.success(), "lab/lab.sh up failed");
+        lab
+    }
+
+    fn ns(&self, host: &str) -> String {
+        format!("{}-{host}", self.prefix)
+    }
+
+    fn sh(&self, host: &str, script: &str) -> std::process::Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.ns(host), "bash", "-c", script])
+            .output()
+            .expect("ip netns exec")
+    }
+
+    fn start_weir(&mut self, config: &str) {
+        std::fs::write(&self.config, config).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns("lb"), WEIR, "run", "--iface", "veth6", "--mode", "native"])
+            .arg("--config")
+            .arg(&self.config)
+            .args(["--interval", "0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting weir");
+        self.weir = Some(child);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(15) {
+            if self.stats().is_some() {
+                return;
+            }
+            if let Some(st) = self.weir.as_mut().unwrap().try_wait().unwrap() {
+                panic!("weir exited during start-up: {st}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("weir did not come up within 15 s");
+    }
+
+    fn stats(&self) -> Option<serde_json::Value> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns("lb"), WEIR, "stats", "--iface", "veth6", "--once", "--json"])
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// SIGTERM to weir (by its PID) and wait; returns its exit status.
+    fn stop_weir(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.weir.take()?;
+        // SAFETY: signalling our own child by PID.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        c.wait().ok()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.stop_weir();
+        let _ = Command::new(format!("{ROOT}/lab/lab.sh")).arg("down").env("PREFIX", &self.prefix).status();
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
+
+const CONFIG: &str = r#"
+[[vip]]
+name = "web"
+address = "198.18.0.100"
+port = 80
+protocol = "tcp"
+[[vip.backend]]
+address = "198.18.0.11"
+weight = 1
+[[vip.backend]]
+address = "198.18.0.12"
+weight = 2
+[[vip.backend]]
+address = "198.18.0.13"
+weight = 3
+"#;
+
+#[test]
+fn three_hundred_requests_through_the_vip_follow_the_weights() {
+    if !require_root("netns end-to-end test") {
+        return;
+    }
+    let mut lab = Lab::up(&format!("wt{}", std::process::id()));
+    lab.start_weir(CONFIG);
+
+    let n = 300;
+    let out = lab.sh(
+        "client",
+        &format!("for i in $(seq {n}); do curl -s --max-time 3 http://198.18.0.100/ || echo FAILED; done"),
+    );
+    let body = String::from_utf8_lossy(&out.stdout);
+    let count = |s: &str| body.lines().filter(|l| l.trim() == s).count();
+    let (b1, b2, b3, failed) = (count("b1"), count("b2"), count("b3"), count("FAILED"));
+    eprintln!("300 requests: b1={b1} b2={b2} b3={b3} failed={failed}");
+    assert_eq!(failed, 0, "every request succeeds");
+    assert_eq!(b1 + b2 + b3, n, "every answer names a backend");
+    // Each request is a new connection (a new source port) hashed by Maglev:
+    // the count per backend is binomial(n, w/6). Allow 4 standard deviations,
+    // which a correct balancer exceeds with probability < 1e-4 per backend.
+    for (got, w) in [(b1, 1.0), (b2, 2.0), (b3, 3.0)] {
+        let p = w / 6.0;
+        let mean = n as f64 * p;
+        let sd = (n as f64 * p * (1.0 - p)).sqrt();
+        assert!(
+            (got as f64 - mean).abs() <= 4.0 * sd,
+            "weight {w}: {got} requests, expected {mean:.0} +- {:.0}",
+            4.0 * sd
+        );
+    }
+
+    // weir's own counters agree with what the client saw.
+    let s = lab.stats().expect("weir stats --json");
+    let vip = &s["vips"][0];
+    let new_flows = vip["new_flows"].as_u64().unwrap();
+    // Ephemeral ports may repeat within 300 connections; a repeat is a
+    // tracked flow, not a new one.
+    assert!((n as u64 - 10..=n as u64).contains(&new_flows), "VIP new flows {new_flows}");
+    let backends = vip["backends"].as_array().unwrap();
+    let per: Vec<u64> = backends.iter().map(|b| b["new_flows"].as_u64().unwrap()).collect();
+    assert_eq!(per.iter().sum::<u64>(), new_flows);
+    assert!(per.iter().all(|x| *x > 0), "every backend got flows: {per:?}");
+    assert!(s["counters"]["arp_reply"].as_u64().unwrap() >= 1, "the VIP's ARP was answered by XDP");
+    assert_eq!(s["counters"]["xdp_aborted"].as_u64().unwrap(), 0);
+    assert_eq!(s["xdp_mode"], "native");
+
+    // SIGTERM detaches: nothing stays on the interface.
+    let st = lab.stop_weir().expect("weir was running");
+    assert!(st.success(), "weir exits 0 on SIGTERM: {st}");
+    let link = lab.sh("lb", "ip link show veth6");
+    let link = String::from_utf8_lossy(&link.stdout);
+    assert!(!link.contains("xdp"), "program detached after SIGTERM: {link}");
+}
+
+#[test]
+fn bad_config_or_interface_leaves_nothing_attached() {
+    if !require_root("netns end-to-end test") {
+        return;
+    }
+    let lab = Lab::up(&format!("wu{}", std::process::id()));
+    let run = |args: &[&str]| {
+        Command::new("ip").args(["netns", "exec", &lab.ns("lb"), WEIR]).args(args).output().unwrap()
+    };
+    let bad = std::env::temp_dir().join(format!("{}-bad.toml", lab.prefix));
+    std::fs::write(&bad, CONFIG.replace("198.18.0.12\"", "198.18.0.12\"\nmac = \"zz:00\"")).unwrap();
+    let o = run(&["run", "--iface", "veth6", "--config", bad.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("vip[0].backend[1].mac: 'zz:00' is not a MAC address"), "{err}");
+
+    let good = std::env::temp_dir().join(format!("{}-good.toml", lab.prefix));
+    std::fs::write(&good, CONFIG).unwrap();
+    let o = run(&["run", "--iface", "nosuch0", "--config", good.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("interface 'nosuch0' not found in this network namespace"), "{err}");
+
+    // A backend that does not answer ARP: resolution fails before attach.
+    std::fs::write(&bad, CONFIG.replace("198.18.0.13", "198.18.0.77")).unwrap();
+    let o = run(&["run", "--iface", "veth6", "--config", bad.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("no MAC for backend 198.18.0.77 on veth6"), "{err}");
+
+    let link = lab.sh("lb", "ip link show veth6");
+    assert!(!String::from_utf8_lossy(&link.stdout).contains("xdp"), "nothing attached after failures");
+    let _ = std::fs::remove_file(&bad);
+    let _ = std::fs::remove_file(&good);
+}
