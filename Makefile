@@ -46,10 +46,18 @@ demo: deps build
 bench: build
 	scripts/as-root.sh $(WEIR) bench
 
+# Static-pie (glibc) per FACTS, then run to prove it works. Ubuntu's libelf.a
+# needs zstd: link libzstd.a then, and only then (a plain -lzstd here gave a
+# binary that crashed in _init).
+LIBDIR := /usr/lib/$(shell uname -m)-linux-gnu
+ZSTD_FLAG = $(shell nm $(LIBDIR)/libelf.a 2>/dev/null | grep -q ZSTD_ && echo '-C link-arg=-l:libzstd.a')
 static:
-	LIBBPF_SYS_LIBRARY_PATH=/usr/lib/$(shell uname -m)-linux-gnu RUSTFLAGS='-C target-feature=+crt-static' \
+	LIBBPF_SYS_LIBRARY_PATH=$(LIBDIR) \
+		RUSTFLAGS='-C target-feature=+crt-static $(ZSTD_FLAG)' \
 		$(CARGO) build --release --features static --target $(TARGET)
 	file $(STATIC_BIN) | tee /dev/stderr | grep -q 'static-pie linked\|statically linked'
+	$(STATIC_BIN) --version
+	$(STATIC_BIN) check lab/weir-lab.toml >/dev/null
 	@echo "static binary: $(STATIC_BIN)"
 
 clean:

@@ -47,8 +47,8 @@ static __always_inline __u32 round_robin_pick(const struct vip_meta *vip)
 
 	if (!cursor || vip->rr_len == 0)
 		return WEIR_NO_BACKEND;
-	/* The control plane keeps the cursor below rr_len x 2^24 by resetting
-	 * it on reload; a wrap of the u32 costs one uneven turn at worst. */
+	/* When the u32 cursor wraps (every 2^32 new flows) the rotation
+	 * restarts once mid-sequence: one uneven turn, then exact again. */
 	n = __sync_fetch_and_add(cursor, 1);
 	idx = vid * WEIR_RR_SLOTS + n % vip->rr_len;
 	bid = bpf_map_lookup_elem(&rr_ring, &idx);
