@@ -55,7 +55,8 @@ static:
 	LIBBPF_SYS_LIBRARY_PATH=$(LIBDIR) \
 		RUSTFLAGS='-C target-feature=+crt-static $(ZSTD_FLAG)' \
 		$(CARGO) build --release --features static --target $(TARGET)
-	file $(STATIC_BIN) | tee /dev/stderr | grep -q 'static-pie linked\|statically linked'
+	file $(STATIC_BIN)
+	file $(STATIC_BIN) | grep -q "static-pie linked\|statically linked"
 	$(STATIC_BIN) --version
 	$(STATIC_BIN) check lab/weir-lab.toml >/dev/null
 	@echo "static binary: $(STATIC_BIN)"
