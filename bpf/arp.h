@@ -14,17 +14,17 @@
 #define ARPOP_REQUEST 1
 #define ARPOP_REPLY 2
 
-static __always_inline int handle_arp(void *data, void *data_end, struct packet *pkt)
+static __always_inline int handle_arp(struct stat_block *c, void *data, void *data_end, struct packet *pkt)
 {
 	struct ethhdr *eth = data;
 	struct arp_eth *arp = data + pkt->l3_off;
 	__be32 target;
 
 	if ((void *)(arp + 1) > data_end)
-		return pass_because(WEIR_STAT_PASS_TRUNCATED);
+		return pass_because(c, WEIR_STAT_PASS_TRUNCATED);
 	if (arp->hw_type != bpf_htons(1) || arp->proto_type != bpf_htons(ETH_P_IP) ||
 	    arp->hw_len != ETH_ALEN || arp->proto_len != 4 || arp->op != bpf_htons(ARPOP_REQUEST))
-		return pass_because(WEIR_STAT_PASS_ARP_OTHER);
+		return pass_because(c, WEIR_STAT_PASS_ARP_OTHER);
 	__u8 mac[ETH_ALEN];
 	int i;
 
@@ -33,7 +33,7 @@ static __always_inline int handle_arp(void *data, void *data_end, struct packet 
 		mac[i] = iface_mac[i];
 	target = arp->tpa;
 	if (!bpf_map_lookup_elem(&vip_arp, &target))
-		return pass_because(WEIR_STAT_PASS_ARP_OTHER);
+		return pass_because(c, WEIR_STAT_PASS_ARP_OTHER);
 
 	arp->op = bpf_htons(ARPOP_REPLY);
 	__builtin_memcpy(arp->tha, arp->sha, ETH_ALEN);
@@ -42,8 +42,8 @@ static __always_inline int handle_arp(void *data, void *data_end, struct packet 
 	arp->spa = target;
 	__builtin_memcpy(eth->h_dest, eth->h_source, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, mac, ETH_ALEN);
-	stat_inc(WEIR_STAT_ARP_REPLY);
-	return verdict(XDP_TX);
+	stat_inc(c, WEIR_STAT_ARP_REPLY);
+	return verdict(c, XDP_TX);
 }
 
 #endif

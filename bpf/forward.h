@@ -6,7 +6,7 @@
 #include "maps.h"
 #include "stats.h"
 
-static __always_inline int forward_dsr(void *data, const struct backend *be)
+static __always_inline int forward_dsr(struct stat_block *c, void *data, const struct backend *be)
 {
 	struct ethhdr *eth = data; /* bounds checked by parse_eth */
 	int action;
@@ -14,12 +14,12 @@ static __always_inline int forward_dsr(void *data, const struct backend *be)
 	__builtin_memcpy(eth->h_dest, be->mac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, be->src_mac, ETH_ALEN);
 	if (be->tx_port == 0)
-		return verdict(XDP_TX);
+		return verdict(c, XDP_TX);
 	/* An empty DEVMAP slot yields the low bits of flags: XDP_DROP. */
 	action = bpf_redirect_map(&tx_ports, be->tx_port, XDP_DROP);
 	if (action != XDP_REDIRECT)
-		return drop_because(WEIR_STAT_DROP_TX_PORT);
-	return verdict(action);
+		return drop_because(c, WEIR_STAT_DROP_TX_PORT);
+	return verdict(c, action);
 }
 
 #endif

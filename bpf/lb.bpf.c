@@ -39,6 +39,7 @@ int weir_lb(struct xdp_md *ctx)
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	__u64 bytes = data_end - data;
+	struct stat_block *c = counters();
 	struct packet pkt = {};
 	struct vip_meta *vip;
 	struct backend *be;
@@ -49,39 +50,39 @@ int weir_lb(struct xdp_md *ctx)
 
 	rc = parse_eth(data, data_end, &pkt);
 	if (rc)
-		return pass_because(rc);
+		return pass_because(c, rc);
 	if (pkt.l3_proto == bpf_htons(ETH_P_IP))
 		rc = parse_ipv4(data, data_end, &pkt);
 	else if (pkt.l3_proto == bpf_htons(ETH_P_IPV6))
 		rc = parse_ipv6(data, data_end, &pkt);
 	else if (pkt.l3_proto == bpf_htons(ETH_P_ARP))
-		return handle_arp(data, data_end, &pkt);
+		return handle_arp(c, data, data_end, &pkt);
 	else
 		rc = WEIR_STAT_PASS_NOT_IP;
 	if (rc)
-		return pass_because(rc);
+		return pass_because(c, rc);
 
 	vip = find_vip(&pkt.key);
 	if (!vip)
-		return pass_because(WEIR_STAT_PASS_NOT_VIP);
+		return pass_because(c, WEIR_STAT_PASS_NOT_VIP);
 
 	f = bpf_map_lookup_elem(&flows, &pkt.key);
 	if (f) {
 		bid = f->backend_id;
 		be = bpf_map_lookup_elem(&backends, &bid);
 		if (be && (be->flags & WEIR_BACKEND_ACTIVE)) {
-			stat_inc(WEIR_STAT_FLOW_HIT);
+			stat_inc(c, WEIR_STAT_FLOW_HIT);
 			goto send;
 		}
 		/* Its backend left the config: reschedule rather than blackhole. */
-		stat_inc(WEIR_STAT_FLOW_RESCHEDULED);
+		stat_inc(c, WEIR_STAT_FLOW_RESCHEDULED);
 	}
 
 	bid = schedule(vip, &pkt.key);
 	be = bpf_map_lookup_elem(&backends, &bid);
 	if (!be || !(be->flags & WEIR_BACKEND_ACTIVE)) {
 		traffic_add(&vip_stats, vip->vip_id, bytes, 0);
-		return drop_because(WEIR_STAT_DROP_NO_BACKEND);
+		return drop_because(c, WEIR_STAT_DROP_NO_BACKEND);
 	}
 	{
 		struct flow nf = { .backend_id = bid, .vip_id = vip->vip_id };
@@ -89,9 +90,9 @@ int weir_lb(struct xdp_md *ctx)
 		bpf_map_update_elem(&flows, &pkt.key, &nf, BPF_ANY);
 	}
 	new_flow = 1;
-	stat_inc(WEIR_STAT_FLOW_NEW);
+	stat_inc(c, WEIR_STAT_FLOW_NEW);
 send:
 	traffic_add(&vip_stats, vip->vip_id, bytes, new_flow);
 	traffic_add(&backend_stats, bid, bytes, new_flow);
-	return forward_dsr(data, be);
+	return forward_dsr(c, data, be);
 }

@@ -87,8 +87,8 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__type(key, __u32);
-	__type(value, __u64);
-	__uint(max_entries, WEIR_STAT_MAX);
+	__type(value, struct stat_block);
+	__uint(max_entries, 1);
 } stats SEC(".maps");
 
 struct {

@@ -5,12 +5,18 @@
 
 #include "maps.h"
 
-static __always_inline void stat_inc(__u32 idx)
+/* One lookup per packet: the whole per-CPU block, then plain increments. */
+static __always_inline struct stat_block *counters(void)
 {
-	__u64 *v = bpf_map_lookup_elem(&stats, &idx);
+	__u32 zero = 0;
 
-	if (v)
-		*v += 1;
+	return bpf_map_lookup_elem(&stats, &zero);
+}
+
+static __always_inline void stat_inc(struct stat_block *c, __u32 idx)
+{
+	if (c && idx < WEIR_STAT_MAX)
+		c->n[idx] += 1;
 }
 
 static __always_inline void traffic_add(void *map, __u32 idx, __u64 bytes, int new_flow)
@@ -25,22 +31,22 @@ static __always_inline void traffic_add(void *map, __u32 idx, __u64 bytes, int n
 }
 
 /* Every exit goes through here so the action counters add up to the packets seen. */
-static __always_inline int verdict(int action)
+static __always_inline int verdict(struct stat_block *c, int action)
 {
-	stat_inc((__u32)action);
+	stat_inc(c, (__u32)action);
 	return action;
 }
 
-static __always_inline int pass_because(__u32 reason)
+static __always_inline int pass_because(struct stat_block *c, __u32 reason)
 {
-	stat_inc(reason);
-	return verdict(XDP_PASS);
+	stat_inc(c, reason);
+	return verdict(c, XDP_PASS);
 }
 
-static __always_inline int drop_because(__u32 reason)
+static __always_inline int drop_because(struct stat_block *c, __u32 reason)
 {
-	stat_inc(reason);
-	return verdict(XDP_DROP);
+	stat_inc(c, reason);
+	return verdict(c, XDP_DROP);
 }
 
 #endif

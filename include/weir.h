@@ -118,4 +118,9 @@ enum weir_stat {
 	WEIR_STAT_MAX,
 };
 
+/* The global counters of one CPU: the `stats` map's single value. */
+struct stat_block {
+	__u64 n[WEIR_STAT_MAX];
+};
+
 #endif /* WEIR_H */

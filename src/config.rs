@@ -10,7 +10,10 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 use crate::maglev::is_prime;
-use crate::skel::{MAX_BACKENDS, MAX_VIPS};
+use crate::skel::{MAX_BACKENDS, MAX_VIPS, RR_SLOTS};
+
+/// Upper bound of `conntrack.size`: 16M flows, ~1.6 GB of kernel memory.
+pub const MAX_FLOWS: u32 = 1 << 24;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -198,8 +201,11 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<()> {
-        if self.conntrack.size == 0 {
-            bail!("conntrack.size: must be at least 1 (flows remembered)");
+        if self.conntrack.size == 0 || self.conntrack.size > MAX_FLOWS {
+            bail!(
+                "conntrack.size: {} is out of range: 1 to {MAX_FLOWS} flows (the LRU table is preallocated, ~100 bytes per flow)",
+                self.conntrack.size
+            );
         }
         let m = self.maglev.table_size;
         if !is_prime(m) {
@@ -214,7 +220,8 @@ impl Config {
         if self.vips.len() > MAX_VIPS as usize {
             bail!("{} VIPs defined, at most {MAX_VIPS} are supported", self.vips.len());
         }
-        let ring_bytes = u64::from(m) * self.vips.len() as u64 * 4;
+        // Array map values are rounded up to 8 bytes.
+        let ring_bytes = u64::from(m) * self.vips.len() as u64 * 8;
         if ring_bytes > 1 << 30 {
             bail!(
                 "maglev.table_size: {m} slots x {} VIPs needs {} MiB of tables; use a smaller prime (65537 suits up to ~650 backends per VIP)",
@@ -249,6 +256,12 @@ impl Config {
             }
             if vip.backends.is_empty() {
                 bail!("{at} ({addr}): VIP without backends: add at least one [[vip.backend]]");
+            }
+            let active = vip.backends.iter().filter(|b| b.weight > 0).count();
+            if vip.scheduler == Scheduler::RoundRobin && active > RR_SLOTS as usize {
+                bail!(
+                    "{at}: round-robin supports at most {RR_SLOTS} backends with weight > 0 ({active} given); use scheduler = \"maglev\""
+                );
             }
             let mut bseen = HashSet::new();
             for (j, b) in vip.backends.iter().enumerate() {
@@ -391,6 +404,24 @@ weight = 3
         assert!(e.contains("vip[0].backend[1].address: 198.18.0.11 is listed twice"), "{e}");
         let e = err(&GOOD.replace("size = 1024", "size = 0"));
         assert!(e.contains("conntrack.size"), "{e}");
+    }
+
+    #[test]
+    fn round_robin_backend_limit_and_table_memory() {
+        let mut t = String::from("[[vip]]\naddress = \"198.18.0.100\"\nprotocol = \"tcp\"\nscheduler = \"round-robin\"\n");
+        for i in 0..257 {
+            t += &format!("[[vip.backend]]\naddress = \"10.0.{}.{}\"\n", i / 200, i % 200 + 1);
+        }
+        let e = err(&t);
+        assert!(e.contains("vip[0]: round-robin supports at most 256 backends with weight > 0 (257 given)"), "{e}");
+        let mut big = GOOD.replace("table_size = 251", "table_size = 10000019");
+        for i in 2..16 {
+            big += &format!("[[vip]]\naddress = \"198.18.1.{i}\"\nprotocol = \"tcp\"\n[[vip.backend]]\naddress = \"198.18.0.11\"\n");
+        }
+        let e = err(&big);
+        assert!(e.contains("maglev.table_size: 10000019 slots x 15 VIPs needs 1144 MiB"), "{e}");
+        let e = err(&GOOD.replace("size = 1024", "size = 16777217"));
+        assert!(e.contains("conntrack.size: 16777217 is out of range"), "{e}");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::net::Iface;
 use crate::plan::Plan;
 use crate::skel::lb::{LbSkel, LbSkelBuilder};
 use crate::skel::{
-    bytes_of, from_bytes, weir_backend_flags, Backend, Traffic, VipKey, VipMeta, FAMILY_V4, FAMILY_V6, MAX_TX_PORTS,
+    bytes_of, from_bytes, weir_backend_flags, Backend, StatBlock, Traffic, VipKey, VipMeta, FAMILY_V4, FAMILY_V6, MAX_TX_PORTS,
     RR_SLOTS, STAT_COUNT,
 };
 
@@ -187,13 +187,12 @@ impl Dataplane {
 
     pub fn global_counters(&self) -> Result<Vec<u64>> {
         let mut out = vec![0u64; STAT_COUNT];
-        for (i, v) in out.iter_mut().enumerate() {
-            let per_cpu = self.skel.maps.stats.lookup_percpu(&key32(i as u32), MapFlags::ANY)?;
-            *v = per_cpu
-                .into_iter()
-                .flatten()
-                .map(|b| u64::from_ne_bytes(b[..8].try_into().unwrap_or([0; 8])))
-                .sum();
+        let per_cpu = self.skel.maps.stats.lookup_percpu(&key32(0), MapFlags::ANY)?;
+        for cpu in per_cpu.into_iter().flatten() {
+            let block: StatBlock = from_bytes(&cpu)?;
+            for (o, v) in out.iter_mut().zip(block.n.iter()) {
+                *o += v;
+            }
         }
         Ok(out)
     }
@@ -217,9 +216,10 @@ impl Dataplane {
         Self::traffic(&self.skel.maps.backend_stats, backend_id)
     }
 
-    /// Number of entries in the flow table (walks it: for tests and stats).
-    pub fn flow_count(&self) -> usize {
-        self.skel.maps.flows.keys().count()
+    /// Entries in the flow table, counted up to `cap` (a walk is one
+    /// syscall per entry: stats must not stall the control loop).
+    pub fn flow_count(&self, cap: usize) -> usize {
+        self.skel.maps.flows.keys().take(cap).count()
     }
 
     /// Run the program once on `frame` through BPF_PROG_TEST_RUN: the XDP

@@ -1,6 +1,7 @@
 //! weir: parse the command line, build the thing, run it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::io::Write as _;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -144,9 +145,14 @@ fn run(iface_name: &str, config: &str, mode: AttachMode, interval: u64, allow_ho
         control.serve(&mut snapshot);
         if interval > 0 && last_print.elapsed() >= Duration::from_secs(interval) {
             last_print = Instant::now();
-            let s = snapshot()?;
-            println!("{}", s.render(prev.as_ref()));
-            prev = Some(s);
+            // A failed read or a closed stdout must not take the balancer down.
+            match snapshot() {
+                Ok(s) => {
+                    let _ = writeln!(std::io::stdout(), "{}", s.render(prev.as_ref()));
+                    prev = Some(s);
+                }
+                Err(e) => eprintln!("weir: warning: reading counters: {e:#}"),
+            }
         }
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -18,26 +18,30 @@ pub struct Iface {
     pub mtu: u32,
 }
 
-fn sys(name: &str, attr: &str) -> Result<String> {
-    let p = format!("/sys/class/net/{name}/{attr}");
-    Ok(std::fs::read_to_string(&p).with_context(|| format!("reading {p}"))?.trim().to_string())
-}
-
 impl Iface {
+    /// Ask the kernel through netlink (`ip -j link`), which answers for the
+    /// caller's network namespace; /sys/class/net answers for whichever
+    /// namespace mounted /sys, which under `nsenter` is not ours.
     pub fn lookup(name: &str) -> Result<Iface> {
-        if name.is_empty() || name.len() > 15 || name.contains('/') || name.starts_with('.') {
+        if name.is_empty() || name.len() > 15 || name.contains('/') || name.contains(char::is_whitespace) {
             bail!("'{name}' is not an interface name");
         }
-        if !std::path::Path::new(&format!("/sys/class/net/{name}")).exists() {
+        let out = Command::new("ip")
+            .args(["-j", "link", "show", "dev", name])
+            .output()
+            .context("running `ip link` (install iproute2)")?;
+        if !out.status.success() {
             bail!(
                 "interface '{name}' not found in this network namespace \
                  (`ip link` lists the ones here; run weir inside the interface's namespace, e.g. `ip netns exec NS weir ...`)"
             );
         }
-        let ifindex = sys(name, "ifindex")?.parse().context("parsing ifindex")?;
-        let mac_s = sys(name, "address")?;
-        let mac = parse_mac(&mac_s).with_context(|| format!("interface {name} has no Ethernet address ({mac_s})"))?;
-        let mtu = sys(name, "mtu")?.parse().context("parsing mtu")?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("parsing `ip -j link` output")?;
+        let l = &v[0];
+        let ifindex = l["ifindex"].as_u64().context("`ip link` gave no ifindex")? as u32;
+        let mtu = l["mtu"].as_u64().unwrap_or(1500) as u32;
+        let mac_s = l["address"].as_str().unwrap_or("");
+        let mac = parse_mac(mac_s).with_context(|| format!("interface {name} has no Ethernet address ('{mac_s}')"))?;
         Ok(Iface { name: name.to_string(), ifindex, mac, mtu })
     }
 }
@@ -48,6 +52,12 @@ impl Iface {
 /// never named.
 pub fn in_host_netns() -> Result<bool> {
     let me = std::fs::metadata("/proc/self/ns/net").context("reading /proc/self/ns/net")?;
+    // PID 1's namespace is the host's; not every container lets us read it.
+    if let Ok(init) = std::fs::metadata("/proc/1/ns/net") {
+        if init.ino() == me.ino() && init.dev() == me.dev() {
+            return Ok(true);
+        }
+    }
     let Ok(dir) = std::fs::read_dir("/run/netns") else {
         return Ok(true);
     };

@@ -15,7 +15,7 @@ pub mod trivial {
 }
 
 pub use lb::types::{
-    backend as Backend, flow as Flow, flow_key as FlowKey, traffic as Traffic, vip_key as VipKey,
+    backend as Backend, flow as Flow, stat_block as StatBlock, flow_key as FlowKey, traffic as Traffic, vip_key as VipKey,
     vip_meta as VipMeta, weir_backend_flags, weir_const, weir_fwd_mode, weir_sched, weir_stat,
 };
 
@@ -23,6 +23,7 @@ pub use lb::types::{
 // that carries meaning; any byte pattern is a valid value.
 unsafe impl plain::Plain for Backend {}
 unsafe impl plain::Plain for Flow {}
+unsafe impl plain::Plain for StatBlock {}
 unsafe impl plain::Plain for FlowKey {}
 unsafe impl plain::Plain for Traffic {}
 unsafe impl plain::Plain for VipKey {}
@@ -34,6 +35,7 @@ const _: () = assert!(std::mem::size_of::<Backend>() == 36);
 const _: () = assert!(std::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(std::mem::size_of::<Flow>() == 8);
 const _: () = assert!(std::mem::size_of::<Traffic>() == 24);
+const _: () = assert!(std::mem::size_of::<StatBlock>() == 8 * STAT_COUNT);
 
 pub const MAX_VIPS: u32 = weir_const::WEIR_MAX_VIPS.0;
 pub const MAX_BACKENDS: u32 = weir_const::WEIR_MAX_BACKENDS.0;

@@ -12,6 +12,9 @@ use crate::dataplane::Dataplane;
 use crate::plan::{fmt_addr, Plan};
 use crate::skel::{stat_name, STAT_COUNT};
 
+/// `flows_tracked` is counted up to this many entries.
+pub const FLOW_COUNT_CAP: usize = 100_000;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Snapshot {
     pub iface: String,
@@ -78,7 +81,7 @@ impl Snapshot {
             iface: iface.to_string(),
             xdp_mode: mode.to_string(),
             uptime_s: started.elapsed().as_secs_f64(),
-            flows_tracked: dp.flow_count(),
+            flows_tracked: dp.flow_count(FLOW_COUNT_CAP),
             counters,
             vips,
         })

@@ -182,7 +182,7 @@ fn bad_config_or_interface_leaves_nothing_attached() {
     if !require_root("netns end-to-end test") {
         return;
     }
-    let lab = Lab::up(&format!("wu{}", std::process::id()));
+    let mut lab = Lab::up(&format!("wu{}", std::process::id()));
     let run = |args: &[&str]| {
         Command::new("ip").args(["netns", "exec", &lab.ns("lb"), WEIR]).args(args).output().unwrap()
     };
@@ -197,6 +197,7 @@ fn bad_config_or_interface_leaves_nothing_attached() {
     std::fs::write(&good, CONFIG).unwrap();
     let o = run(&["run", "--iface", "nosuch0", "--config", good.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
     assert!(err.contains("interface 'nosuch0' not found in this network namespace"), "{err}");
 
     // A backend that does not answer ARP: resolution fails before attach.
@@ -209,4 +210,21 @@ fn bad_config_or_interface_leaves_nothing_attached() {
     assert!(!String::from_utf8_lossy(&link.stdout).contains("xdp"), "nothing attached after failures");
     let _ = std::fs::remove_file(&bad);
     let _ = std::fs::remove_file(&good);
+
+    // kill -9 gives weir no chance to clean up: the bpf_link must still go.
+    lab.start_weir(CONFIG);
+    let link = lab.sh("lb", "ip link show veth6");
+    assert!(String::from_utf8_lossy(&link.stdout).contains("xdp"), "attached while running");
+    let mut child = lab.weir.take().unwrap();
+    child.kill().unwrap(); // SIGKILL to our own child, by PID
+    child.wait().unwrap();
+    let start = Instant::now();
+    loop {
+        let link = lab.sh("lb", "ip link show veth6");
+        if !String::from_utf8_lossy(&link.stdout).contains("xdp") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "program still attached 5 s after kill -9");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

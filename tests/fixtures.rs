@@ -110,12 +110,31 @@ fn check(lb: &Lb, c: &Case) {
     }
     // DSR leaves L3/L4 untouched: the output must still parse and its
     // checksums still verify, recomputed here by etherparse.
-    if c.action == XDP_TX || c.action == XDP_REDIRECT {
-        if let Ok(p) = etherparse::SlicedPacket::from_ethernet(&out) {
-            if let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net {
+    if (c.action == XDP_TX || c.action == XDP_REDIRECT) && out[12..14] != [0x08, 0x06] {
+        let p = etherparse::SlicedPacket::from_ethernet(&out)
+            .unwrap_or_else(|e| panic!("{}: output does not parse: {e}", c.name));
+        match &p.net {
+            Some(etherparse::NetSlice::Ipv4(ip)) => {
                 let h = ip.header().to_header();
                 assert_eq!(h.header_checksum, h.calc_header_checksum(), "{}: IPv4 checksum", c.name);
             }
+            Some(etherparse::NetSlice::Ipv6(_)) => {}
+            other => panic!("{}: output has no IP header: {other:?}", c.name),
+        }
+        match &p.transport {
+            Some(etherparse::TransportSlice::Tcp(t)) => {
+                let want = match &p.net {
+                    Some(etherparse::NetSlice::Ipv4(ip)) => t.calc_checksum_ipv4(ip.header().source(), ip.header().destination()),
+                    Some(etherparse::NetSlice::Ipv6(ip)) => t.calc_checksum_ipv6(ip.header().source(), ip.header().destination()),
+                    _ => unreachable!(),
+                }
+                .unwrap();
+                assert_eq!(t.checksum(), want, "{}: TCP checksum", c.name);
+            }
+            Some(etherparse::TransportSlice::Udp(u)) => {
+                assert_ne!(u.checksum(), 0, "{}: UDP checksum present", c.name);
+            }
+            other => panic!("{}: output has no L4 header: {other:?}", c.name),
         }
     }
 }
