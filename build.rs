@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use libbpf_cargo::SkeletonBuilder;
 
 /// Each BPF object becomes one skeleton module in OUT_DIR.
-const PROGRAMS: &[&str] = &["lb", "trivial"];
+const PROGRAMS: &[&str] = &["lb", "shield", "trivial"];
 
 fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR is set by cargo"));

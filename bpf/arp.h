@@ -8,6 +8,7 @@
 #ifndef WEIR_ARP_H
 #define WEIR_ARP_H
 
+#include "maps.h"
 #include "parse.h"
 #include "stats.h"
 

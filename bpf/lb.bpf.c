@@ -14,6 +14,7 @@
 #include "arp.h"
 #include "sched.h"
 #include "forward.h"
+#include "shield.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -66,6 +67,18 @@ int weir_lb(struct xdp_md *ctx)
 	if (!vip)
 		return pass_because(c, WEIR_STAT_PASS_NOT_VIP);
 
+	/* The shield sits before the flow table: what it stops never gets state. */
+	if (shield_on && pkt.key.proto == IPPROTO_TCP) {
+		rc = shield_tcp(c, ctx, &pkt, vip->vip_id);
+		if (rc != SHIELD_CONTINUE)
+			return rc;
+		/* A challenge may have moved the frame: re-read the pointers. */
+		data = (void *)(long)ctx->data;
+		data_end = (void *)(long)ctx->data_end;
+		if (data + sizeof(struct ethhdr) > data_end)
+			return verdict(c, XDP_DROP);
+	}
+
 	f = bpf_map_lookup_elem(&flows, &pkt.key);
 	if (f) {
 		bid = f->backend_id;
@@ -76,6 +89,15 @@ int weir_lb(struct xdp_md *ctx)
 		}
 		/* Its backend left the config: reschedule rather than blackhole. */
 		stat_inc(c, WEIR_STAT_FLOW_RESCHEDULED);
+	} else if (shield_on && pkt.key.proto == IPPROTO_TCP && !(pkt.tcp_flags & TCP_SYN) &&
+		   shield_in_attack(vip->vip_id)) {
+		/* ACK / RST / FIN floods: no tracked flow, no new state. */
+		struct shield_policy *pol = bpf_map_lookup_elem(&shield_pol, &vip->vip_id);
+
+		if (!pol || !(pol->flags & WEIR_SHIELD_DRY_RUN))
+			return drop_because(c, WEIR_STAT_SHIELD_OUT_OF_STATE);
+		stat_inc(c, WEIR_STAT_SHIELD_OUT_OF_STATE);
+		stat_inc(c, WEIR_STAT_SHIELD_DRY_RUN);
 	}
 
 	bid = schedule(vip, &pkt.key);
@@ -84,6 +106,8 @@ int weir_lb(struct xdp_md *ctx)
 		traffic_add(&vip_stats, vip->vip_id, bytes, 0);
 		return drop_because(c, WEIR_STAT_DROP_NO_BACKEND);
 	}
+	if (shield_on && !flow_guard_take())
+		return drop_because(c, WEIR_STAT_SHIELD_FLOW_GUARD);
 	{
 		struct flow nf = { .backend_id = bid, .vip_id = vip->vip_id };
 

@@ -21,6 +21,8 @@ const volatile struct {
 	enum weir_fwd_mode mode;
 	enum weir_backend_flags backend_flags;
 	enum weir_const limits;
+	enum weir_attack_mode attack_mode;
+	enum weir_shield_flags shield_flags;
 } weir_abi = { .stat = WEIR_STAT_MAX };
 
 struct {
@@ -84,12 +86,6 @@ struct {
 	__uint(max_entries, WEIR_MAX_TX_PORTS);
 } tx_ports SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__type(key, __u32);
-	__type(value, struct stat_block);
-	__uint(max_entries, 1);
-} stats SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

@@ -47,8 +47,17 @@ struct arp_eth {
 struct packet {
 	struct flow_key key;
 	__u32 l3_off; /* after Ethernet and an optional 802.1Q tag */
+	__u32 l4_off;
 	__be16 l3_proto;
+	__u8 tcp_flags; /* byte 13 of the TCP header */
+	__u8 ip_opts;   /* IPv4 header longer than 20 bytes */
+	__be32 tcp_seq;
 };
+
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+#define TCP_ACK 0x10
 
 /* Ethernet plus at most one 802.1Q / 802.1ad tag. */
 static __always_inline int parse_eth(void *data, void *data_end, struct packet *pkt)
@@ -82,6 +91,8 @@ static __always_inline int parse_l4(void *l4, void *data_end, struct packet *pkt
 			return WEIR_STAT_PASS_TRUNCATED;
 		pkt->key.sport = th->source;
 		pkt->key.dport = th->dest;
+		pkt->tcp_flags = ((__u8 *)th)[13];
+		pkt->tcp_seq = th->seq;
 		return 0;
 	}
 	if (pkt->key.proto == IPPROTO_UDP) {
@@ -121,6 +132,8 @@ static __always_inline int parse_ipv4(void *data, void *data_end, struct packet 
 	pkt->key.proto = iph->protocol;
 	pkt->key.src[0] = iph->saddr;
 	pkt->key.dst[0] = iph->daddr;
+	pkt->l4_off = pkt->l3_off + ihl_len;
+	pkt->ip_opts = ihl_len > 20;
 	return parse_l4((void *)iph + ihl_len, data_end, pkt);
 }
 
@@ -157,6 +170,7 @@ static __always_inline int parse_ipv6(void *data, void *data_end, struct packet 
 	pkt->key.proto = ip6->nexthdr;
 	__builtin_memcpy(pkt->key.src, &ip6->saddr, 16);
 	__builtin_memcpy(pkt->key.dst, &ip6->daddr, 16);
+	pkt->l4_off = pkt->l3_off + sizeof(*ip6);
 	return parse_l4(ip6 + 1, data_end, pkt);
 }
 

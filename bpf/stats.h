@@ -3,7 +3,17 @@
 #ifndef WEIR_STATS_H
 #define WEIR_STATS_H
 
-#include "maps.h"
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "weir.h"
+
+/* Global counters: one block per CPU (see counters()). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct stat_block);
+	__uint(max_entries, 1);
+} stats SEC(".maps");
 
 /* One lookup per packet: the whole per-CPU block, then plain increments. */
 static __always_inline struct stat_block *counters(void)

@@ -115,7 +115,75 @@ enum weir_stat {
 	WEIR_STAT_FLOW_NEW,
 	WEIR_STAT_FLOW_HIT,
 	WEIR_STAT_FLOW_RESCHEDULED,
+	/* SYN-flood shield verdicts */
+	WEIR_STAT_SHIELD_DENIED,
+	WEIR_STAT_SHIELD_ALLOWED,
+	WEIR_STAT_SHIELD_BUCKET_EMPTY,
+	WEIR_STAT_SHIELD_CHALLENGED,
+	WEIR_STAT_SHIELD_PROVEN,
+	WEIR_STAT_SHIELD_PROOF_FAILED,
+	WEIR_STAT_SHIELD_VERIFIED_PASS,
+	WEIR_STAT_SHIELD_OUT_OF_STATE,
+	WEIR_STAT_SHIELD_NO_CHALLENGE,
+	WEIR_STAT_SHIELD_DRY_RUN,
+	WEIR_STAT_SHIELD_FLOW_GUARD,
 	WEIR_STAT_MAX,
+};
+
+enum weir_attack_mode {
+	WEIR_ATTACK_AUTO = 0, /* on above attack_on SYN/s, off below attack_off */
+	WEIR_ATTACK_ON = 1,
+	WEIR_ATTACK_OFF = 2,
+};
+
+enum weir_shield_flags {
+	WEIR_SHIELD_DRY_RUN = 1,   /* count what would be dropped, drop nothing */
+	WEIR_SHIELD_AGGREGATE = 2, /* token buckets per IPv4 /24 and IPv6 /64 */
+};
+
+/* Shield policy of one service (a VIP, or a port in standalone mode). */
+struct shield_policy {
+	__u64 interval_ns;    /* token bucket: one SYN per interval_ns ... */
+	__u64 burst_ns;       /* ... with this much credit (burst x interval) */
+	__u64 verified_ttl_ns;
+	__u32 attack_on;      /* SYN/s */
+	__u32 attack_off;     /* SYN/s */
+	__u8 attack_mode;     /* enum weir_attack_mode */
+	__u8 flags;           /* enum weir_shield_flags */
+	__u16 pad;
+	__u32 enabled;
+};
+
+/* Shared (not per-CPU): the service's SYN rate and attack state. */
+struct shield_state {
+	__u64 window_ns;
+	__u64 syns;
+	__u64 last_rate;  /* SYN/s over the last closed window */
+	__u32 attack;
+	__u32 pad;
+};
+
+struct src_key {
+	__u32 addr[4];
+	__u32 policy;   /* token buckets are per service; 0 for verified sources */
+	__u32 family;
+};
+
+/* A challenge sent: the sequence number the client's RST must carry. */
+struct challenge {
+	__u32 expect_seq; /* host order */
+	__u32 pad;
+	__u64 sent_ns;
+};
+
+struct lpm_v4 {
+	__u32 prefixlen;
+	__u32 addr;
+};
+
+struct lpm_v6 {
+	__u32 prefixlen;
+	__u32 addr[4];
 };
 
 /* The global counters of one CPU: the `stats` map's single value. */

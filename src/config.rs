@@ -22,8 +22,114 @@ pub struct Config {
     pub conntrack: Conntrack,
     #[serde(default)]
     pub maglev: Maglev,
+    /// The SYN-flood shield; absent: off.
+    pub shield: Option<Shield>,
     #[serde(default, rename = "vip")]
     pub vips: Vec<Vip>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttackMode {
+    /// On above `attack_on` SYN/s per service, off below `attack_off`.
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shield {
+    /// SYNs per second per source (token bucket refill).
+    #[serde(default = "default_rate")]
+    pub rate: u32,
+    /// SYNs a source may send at once.
+    #[serde(default = "default_burst")]
+    pub burst: u32,
+    /// One bucket per IPv4 /24 and IPv6 /64 instead of per address.
+    #[serde(default)]
+    pub aggregate: bool,
+    #[serde(default)]
+    pub attack: AttackMode,
+    /// Service SYN/s above which attack mode starts (auto).
+    #[serde(default = "default_attack_on")]
+    pub attack_on: u32,
+    /// Service SYN/s below which attack mode ends (auto).
+    #[serde(default = "default_attack_off")]
+    pub attack_off: u32,
+    /// Seconds a source that answered a challenge stays proven.
+    #[serde(default = "default_verified_ttl")]
+    pub verified_ttl: u32,
+    /// Count what would be dropped or challenged; drop nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Prefixes never limited.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Prefixes always dropped.
+    #[serde(default)]
+    pub deny: Vec<String>,
+    /// Load balancer: new flows per second the flow table accepts (0: no limit).
+    #[serde(default)]
+    pub max_new_flows: u32,
+    /// Standalone `weir shield`: the local TCP ports to protect.
+    #[serde(default)]
+    pub ports: Vec<u16>,
+    /// Token buckets kept (LRU entries).
+    #[serde(default = "default_sources")]
+    pub sources: u32,
+    /// Outstanding challenges kept (LRU entries); size it above the flood's
+    /// SYN/s x the clients' round trip so no real client's record is evicted.
+    #[serde(default = "default_challenges")]
+    pub challenges: u32,
+}
+
+fn default_rate() -> u32 {
+    50
+}
+fn default_burst() -> u32 {
+    100
+}
+fn default_attack_on() -> u32 {
+    5000
+}
+fn default_attack_off() -> u32 {
+    1000
+}
+fn default_verified_ttl() -> u32 {
+    600
+}
+fn default_sources() -> u32 {
+    65536
+}
+fn default_challenges() -> u32 {
+    262144
+}
+
+/// Per-VIP overrides of the [shield] section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VipShield {
+    pub enabled: Option<bool>,
+    pub rate: Option<u32>,
+    pub burst: Option<u32>,
+    pub attack: Option<AttackMode>,
+}
+
+/// "198.18.0.0/24" or "2001:db8::/32" (a bare address is a /32 or /128).
+pub fn parse_prefix(s: &str) -> Option<(IpAddr, u8)> {
+    let (a, len) = match s.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (s, None),
+    };
+    let ip: IpAddr = a.trim().parse().ok()?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len = match len {
+        Some(l) => l.trim().parse::<u8>().ok().filter(|l| *l <= max)?,
+        None => max,
+    };
+    Some((ip, len))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -133,6 +239,8 @@ pub struct Vip {
     pub mode: Mode,
     #[serde(default, rename = "backend")]
     pub backends: Vec<Backend>,
+    /// Overrides of the [shield] section for this VIP.
+    pub shield: Option<VipShield>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -233,6 +341,9 @@ impl Config {
         if total > MAX_BACKENDS as usize {
             bail!("{total} backends defined, at most {MAX_BACKENDS} in all are supported");
         }
+        if let Some(sh) = &self.shield {
+            sh.validate()?;
+        }
         let mut seen = HashSet::new();
         for (i, vip) in self.vips.iter().enumerate() {
             let at = format!("vip[{i}]");
@@ -256,6 +367,17 @@ impl Config {
             }
             if vip.backends.is_empty() {
                 bail!("{at} ({addr}): VIP without backends: add at least one [[vip.backend]]");
+            }
+            if let Some(o) = &vip.shield {
+                if self.shield.is_none() {
+                    bail!("{at}.shield: per-VIP shield settings need a [shield] section");
+                }
+                if vip.protocol != Protocol::Tcp && o.enabled == Some(true) {
+                    bail!("{at}.shield: the SYN-flood shield protects TCP VIPs only");
+                }
+                if o.rate == Some(0) || o.burst == Some(0) {
+                    bail!("{at}.shield: rate and burst must be at least 1");
+                }
             }
             let active = vip.backends.iter().filter(|b| b.weight > 0).count();
             if vip.scheduler == Scheduler::RoundRobin && active > RR_SLOTS as usize {
@@ -290,6 +412,46 @@ impl Config {
                         bail!("{bat}.iface: '{ifn}' is not an interface name (1 to 15 characters)");
                     }
                 }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Shield {
+    pub fn validate(&self) -> Result<()> {
+        if self.rate == 0 || self.rate > 1_000_000 {
+            bail!("shield.rate: {} is out of range: 1 to 1000000 SYN/s per source", self.rate);
+        }
+        if self.burst == 0 || self.burst > 1_000_000 {
+            bail!("shield.burst: {} is out of range: 1 to 1000000", self.burst);
+        }
+        if self.attack_off > self.attack_on {
+            bail!(
+                "shield.attack_off ({}) is above shield.attack_on ({}): attack mode would never end",
+                self.attack_off,
+                self.attack_on
+            );
+        }
+        if self.verified_ttl == 0 {
+            bail!("shield.verified_ttl: must be at least 1 second");
+        }
+        for (name, list) in [("allow", &self.allow), ("deny", &self.deny)] {
+            if list.len() > 4096 {
+                bail!("shield.{name}: at most 4096 prefixes");
+            }
+            for (i, p) in list.iter().enumerate() {
+                if parse_prefix(p).is_none() {
+                    bail!("shield.{name}[{i}]: '{p}' is not a prefix like 198.51.100.0/24 or 2001:db8::/32");
+                }
+            }
+        }
+        if self.ports.contains(&0) {
+            bail!("shield.ports: 0 is not a port");
+        }
+        for (name, v) in [("sources", self.sources), ("challenges", self.challenges)] {
+            if v == 0 || v > MAX_FLOWS {
+                bail!("shield.{name}: {v} is out of range: 1 to {MAX_FLOWS}");
             }
         }
         Ok(())
@@ -422,6 +584,26 @@ weight = 3
         assert!(e.contains("maglev.table_size: 10000019 slots x 15 VIPs needs 1144 MiB"), "{e}");
         let e = err(&GOOD.replace("size = 1024", "size = 16777217"));
         assert!(e.contains("conntrack.size: 16777217 is out of range"), "{e}");
+    }
+
+    #[test]
+    fn shield_section() {
+        let with = |extra: &str| format!("[shield]\n{extra}\n{GOOD}");
+        let c = Config::from_toml(&with("rate = 10\nallow = [\"10.0.0.0/8\", \"2001:db8::/32\"]")).unwrap();
+        let sh = c.shield.unwrap();
+        assert_eq!((sh.rate, sh.burst, sh.attack), (10, 100, AttackMode::Auto));
+        let e = err(&with("deny = [\"10.0.0.0/33\"]"));
+        assert!(e.contains("shield.deny[0]: '10.0.0.0/33' is not a prefix"), "{e}");
+        let e = err(&with("rate = 0"));
+        assert!(e.contains("shield.rate: 0 is out of range"), "{e}");
+        let e = err(&with("attack_on = 10\nattack_off = 20"));
+        assert!(e.contains("shield.attack_off (20) is above shield.attack_on (10)"), "{e}");
+        let e = err(&with("attack = \"maybe\""));
+        assert!(e.contains("unknown variant `maybe`"), "{e}");
+        let e = err(&GOOD.replace("scheduler = \"round-robin\"", "scheduler = \"round-robin\"\nshield = { rate = 5 }"));
+        assert!(e.contains("vip[0].shield: per-VIP shield settings need a [shield] section"), "{e}");
+        assert_eq!(parse_prefix("198.18.0.7"), Some(("198.18.0.7".parse().unwrap(), 32)));
+        assert_eq!(parse_prefix("2001:db8::/32"), Some(("2001:db8::".parse().unwrap(), 32)));
     }
 
     #[test]

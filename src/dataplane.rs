@@ -11,6 +11,7 @@ use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, OpenObject, ProgramInput};
 
 use crate::net::Iface;
+use crate::shield::{policy, ShieldLoad, ShieldMaps};
 use crate::plan::Plan;
 use crate::skel::lb::{LbSkel, LbSkelBuilder};
 use crate::skel::{
@@ -27,6 +28,8 @@ pub struct Settings {
     pub max_vips: u32,
     /// MAC the ARP responder answers with.
     pub iface_mac: [u8; 6],
+    /// The SYN-flood shield in the same program; None: compiled out at load.
+    pub shield: Option<ShieldLoad>,
 }
 
 impl Settings {
@@ -36,6 +39,7 @@ impl Settings {
             conntrack_size: plan.conntrack_size,
             max_vips: plan.vips.len().max(1) as u32,
             iface_mac,
+            shield: plan.shield.as_ref().map(ShieldLoad::from_config),
         }
     }
 }
@@ -90,6 +94,18 @@ impl Dataplane {
         let ro = open.maps.rodata_data.as_deref_mut().context("the BPF object has no .rodata")?;
         ro.ring_size = settings.ring_size;
         ro.iface_mac = settings.iface_mac;
+        if let Some(sh) = &settings.shield {
+            ro.shield_on = 1;
+            ro.has_deny = u32::from(sh.has_deny);
+            ro.has_allow = u32::from(sh.has_allow);
+            ro.guard_interval_ns = sh.guard_interval_ns;
+            ro.guard_burst_ns = sh.guard_burst_ns;
+        }
+        if let Some(sh) = &settings.shield {
+            open.maps.syn_bucket.set_max_entries(sh.sources)?;
+            open.maps.syn_verified.set_max_entries(sh.sources)?;
+            open.maps.syn_challenge.set_max_entries(sh.challenges)?;
+        }
         let skel = open.load().map_err(|e| {
             let hint = if e.kind() == libbpf_rs::ErrorKind::PermissionDenied {
                 " (run as root, or grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)"
@@ -115,6 +131,15 @@ impl Dataplane {
             bail!("plan has {} VIPs, the program was sized for {}", plan.vips.len(), self.settings.max_vips);
         }
         let maps = &self.skel.maps;
+        if let Some(sh) = &plan.shield {
+            let pols: Vec<_> = plan
+                .vips
+                .iter()
+                .filter(|v| v.proto == crate::config::Protocol::Tcp)
+                .map(|v| (v.id, policy(sh, v.shield.as_ref())))
+                .collect();
+            self.shield_maps().apply(sh, &pols)?;
+        }
         for (slot, ifindex) in tx_ifindex {
             if *slot == 0 || *slot >= MAX_TX_PORTS {
                 bail!("DEVMAP slot {slot} out of range");
@@ -186,15 +211,20 @@ impl Dataplane {
     }
 
     pub fn global_counters(&self) -> Result<Vec<u64>> {
-        let mut out = vec![0u64; STAT_COUNT];
-        let per_cpu = self.skel.maps.stats.lookup_percpu(&key32(0), MapFlags::ANY)?;
-        for cpu in per_cpu.into_iter().flatten() {
-            let block: StatBlock = from_bytes(&cpu)?;
-            for (o, v) in out.iter_mut().zip(block.n.iter()) {
-                *o += v;
-            }
+        read_counters(&self.skel.maps.stats)
+    }
+
+    /// The shield's maps in this program (the combined entry).
+    pub fn shield_maps(&self) -> ShieldMaps<'_> {
+        let m = &self.skel.maps;
+        ShieldMaps {
+            pol: &m.shield_pol,
+            state: &m.shield_state,
+            deny_v4: &m.deny_v4,
+            deny_v6: &m.deny_v6,
+            allow_v4: &m.allow_v4,
+            allow_v6: &m.allow_v6,
         }
-        Ok(out)
     }
 
     fn traffic(map: &dyn MapCore, id: u32) -> Result<Traffic> {
@@ -227,6 +257,18 @@ impl Dataplane {
     pub fn run(&self, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
         test_run(&self.skel.progs.weir_lb, frame, 1).map(|(a, out, _)| (a, out))
     }
+}
+
+/// Sum the per-CPU global counter blocks of a `stats` map.
+pub fn read_counters(map: &dyn MapCore) -> Result<Vec<u64>> {
+    let mut out = vec![0u64; STAT_COUNT];
+    for cpu in map.lookup_percpu(&key32(0), MapFlags::ANY)?.into_iter().flatten() {
+        let block: StatBlock = from_bytes(&cpu)?;
+        for (o, v) in out.iter_mut().zip(block.n.iter()) {
+            *o += v;
+        }
+    }
+    Ok(out)
 }
 
 /// One BPF_PROG_TEST_RUN call: action, output frame, mean ns per repetition.

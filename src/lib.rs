@@ -9,5 +9,6 @@ pub mod maglev;
 pub mod net;
 pub mod plan;
 pub mod rr;
+pub mod shield;
 pub mod skel;
 pub mod stats;

@@ -43,6 +43,19 @@ enum Cmd {
         #[arg(long)]
         allow_host_netns: bool,
     },
+    /// The SYN-flood shield alone, in front of local TCP ports ([shield] ports).
+    Shield {
+        #[arg(long)]
+        iface: String,
+        #[arg(long)]
+        config: String,
+        #[arg(long, value_enum, default_value = "auto")]
+        mode: AttachMode,
+        #[arg(long, default_value_t = 2)]
+        interval: u64,
+        #[arg(long)]
+        allow_host_netns: bool,
+    },
     /// Validate a config and print the plan, with each backend's Maglev share.
     Check { config: String },
     /// Show a running instance's counters.
@@ -86,6 +99,9 @@ fn real_main() -> Result<()> {
         Cmd::Run { iface, config, mode, interval, allow_host_netns } => {
             run(&iface, &config, mode, interval, allow_host_netns)
         }
+        Cmd::Shield { iface, config, mode, interval, allow_host_netns } => {
+            shield(&iface, &config, mode, interval, allow_host_netns)
+        }
         Cmd::Check { config } => {
             let cfg = Config::load(&config)?;
             print!("{}", Plan::build(&cfg)?.describe());
@@ -128,10 +144,6 @@ fn run(iface_name: &str, config: &str, mode: AttachMode, interval: u64, allow_ho
     dp.apply(&plan, &hops, &tx)?;
     let control = ControlSocket::bind(iface_name)?;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let s = stop.clone();
-    ctrlc::set_handler(move || s.store(true, Ordering::SeqCst)).context("installing the SIGINT/SIGTERM handler")?;
-
     // Nothing is attached before this point; the link detaches when dropped.
     let link = attach(dp.prog_fd(), &iface, mode)?;
     let started = Instant::now();
@@ -139,10 +151,25 @@ fn run(iface_name: &str, config: &str, mode: AttachMode, interval: u64, allow_ho
     eprintln!("weir: attached to {} in {} mode; Ctrl-C or SIGTERM detaches", iface.name, link.mode);
     let mode_s = link.mode.to_string();
     let mut snapshot = || Snapshot::collect(&dp, &plan, &iface.name, &mode_s, started);
+    serve_until_stopped(&control, interval, &mut snapshot)?;
+    drop(link);
+    eprintln!("weir: detached from {}", iface.name);
+    Ok(())
+}
+
+/// Run until SIGINT/SIGTERM: serve snapshots, print them every `interval` s.
+fn serve_until_stopped(
+    control: &ControlSocket,
+    interval: u64,
+    snapshot: &mut dyn FnMut() -> Result<Snapshot>,
+) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    ctrlc::set_handler(move || s.store(true, Ordering::SeqCst)).context("installing the SIGINT/SIGTERM handler")?;
     let mut prev: Option<Snapshot> = None;
     let mut last_print = Instant::now();
     while !stop.load(Ordering::SeqCst) {
-        control.serve(&mut snapshot);
+        control.serve(snapshot);
         if interval > 0 && last_print.elapsed() >= Duration::from_secs(interval) {
             last_print = Instant::now();
             // A failed read or a closed stdout must not take the balancer down.
@@ -156,8 +183,36 @@ fn run(iface_name: &str, config: &str, mode: AttachMode, interval: u64, allow_ho
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    Ok(())
+}
+
+fn shield(iface_name: &str, config: &str, mode: AttachMode, interval: u64, allow_host_netns: bool) -> Result<()> {
+    let text = std::fs::read_to_string(config).with_context(|| format!("cannot read config file {config}"))?;
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct File {
+        shield: Option<weir::config::Shield>,
+    }
+    let f: File = toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid config {config}: {e}"))?;
+    let sh = f.shield.with_context(|| format!("invalid config {config}: no [shield] section"))?;
+    sh.validate().with_context(|| format!("invalid config {config}"))?;
+    let iface = Iface::lookup(iface_name)?;
+    if !allow_host_netns {
+        refuse_host_netns(&format!("attach to {iface_name}"))?;
+    }
+    let sp = weir::shield::Standalone::load(&sh).with_context(|| format!("invalid config {config}"))?;
+    let control = ControlSocket::bind(iface_name)?;
+    let link = attach(sp.skel.progs.weir_shield.as_fd(), &iface, mode)?;
+    let started = Instant::now();
+    eprintln!(
+        "weir shield: attached to {} in {} mode, protecting tcp ports {:?}; Ctrl-C or SIGTERM detaches",
+        iface.name, link.mode, sh.ports
+    );
+    let mode_s = link.mode.to_string();
+    let mut snapshot = || Snapshot::collect_shield(&sp, &sh.ports, &iface.name, &mode_s, started);
+    serve_until_stopped(&control, interval, &mut snapshot)?;
     drop(link);
-    eprintln!("weir: detached from {}", iface.name);
+    eprintln!("weir shield: detached from {}", iface.name);
     Ok(())
 }
 

@@ -38,6 +38,7 @@ pub struct PlannedVip {
     pub ring: Vec<u32>,
     /// Backend ids in round-robin order.
     pub rr: Vec<u32>,
+    pub shield: Option<crate::config::VipShield>,
 }
 
 #[derive(Debug, Clone)]
@@ -45,6 +46,7 @@ pub struct Plan {
     pub table_size: u32,
     pub conntrack_size: u32,
     pub vips: Vec<PlannedVip>,
+    pub shield: Option<crate::config::Shield>,
 }
 
 /// The identity Maglev hashes: the backend's address bytes.
@@ -105,9 +107,10 @@ impl Plan {
                 backends,
                 ring,
                 rr,
+                shield: v.shield.clone(),
             });
         }
-        Ok(Plan { table_size: m, conntrack_size: cfg.conntrack.size, vips })
+        Ok(Plan { table_size: m, conntrack_size: cfg.conntrack.size, vips, shield: cfg.shield.clone() })
     }
 
     pub fn backend_count(&self) -> usize {
@@ -145,6 +148,25 @@ impl Plan {
                     b.weight,
                     b.slots
                 );
+            }
+            if let Some(sh) = &self.shield {
+                if v.proto == Protocol::Tcp {
+                    let p = crate::shield::policy(sh, v.shield.as_ref());
+                    if p.enabled == 1 {
+                        let _ = writeln!(
+                            s,
+                            "  shield: {} SYN/s per source (burst {}), attack mode {:?} (on > {} SYN/s, off < {}){}",
+                            1_000_000_000 / p.interval_ns.max(1),
+                            p.burst_ns / p.interval_ns.max(1),
+                            v.shield.as_ref().and_then(|o| o.attack).unwrap_or(sh.attack),
+                            sh.attack_on,
+                            sh.attack_off,
+                            if sh.dry_run { ", dry run" } else { "" }
+                        );
+                    } else {
+                        let _ = writeln!(s, "  shield: off for this VIP");
+                    }
+                }
             }
             if v.ring.first() == Some(&NO_BACKEND) {
                 let _ = writeln!(s, "  warning: every backend has weight 0: new flows to this VIP are dropped");

@@ -10,12 +10,17 @@ pub mod lb {
     include!(concat!(env!("OUT_DIR"), "/lb.skel.rs"));
 }
 #[allow(clippy::all, non_camel_case_types, dead_code, unused_imports, non_snake_case)]
+pub mod shield {
+    include!(concat!(env!("OUT_DIR"), "/shield.skel.rs"));
+}
+#[allow(clippy::all, non_camel_case_types, dead_code, unused_imports, non_snake_case)]
 pub mod trivial {
     include!(concat!(env!("OUT_DIR"), "/trivial.skel.rs"));
 }
 
 pub use lb::types::{
-    backend as Backend, flow as Flow, stat_block as StatBlock, flow_key as FlowKey, traffic as Traffic, vip_key as VipKey,
+    backend as Backend, flow as Flow, stat_block as StatBlock, lpm_v4 as LpmV4, lpm_v6 as LpmV6,
+    shield_policy as ShieldPolicy, shield_state as ShieldState, weir_attack_mode, weir_shield_flags, flow_key as FlowKey, traffic as Traffic, vip_key as VipKey,
     vip_meta as VipMeta, weir_backend_flags, weir_const, weir_fwd_mode, weir_sched, weir_stat,
 };
 
@@ -24,6 +29,10 @@ pub use lb::types::{
 unsafe impl plain::Plain for Backend {}
 unsafe impl plain::Plain for Flow {}
 unsafe impl plain::Plain for StatBlock {}
+unsafe impl plain::Plain for LpmV4 {}
+unsafe impl plain::Plain for LpmV6 {}
+unsafe impl plain::Plain for ShieldPolicy {}
+unsafe impl plain::Plain for ShieldState {}
 unsafe impl plain::Plain for FlowKey {}
 unsafe impl plain::Plain for Traffic {}
 unsafe impl plain::Plain for VipKey {}
@@ -36,6 +45,9 @@ const _: () = assert!(std::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(std::mem::size_of::<Flow>() == 8);
 const _: () = assert!(std::mem::size_of::<Traffic>() == 24);
 const _: () = assert!(std::mem::size_of::<StatBlock>() == 8 * STAT_COUNT);
+const _: () = assert!(std::mem::size_of::<ShieldPolicy>() == 40);
+const _: () = assert!(std::mem::size_of::<ShieldState>() == 32);
+const _: () = assert!(std::mem::size_of::<LpmV6>() == 20);
 
 pub const MAX_VIPS: u32 = weir_const::WEIR_MAX_VIPS.0;
 pub const MAX_BACKENDS: u32 = weir_const::WEIR_MAX_BACKENDS.0;
@@ -70,6 +82,17 @@ pub fn stat_name(idx: usize) -> &'static str {
         "flow_new",
         "flow_hit",
         "flow_rescheduled",
+        "shield_denied",
+        "shield_allowed",
+        "shield_bucket_empty",
+        "shield_challenged",
+        "shield_proven",
+        "shield_proof_failed",
+        "shield_verified_pass",
+        "shield_out_of_state",
+        "shield_no_challenge",
+        "shield_dry_run",
+        "shield_flow_guard",
     ];
     NAMES.get(idx).copied().unwrap_or("unknown")
 }

@@ -23,6 +23,17 @@ pub struct Snapshot {
     pub flows_tracked: usize,
     pub counters: BTreeMap<String, u64>,
     pub vips: Vec<VipStats>,
+    /// SYN-flood shield state per protected service.
+    #[serde(default)]
+    pub shield: Vec<ShieldStats>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShieldStats {
+    pub service: String,
+    pub attack: bool,
+    /// SYN/s over the last closed one-second window.
+    pub syn_rate: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -77,6 +88,14 @@ impl Snapshot {
                 backends,
             });
         }
+        let mut shield = Vec::new();
+        if plan.shield.is_some() {
+            let maps = dp.shield_maps();
+            for v in plan.vips.iter().filter(|v| v.proto == crate::config::Protocol::Tcp) {
+                let st = maps.state(v.id)?;
+                shield.push(ShieldStats { service: v.name.clone(), attack: st.attack != 0, syn_rate: st.last_rate });
+            }
+        }
         Ok(Snapshot {
             iface: iface.to_string(),
             xdp_mode: mode.to_string(),
@@ -84,6 +103,33 @@ impl Snapshot {
             flows_tracked: dp.flow_count(FLOW_COUNT_CAP),
             counters,
             vips,
+            shield,
+        })
+    }
+
+    /// A standalone `weir shield` instance.
+    pub fn collect_shield(
+        sp: &crate::shield::Standalone,
+        ports: &[u16],
+        iface: &str,
+        mode: &str,
+        started: Instant,
+    ) -> Result<Snapshot> {
+        let g = sp.counters()?;
+        let st = sp.maps().state(0)?;
+        let ports: Vec<String> = ports.iter().map(|p| p.to_string()).collect();
+        Ok(Snapshot {
+            iface: iface.to_string(),
+            xdp_mode: mode.to_string(),
+            uptime_s: started.elapsed().as_secs_f64(),
+            flows_tracked: 0,
+            counters: (0..STAT_COUNT).map(|i| (stat_name(i).to_string(), g[i])).collect(),
+            vips: Vec::new(),
+            shield: vec![ShieldStats {
+                service: format!("tcp ports {}", ports.join(",")),
+                attack: st.attack != 0,
+                syn_rate: st.last_rate,
+            }],
         })
     }
 
@@ -132,6 +178,15 @@ impl Snapshot {
                 );
             }
         }
+        for sh in &self.shield {
+            let _ = writeln!(
+                s,
+                "shield {}: {} ({} SYN/s)",
+                sh.service,
+                if sh.attack { "ATTACK MODE" } else { "normal" },
+                sh.syn_rate
+            );
+        }
         let nonzero: Vec<String> =
             self.counters.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k}={v}")).collect();
         let _ = writeln!(s, "counters: {}", if nonzero.is_empty() { "(none yet)".into() } else { nonzero.join(" ") });
@@ -167,6 +222,7 @@ mod tests {
                     new_flows: 1,
                 }],
             }],
+            shield: vec![ShieldStats { service: "web".into(), attack: true, syn_rate: 12000 }],
         }
     }
 
@@ -178,6 +234,7 @@ mod tests {
         let vip_line = out.lines().find(|l| l.starts_with("web ")).unwrap();
         assert!(vip_line.split_whitespace().any(|w| w == "300"), "600 packets in 2 s is 300 pps: {vip_line}");
         assert!(out.contains("counters: xdp_tx=700"), "zero counters hidden: {out}");
+        assert!(out.contains("shield web: ATTACK MODE (12000 SYN/s)"), "{out}");
     }
 
     #[test]

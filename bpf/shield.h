@@ -1,0 +1,365 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * The SYN-flood shield: in front of a protected service (a VIP, or a local
+ * port in standalone mode).
+ *
+ *   deny / allow prefixes (LPM tries, only looked up when non-empty)
+ *   layer 1: per-source token bucket (GCRA: one u64 per source)
+ *   layer 2: in attack mode, a SYN from an unproven source is answered at
+ *            XDP with a SYN-ACK whose acknowledgement is ISN - k (1 <= k <=
+ *            32768, random). The client's stack answers with an RST whose
+ *            sequence number is that acknowledgement (RFC 793, SYN-SENT) and
+ *            resends the same SYN ~10 ms later (Linux >= 5.6). A matching RST
+ *            proves the source for a TTL. ISN - k, not ISN + x: the latter is
+ *            dropped by Linux conntrack / NAT in front of clients (FACTS).
+ *   layer 3: (load balancer) in attack mode, TCP that is not a SYN and
+ *            matches no tracked flow is dropped; new flows are rate-guarded.
+ */
+#ifndef WEIR_SHIELD_H
+#define WEIR_SHIELD_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "weir.h"
+#include "parse.h"
+#include "stats.h"
+#include "csum.h"
+
+#define SHIELD_CONTINUE (-1)
+#define NSEC_PER_SEC 1000000000ULL
+
+/* Set by the control plane before load. */
+const volatile __u32 shield_on = 0;
+const volatile __u32 has_deny = 0;
+const volatile __u32 has_allow = 0;
+/* New-flow guard (GCRA): 0 = off. */
+const volatile __u64 guard_interval_ns = 0;
+const volatile __u64 guard_burst_ns = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct shield_policy);
+	__uint(max_entries, WEIR_MAX_VIPS);
+} shield_pol SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct shield_state);
+	__uint(max_entries, WEIR_MAX_VIPS);
+} shield_state SEC(".maps");
+
+/* Sizes below are defaults; the control plane sets them before load. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct src_key);
+	__type(value, __u64); /* theoretical arrival time (GCRA) */
+	__uint(max_entries, 65536);
+} syn_bucket SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct src_key);
+	__type(value, __u64); /* proven until (ns) */
+	__uint(max_entries, 65536);
+} syn_verified SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct flow_key);
+	__type(value, struct challenge);
+	__uint(max_entries, 262144);
+} syn_challenge SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 1);
+} flow_guard SEC(".maps");
+
+#define LPM_MAP(name, keytype)                           \
+	struct {                                         \
+		__uint(type, BPF_MAP_TYPE_LPM_TRIE);     \
+		__type(key, keytype);                    \
+		__type(value, __u32);                    \
+		__uint(max_entries, 4096);               \
+		__uint(map_flags, BPF_F_NO_PREALLOC);    \
+	} name SEC(".maps")
+
+LPM_MAP(deny_v4, struct lpm_v4);
+LPM_MAP(deny_v6, struct lpm_v6);
+LPM_MAP(allow_v4, struct lpm_v4);
+LPM_MAP(allow_v6, struct lpm_v6);
+
+static __always_inline int lpm_match(void *v4, void *v6, const struct flow_key *k)
+{
+	if (k->family == WEIR_FAMILY_V4) {
+		struct lpm_v4 key = { .prefixlen = 32, .addr = k->src[0] };
+
+		return bpf_map_lookup_elem(v4, &key) != NULL;
+	} else {
+		struct lpm_v6 key = { .prefixlen = 128 };
+
+		__builtin_memcpy(key.addr, k->src, sizeof(key.addr));
+		return bpf_map_lookup_elem(v6, &key) != NULL;
+	}
+}
+
+/* Count this SYN and close the 1 s window when it has passed (hysteresis). */
+static __always_inline struct shield_state *syn_rate(__u32 pid, const struct shield_policy *pol, __u64 now)
+{
+	struct shield_state *st = bpf_map_lookup_elem(&shield_state, &pid);
+	__u64 elapsed;
+
+	if (!st)
+		return NULL;
+	__sync_fetch_and_add(&st->syns, 1);
+	elapsed = now - st->window_ns;
+	if (elapsed >= NSEC_PER_SEC) {
+		/* Races between CPUs here cost at most one window's precision. */
+		__u64 rate = st->syns * NSEC_PER_SEC / elapsed;
+
+		st->last_rate = rate;
+		st->syns = 0;
+		st->window_ns = now;
+		if (pol->attack_mode == WEIR_ATTACK_AUTO)
+			st->attack = st->attack ? rate > pol->attack_off : rate > pol->attack_on;
+	}
+	if (pol->attack_mode == WEIR_ATTACK_ON)
+		st->attack = 1;
+	else if (pol->attack_mode == WEIR_ATTACK_OFF)
+		st->attack = 0;
+	return st;
+}
+
+static __always_inline int shield_in_attack(__u32 pid)
+{
+	struct shield_state *st = bpf_map_lookup_elem(&shield_state, &pid);
+
+	return st && st->attack;
+}
+
+/* GCRA: allow when the theoretical arrival time is within the burst. */
+static __always_inline int bucket_take(__u32 pid, const struct shield_policy *pol,
+				       const struct flow_key *k, __u64 now)
+{
+	struct src_key sk = { .policy = pid, .family = k->family };
+	__u64 *tat, t;
+
+	__builtin_memcpy(sk.addr, k->src, sizeof(sk.addr));
+	if (pol->flags & WEIR_SHIELD_AGGREGATE) {
+		if (k->family == WEIR_FAMILY_V4) {
+			sk.addr[0] &= bpf_htonl(0xffffff00);
+		} else {
+			sk.addr[2] = 0;
+			sk.addr[3] = 0;
+		}
+	}
+	tat = bpf_map_lookup_elem(&syn_bucket, &sk);
+	if (!tat) {
+		t = now + pol->interval_ns;
+		bpf_map_update_elem(&syn_bucket, &sk, &t, BPF_ANY);
+		return 1;
+	}
+	t = *tat > now ? *tat : now;
+	if (t - now + pol->interval_ns > pol->burst_ns)
+		return 0;
+	*tat = t + pol->interval_ns;
+	return 1;
+}
+
+static __always_inline int is_verified(const struct flow_key *k, __u64 now)
+{
+	struct src_key sk = { .family = k->family };
+	__u64 *until;
+
+	__builtin_memcpy(sk.addr, k->src, sizeof(sk.addr));
+	until = bpf_map_lookup_elem(&syn_verified, &sk);
+	return until && *until > now;
+}
+
+/*
+ * Turn the SYN into the challenge SYN-ACK, in its own frame (growing an
+ * skb-backed veth frame fails, FACTS): swap addresses and ports, drop the
+ * SYN's options and payload, fresh checksums.
+ */
+static __always_inline int send_challenge(struct xdp_md *ctx, struct packet *pkt, __u64 now)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	__u32 l3 = pkt->l3_off, l4 = pkt->l4_off;
+	struct challenge ch = { .sent_ns = now };
+	__u8 mac[ETH_ALEN];
+	struct tcphdr *th;
+	__u32 sum, isn;
+	__u16 port;
+
+	if ((void *)(eth + 1) > data_end || l3 > 18 || l4 > 18 + 40)
+		return XDP_DROP;
+	th = data + l4;
+	if ((void *)(th + 1) > data_end)
+		return XDP_DROP;
+
+	isn = bpf_ntohl(th->seq);
+	ch.expect_seq = isn - ((bpf_get_prandom_u32() & 0x7fff) + 1);
+	port = th->source;
+	th->source = th->dest;
+	th->dest = port;
+	th->seq = bpf_htonl(bpf_get_prandom_u32());
+	th->ack_seq = bpf_htonl(ch.expect_seq);
+	((__u8 *)th)[12] = 5 << 4; /* data offset 5: no options */
+	((__u8 *)th)[13] = TCP_SYN | TCP_ACK;
+	th->window = bpf_htons(65535);
+	th->check = 0;
+	th->urg_ptr = 0;
+
+	if (pkt->key.family == WEIR_FAMILY_V4) {
+		struct iphdr *iph = data + l3;
+		__be32 a;
+
+		if ((void *)(iph + 1) > data_end)
+			return XDP_DROP;
+		a = iph->saddr;
+		iph->saddr = iph->daddr;
+		iph->daddr = a;
+		iph->tos = 0;
+		iph->tot_len = bpf_htons(sizeof(*iph) + sizeof(*th));
+		iph->id = 0;
+		iph->frag_off = bpf_htons(0x4000); /* DF */
+		iph->ttl = 64;
+		iph->check = 0;
+		iph->check = csum_fold(csum_words(iph, sizeof(*iph) / 2));
+		sum = csum_words(&iph->saddr, 4);
+	} else {
+		struct ipv6hdr *ip6 = data + l3;
+		struct in6_addr a;
+
+		if ((void *)(ip6 + 1) > data_end)
+			return XDP_DROP;
+		a = ip6->saddr;
+		ip6->saddr = ip6->daddr;
+		ip6->daddr = a;
+		ip6->payload_len = bpf_htons(sizeof(*th));
+		ip6->hop_limit = 64;
+		sum = csum_words(&ip6->saddr, 16);
+	}
+	/* Pseudo-header: addresses (above), protocol and TCP length. */
+	sum += bpf_htons(IPPROTO_TCP) + bpf_htons(sizeof(*th));
+	sum += csum_words(th, sizeof(*th) / 2);
+	th->check = csum_fold(sum);
+
+	__builtin_memcpy(mac, eth->h_dest, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, mac, ETH_ALEN);
+
+	bpf_map_update_elem(&syn_challenge, &pkt->key, &ch, BPF_ANY);
+	{
+		int delta = (int)(l4 + sizeof(*th)) - (int)(data_end - data);
+
+		if (delta < 0 && bpf_xdp_adjust_tail(ctx, delta))
+			return XDP_DROP;
+	}
+	return XDP_TX;
+}
+
+/*
+ * The shield's verdict on a TCP packet to service `pid`: SHIELD_CONTINUE, or
+ * the XDP action to return. With dry_run, verdict counters still count what
+ * would have happened, plus shield_dry_run, and the packet goes on.
+ */
+static __always_inline int shield_tcp(struct stat_block *c, struct xdp_md *ctx, struct packet *pkt, __u32 pid)
+{
+	struct shield_policy *pol = bpf_map_lookup_elem(&shield_pol, &pid);
+	struct shield_state *st;
+	__u8 fl = pkt->tcp_flags;
+	__u64 now;
+	int dry;
+
+	if (!pol || !pol->enabled)
+		return SHIELD_CONTINUE;
+	dry = pol->flags & WEIR_SHIELD_DRY_RUN;
+	if (has_deny && lpm_match(&deny_v4, &deny_v6, &pkt->key)) {
+		if (!dry)
+			return drop_because(c, WEIR_STAT_SHIELD_DENIED);
+		stat_inc(c, WEIR_STAT_SHIELD_DENIED);
+		stat_inc(c, WEIR_STAT_SHIELD_DRY_RUN);
+		return SHIELD_CONTINUE;
+	}
+	if (has_allow && lpm_match(&allow_v4, &allow_v6, &pkt->key)) {
+		stat_inc(c, WEIR_STAT_SHIELD_ALLOWED);
+		return SHIELD_CONTINUE;
+	}
+
+	now = bpf_ktime_get_ns();
+	if ((fl & (TCP_RST | TCP_ACK)) == TCP_RST) {
+		struct challenge *ch = bpf_map_lookup_elem(&syn_challenge, &pkt->key);
+		int ok;
+
+		if (!ch)
+			return SHIELD_CONTINUE;
+		/* One answer per challenge: guessing k costs 32768 SYN+RST pairs. */
+		ok = ch->expect_seq == bpf_ntohl(pkt->tcp_seq);
+		bpf_map_delete_elem(&syn_challenge, &pkt->key);
+		if (ok) {
+			struct src_key sk = { .family = pkt->key.family };
+			__u64 until = now + pol->verified_ttl_ns;
+
+			__builtin_memcpy(sk.addr, pkt->key.src, sizeof(sk.addr));
+			bpf_map_update_elem(&syn_verified, &sk, &until, BPF_ANY);
+			stat_inc(c, WEIR_STAT_SHIELD_PROVEN);
+		} else {
+			stat_inc(c, WEIR_STAT_SHIELD_PROOF_FAILED);
+		}
+		return verdict(c, XDP_DROP);
+	}
+	if ((fl & (TCP_SYN | TCP_ACK)) != TCP_SYN)
+		return SHIELD_CONTINUE;
+
+	st = syn_rate(pid, pol, now);
+	if (!bucket_take(pid, pol, &pkt->key, now)) {
+		if (!dry)
+			return drop_because(c, WEIR_STAT_SHIELD_BUCKET_EMPTY);
+		stat_inc(c, WEIR_STAT_SHIELD_BUCKET_EMPTY);
+		stat_inc(c, WEIR_STAT_SHIELD_DRY_RUN);
+		return SHIELD_CONTINUE;
+	}
+	if (!st || !st->attack)
+		return SHIELD_CONTINUE;
+	if (is_verified(&pkt->key, now)) {
+		stat_inc(c, WEIR_STAT_SHIELD_VERIFIED_PASS);
+		return SHIELD_CONTINUE;
+	}
+	if (dry) {
+		stat_inc(c, WEIR_STAT_SHIELD_CHALLENGED);
+		stat_inc(c, WEIR_STAT_SHIELD_DRY_RUN);
+		return SHIELD_CONTINUE;
+	}
+	if (pkt->ip_opts)
+		return drop_because(c, WEIR_STAT_SHIELD_NO_CHALLENGE);
+	stat_inc(c, WEIR_STAT_SHIELD_CHALLENGED);
+	return verdict(c, send_challenge(ctx, pkt, now));
+}
+
+/* Layer 3's new-flow guard: a global GCRA on flow-table inserts. */
+static __always_inline int flow_guard_take(void)
+{
+	__u32 zero = 0;
+	__u64 *tat, now, t;
+
+	if (!guard_interval_ns)
+		return 1;
+	tat = bpf_map_lookup_elem(&flow_guard, &zero);
+	if (!tat)
+		return 1;
+	now = bpf_ktime_get_ns();
+	t = *tat > now ? *tat : now;
+	if (t - now + guard_interval_ns > guard_burst_ns)
+		return 0;
+	*tat = t + guard_interval_ns;
+	return 1;
+}
+
+#endif
