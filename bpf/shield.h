@@ -232,7 +232,6 @@ static __always_inline int send_challenge(struct xdp_md *ctx, struct packet *pkt
 		iph->ttl = 64;
 		iph->check = 0;
 		iph->check = csum_fold(csum_words(iph, sizeof(*iph) / 2));
-		sum = csum_words(&iph->saddr, 4);
 	} else {
 		struct ipv6hdr *ip6 = data + l3;
 		struct in6_addr a;
@@ -244,10 +243,27 @@ static __always_inline int send_challenge(struct xdp_md *ctx, struct packet *pkt
 		ip6->daddr = a;
 		ip6->payload_len = bpf_htons(sizeof(*th));
 		ip6->hop_limit = 64;
-		sum = csum_words(&ip6->saddr, 16);
 	}
-	/* Pseudo-header: addresses (above), protocol and TCP length. */
-	sum += bpf_htons(IPPROTO_TCP) + bpf_htons(sizeof(*th));
+	/*
+	 * Pseudo-header: both addresses (their sum does not depend on which is
+	 * source), protocol and TCP length. From the parsed copies: re-reading
+	 * the packet here loses the verifier's range on the pointer.
+	 */
+	sum = bpf_htons(IPPROTO_TCP) + bpf_htons(sizeof(*th));
+	{
+		int i;
+
+#pragma unroll
+		for (i = 0; i < 4; i++) {
+			sum += (pkt->key.src[i] & 0xffff) + (pkt->key.src[i] >> 16);
+			sum += (pkt->key.dst[i] & 0xffff) + (pkt->key.dst[i] >> 16);
+		}
+	}
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	th = data + l4;
+	if ((void *)(th + 1) > data_end)
+		return XDP_DROP;
 	sum += csum_words(th, sizeof(*th) / 2);
 	th->check = csum_fold(sum);
 
