@@ -89,15 +89,16 @@ int weir_lb(struct xdp_md *ctx)
 		}
 		/* Its backend left the config: reschedule rather than blackhole. */
 		stat_inc(c, WEIR_STAT_FLOW_RESCHEDULED);
-	} else if (shield_on && pkt.key.proto == IPPROTO_TCP && !(pkt.tcp_flags & TCP_SYN) &&
-		   shield_in_attack(vip->vip_id)) {
-		/* ACK / RST / FIN floods: no tracked flow, no new state. */
-		struct shield_policy *pol = bpf_map_lookup_elem(&shield_pol, &vip->vip_id);
+	} else if (shield_on && pkt.key.proto == IPPROTO_TCP && !(pkt.tcp_flags & TCP_SYN)) {
+		/* ACK / RST / FIN floods: in attack mode no tracked flow, no new state. */
+		int dry = 0;
 
-		if (!pol || !(pol->flags & WEIR_SHIELD_DRY_RUN))
-			return drop_because(c, WEIR_STAT_SHIELD_OUT_OF_STATE);
-		stat_inc(c, WEIR_STAT_SHIELD_OUT_OF_STATE);
-		stat_inc(c, WEIR_STAT_SHIELD_DRY_RUN);
+		if (shield_untracked(vip->vip_id, &dry)) {
+			if (!dry)
+				return drop_because(c, WEIR_STAT_SHIELD_OUT_OF_STATE);
+			stat_inc(c, WEIR_STAT_SHIELD_OUT_OF_STATE);
+			stat_inc(c, WEIR_STAT_SHIELD_DRY_RUN);
+		}
 	}
 
 	bid = schedule(vip, &pkt.key);

@@ -107,25 +107,36 @@ static __always_inline int lpm_match(void *v4, void *v6, const struct flow_key *
 	}
 }
 
-/* Count this SYN and close the 1 s window when it has passed (hysteresis). */
+/*
+ * Count one attempt at new state (a SYN, or in the balancer a TCP segment of
+ * no tracked flow) and update attack mode. Windows are 100 ms so a flood is
+ * noticed fast; within a window, attack mode starts as soon as the count
+ * passes attack_on / 10, so at most that many flood packets reach a backend
+ * before it does. It ends when a closed window's rate is below attack_off.
+ */
+#define SHIELD_WINDOW_NS (NSEC_PER_SEC / 10)
+
 static __always_inline struct shield_state *syn_rate(__u32 pid, const struct shield_policy *pol, __u64 now)
 {
 	struct shield_state *st = bpf_map_lookup_elem(&shield_state, &pid);
-	__u64 elapsed;
+	__u64 elapsed, n;
 
 	if (!st)
 		return NULL;
-	__sync_fetch_and_add(&st->syns, 1);
+	n = __sync_fetch_and_add(&st->syns, 1) + 1;
 	elapsed = now - st->window_ns;
-	if (elapsed >= NSEC_PER_SEC) {
+	if (elapsed >= SHIELD_WINDOW_NS) {
 		/* Races between CPUs here cost at most one window's precision. */
-		__u64 rate = st->syns * NSEC_PER_SEC / elapsed;
+		__u64 rate = n * NSEC_PER_SEC / elapsed;
 
 		st->last_rate = rate;
 		st->syns = 0;
 		st->window_ns = now;
 		if (pol->attack_mode == WEIR_ATTACK_AUTO)
-			st->attack = st->attack ? rate > pol->attack_off : rate > pol->attack_on;
+			st->attack = st->attack ? rate >= pol->attack_off : rate > pol->attack_on;
+	} else if (pol->attack_mode == WEIR_ATTACK_AUTO && !st->attack &&
+		   n * (NSEC_PER_SEC / SHIELD_WINDOW_NS) > pol->attack_on) {
+		st->attack = 1;
 	}
 	if (pol->attack_mode == WEIR_ATTACK_ON)
 		st->attack = 1;
@@ -134,10 +145,17 @@ static __always_inline struct shield_state *syn_rate(__u32 pid, const struct shi
 	return st;
 }
 
-static __always_inline int shield_in_attack(__u32 pid)
+/* A TCP segment that is not a SYN and matches no tracked flow: counts
+ * toward attack mode (ACK floods raise it too); true when in attack mode. */
+static __always_inline int shield_untracked(__u32 pid, int *dry)
 {
-	struct shield_state *st = bpf_map_lookup_elem(&shield_state, &pid);
+	struct shield_policy *pol = bpf_map_lookup_elem(&shield_pol, &pid);
+	struct shield_state *st;
 
+	if (!pol || !pol->enabled)
+		return 0;
+	*dry = pol->flags & WEIR_SHIELD_DRY_RUN;
+	st = syn_rate(pid, pol, bpf_ktime_get_ns());
 	return st && st->attack;
 }
 

@@ -6,6 +6,10 @@
 #   env:   PREFIX  namespace prefix (default: weir) -> ${PREFIX}-sw, -client, -lb, -b1..-b3
 #          WEIR    path to the weir binary; if set, `weir xdp-stub --iface p-lb`
 #                  is run inside ${PREFIX}-sw after the links are built
+#          SHIELD_LAB=1 (at `up` only) also builds an attacker ${PREFIX}-atk, a
+#                  NAT box ${PREFIX}-nat with ${PREFIX}-client2 behind it, and a
+#                  dummy `sink0` default route in every backend. `down` always
+#                  removes these if present; it does not need the variable.
 #   state: /run/weir-lab/${PREFIX}  (pid files, logs, web roots)
 #
 # Safety: nothing is ever created in, attached to or sent through the root
@@ -17,8 +21,11 @@ set -Eeuo pipefail
 
 PREFIX="${PREFIX:-weir}"
 WEIR="${WEIR:-}"
+SHIELD=0 # set from SHIELD_LAB by `up` only
 BACKENDS=(b1 b2 b3)
 HOSTS=(client lb b1 b2 b3)
+# SHIELD_LAB=1 extras; `down`/`status` always look for them
+SHIELD_HOSTS=(atk nat client2)
 
 die() { echo "lab.sh: error: $*" >&2; exit 1; }
 log() { echo "lab.sh: $*"; }
@@ -40,6 +47,8 @@ hostif_of() {
 	client) echo c0 ;;
 	lb) echo veth6 ;;
 	b*) echo b0 ;;
+	atk) echo a0 ;;
+	nat) echo n0 ;;
 	esac
 }
 # last octet / IPv6 suffix for each host
@@ -50,12 +59,16 @@ addr_of() {
 	b1) echo 11 ;;
 	b2) echo 12 ;;
 	b3) echo 13 ;;
+	atk) echo 66 ;;
+	nat) echo 70 ;;
 	esac
 }
 V4NET=198.18.0
 V6NET=2001:2:
 VIP4=198.18.0.100
 VIP6=2001:2::100
+# behind the NAT box (still inside RFC 2544's 198.18.0.0/15)
+NATNET=198.19.0
 
 # ---------------------------------------------------------------- checks ---
 need_root() {
@@ -64,7 +77,9 @@ need_root() {
 
 need_tools() {
 	local missing=() t pkg
-	for t in ip:iproute2 ss:iproute2 ethtool:ethtool python3:python3; do
+	local tools=(ip:iproute2 ss:iproute2 ethtool:ethtool python3:python3)
+	((SHIELD)) && tools+=(nft:nftables)
+	for t in "${tools[@]}"; do
 		pkg="${t#*:}"
 		t="${t%%:*}"
 		command -v "$t" >/dev/null 2>&1 || missing+=("$t (apt-get install $pkg)")
@@ -79,7 +94,7 @@ ns_exists() { [[ -e "/run/netns/$1" ]] || ip netns list 2>/dev/null | awk '{prin
 lab_exists() {
 	[[ -d "$STATE" ]] && return 0
 	local h
-	for h in sw "${HOSTS[@]}"; do
+	for h in sw "${HOSTS[@]}" "${SHIELD_HOSTS[@]}"; do
 		ns_exists "$(ns "$h")" && return 0
 	done
 	return 1
@@ -124,7 +139,7 @@ do_down() {
 		done
 		kill_recorded "$STATE/xdp-stub.pid" "xdp-stub"
 	fi
-	for h in "${HOSTS[@]}" sw; do
+	for h in "${SHIELD_HOSTS[@]}" "${HOSTS[@]}" sw; do
 		n="$(ns "$h")"
 		ns_exists "$n" || continue
 		pids="$(ip netns pids "$n" 2>/dev/null | tr '\n' ' ' || true)"
@@ -196,6 +211,84 @@ build_backend() {
 	ip -n "$(ns "$b")" -6 addr add "$VIP6/128" dev lo nodad
 	sysctl_ns "$b" net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2 \
 		net.ipv4.conf.b0.arp_ignore=1 net.ipv4.conf.b0.arp_announce=2
+}
+
+# ------------------------------------------------- SHIELD_LAB=1 extras ---
+new_ns() { # new_ns HOST: empty namespace with lo up and no DAD
+	local n
+	n="$(ns "$1")"
+	ip netns add "$n"
+	ip -n "$n" link set lo up
+	sysctl_ns "$1" net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0 \
+		net.ipv6.conf.all.dad_transmits=0 net.ipv6.conf.default.dad_transmits=0
+}
+
+plug_v4() { # plug_v4 HOST: IPv4-only port on the bridge (switch port p-HOST)
+	local h="$1" n ifc port
+	n="$(ns "$h")"
+	ifc="$(hostif_of "$h")"
+	port="$(port_of "$h")"
+	# same pattern as build_host: never in the root namespace
+	ip -n "$SW" link add "$port" type veth peer name "$ifc" netns "$n"
+	ip -n "$SW" link set "$port" master br0
+	ip -n "$SW" link set "$port" up
+	ip -n "$n" addr add "$V4NET.$(addr_of "$h")/24" dev "$ifc"
+	ip -n "$n" link set "$ifc" up
+	nsx "$h" ethtool -K "$ifc" tx off >/dev/null
+}
+
+build_atk() {
+	new_ns atk
+	# rp_filter is max(all, iface): clear default too, so a0 starts at 0
+	sysctl_ns atk net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
+	plug_v4 atk
+	sysctl_ns atk net.ipv4.conf.a0.rp_filter=0
+	# The attacker's kernel would answer SYN-ACKs to its (non-spoofed) SYNs
+	# with RSTs and clean up the flood; drop its own outgoing RSTs.
+	nsx atk nft -f - <<-'EOF'
+		table inet weirlab {
+			chain output {
+				type filter hook output priority 0; policy accept;
+				tcp flags & rst == rst drop
+			}
+		}
+	EOF
+}
+
+build_nat() {
+	new_ns nat
+	new_ns client2
+	plug_v4 nat
+	# n1 <-> client2's c0, created in nat with the peer placed into client2
+	ip -n "$(ns nat)" link add n1 type veth peer name c0 netns "$(ns client2)"
+	ip -n "$(ns nat)" addr add "$NATNET.1/24" dev n1
+	ip -n "$(ns nat)" link set n1 up
+	nsx nat ethtool -K n1 tx off >/dev/null
+	ip -n "$(ns client2)" addr add "$NATNET.2/24" dev c0
+	ip -n "$(ns client2)" link set c0 up
+	ip -n "$(ns client2)" route add default via "$NATNET.1"
+	nsx client2 ethtool -K c0 tx off >/dev/null
+	sysctl_ns nat net.ipv4.ip_forward=1
+	nsx nat nft -f - <<-'EOF'
+		table ip weirnat {
+			chain post {
+				type nat hook postrouting priority 100; policy accept;
+				oifname "n0" masquerade
+			}
+			chain fwd {
+				type filter hook forward priority 0; policy accept;
+				ct state invalid drop
+			}
+		}
+	EOF
+}
+
+build_sink() { # replies to spoofed sources go to a dummy device and vanish
+	local n
+	n="$(ns "$1")"
+	ip -n "$n" link add sink0 type dummy
+	ip -n "$n" link set sink0 up
+	ip -n "$n" route add default dev sink0
 }
 
 listener_pid() { # pid of whatever listens on TCP :80 in the host's namespace
@@ -314,13 +407,23 @@ do_up() {
 	for h in "${BACKENDS[@]}"; do
 		build_backend "$h"
 	done
+	if ((SHIELD)); then
+		build_atk
+		build_nat
+		for h in "${BACKENDS[@]}"; do
+			build_sink "$h"
+		done
+		: >"$STATE/shield"
+	fi
 	start_stub
 	for h in "${BACKENDS[@]}"; do
 		start_server "$h"
 	done
 	UP_BUILDING=0
 	trap - ERR INT TERM EXIT
-	log "lab '$PREFIX' is up: namespaces $(ns sw) $(ns client) $(ns lb) $(ns b1) $(ns b2) $(ns b3); state in $STATE"
+	local extra=""
+	((SHIELD)) && extra=" $(ns atk) $(ns nat) $(ns client2) (SHIELD_LAB)"
+	log "lab '$PREFIX' is up: namespaces $(ns sw) $(ns client) $(ns lb) $(ns b1) $(ns b2) $(ns b3)$extra; state in $STATE"
 }
 
 # ---------------------------------------------------------------- status ---
@@ -342,6 +445,18 @@ do_status() {
 			echo "  netns $n: present"
 		else
 			echo "  netns $n: MISSING"
+			ok=1
+		fi
+	done
+	# SHIELD_LAB extras: listed when present (or when up built them)
+	local shield=0
+	[[ -f "$STATE/shield" ]] && shield=1
+	for h in "${SHIELD_HOSTS[@]}"; do
+		n="$(ns "$h")"
+		if ns_exists "$n"; then
+			echo "  netns $n: present (SHIELD_LAB)"
+		elif ((shield)); then
+			echo "  netns $n: MISSING (SHIELD_LAB)"
 			ok=1
 		fi
 	done
@@ -370,6 +485,11 @@ do_status() {
 # ------------------------------------------------------------------ main ---
 case "${1:-}" in
 up)
+	case "${SHIELD_LAB:-}" in
+	1) SHIELD=1 ;;
+	"" | 0) SHIELD=0 ;;
+	*) die "SHIELD_LAB must be 1 (or unset/0), got '${SHIELD_LAB}'" ;;
+	esac
 	need_root
 	need_tools
 	do_up
@@ -390,7 +510,7 @@ status)
 	do_status
 	;;
 *)
-	echo "usage: [PREFIX=weir] [WEIR=/path/to/weir] $0 up|down|status" >&2
+	echo "usage: [PREFIX=weir] [WEIR=/path/to/weir] [SHIELD_LAB=1] $0 up|down|status" >&2
 	exit 2
 	;;
 esac

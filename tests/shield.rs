@@ -258,18 +258,28 @@ fn attack_mode_turns_on_and_off_with_the_syn_rate() {
     if !require_root("shield fixtures") {
         return;
     }
-    let lb = load(&config("attack = \"auto\"\nattack_on = 20\nattack_off = 5"));
+    // Windows are 100 ms: attack mode starts once a window holds more than
+    // attack_on / 10 attempts, and ends after a window below attack_off.
+    let lb = load(&config("attack = \"auto\"\nattack_on = 1000\nattack_off = 100"));
     let syn = |i: u32| tcp_syn(&format!("10.{}.{}.{}", 20 + i / 65536, (i / 256) % 256, i % 256), "198.18.0.100", 1000, 80);
-    for i in 0..60 {
-        assert_eq!(lb.dp.run(&syn(i)).unwrap().0, XDP_TX, "below threshold: forwarded");
+    for i in 0..50 {
+        assert_eq!(&lb.dp.run(&syn(i)).unwrap().1[0..6], &BACKEND[..], "below threshold: forwarded");
     }
-    std::thread::sleep(std::time::Duration::from_millis(1100));
-    // This SYN closes a window of ~60 SYN/s > 20: attack mode, challenged.
-    let (a, out) = lb.dp.run(&syn(1000)).unwrap();
-    assert_eq!(a, XDP_TX);
-    assert_ne!(&out[0..6], &BACKEND[..], "challenged, not forwarded");
-    std::thread::sleep(std::time::Duration::from_millis(1100));
-    // A quiet window (1 SYN/s < 5): attack mode ends.
+    let mut challenged = 0;
+    for i in 50..200 {
+        let (a, out) = lb.dp.run(&syn(i)).unwrap();
+        assert_eq!(a, XDP_TX);
+        challenged += u32::from(out[0..6] != BACKEND);
+    }
+    assert!(challenged >= 90, "attack mode within the window: {challenged} of 150 challenged");
+    // ACK flood packets count too and are dropped in attack mode.
+    assert_eq!(lb.dp.run(&ack("10.99.1.1", "198.18.0.100", 7)).unwrap().0, XDP_DROP);
+    std::thread::sleep(std::time::Duration::from_millis(250));
+    // This attempt closes the window that held the burst: still attack mode.
+    let (_, out) = lb.dp.run(&syn(1000)).unwrap();
+    assert_ne!(&out[0..6], &BACKEND[..], "the burst's window keeps attack mode");
+    std::thread::sleep(std::time::Duration::from_millis(250));
+    // A quiet window (one attempt in 250 ms: 4/s < 100): attack mode ends.
     let (_, out) = lb.dp.run(&syn(1001)).unwrap();
     assert_eq!(&out[0..6], &BACKEND[..], "normal again");
 }
