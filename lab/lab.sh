@@ -8,8 +8,9 @@
 #                  is run inside ${PREFIX}-sw after the links are built
 #          SHIELD_LAB=1 (at `up` only) also builds an attacker ${PREFIX}-atk, a
 #                  NAT box ${PREFIX}-nat with ${PREFIX}-client2 behind it, and a
-#                  dummy `sink0` default route in every backend. `down` always
-#                  removes these if present; it does not need the variable.
+#                  discarding `sink0` default route (dummy, else ifb) in every
+#                  backend. `down` always removes these if present; it does
+#                  not need the variable.
 #   state: /run/weir-lab/${PREFIX}  (pid files, logs, web roots)
 #
 # Safety: nothing is ever created in, attached to or sent through the root
@@ -269,24 +270,48 @@ build_nat() {
 	ip -n "$(ns client2)" route add default via "$NATNET.1"
 	nsx client2 ethtool -K c0 tx off >/dev/null
 	sysctl_ns nat net.ipv4.ip_forward=1
-	nsx nat nft -f - <<-'EOF'
-		table ip weirnat {
-			chain post {
-				type nat hook postrouting priority 100; policy accept;
-				oifname "n0" masquerade
-			}
-			chain fwd {
-				type filter hook forward priority 0; policy accept;
-				ct state invalid drop
-			}
-		}
+	# The ruleset, in nft's text syntax:
+	#   table ip weirnat {
+	#     chain post { type nat hook postrouting priority 100; oifname "n0" masquerade }
+	#     chain fwd { type filter hook forward priority 0; ct state invalid drop }
+	#   }
+	# It is loaded as JSON because nft 1.0.6 (Debian 12) cannot parse `chain fwd`
+	# ("fwd" is a keyword in its grammar); JSON takes any chain name.
+	nsx nat nft -j -f - <<-'EOF'
+		{"nftables": [
+		  {"table": {"family": "ip", "name": "weirnat"}},
+		  {"chain": {"family": "ip", "table": "weirnat", "name": "post",
+		    "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"}},
+		  {"chain": {"family": "ip", "table": "weirnat", "name": "fwd",
+		    "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"}},
+		  {"rule": {"family": "ip", "table": "weirnat", "chain": "post", "expr": [
+		    {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "n0"}},
+		    {"masquerade": null}]}},
+		  {"rule": {"family": "ip", "table": "weirnat", "chain": "fwd", "expr": [
+		    {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "invalid"}},
+		    {"drop": null}]}}
+		]}
 	EOF
 }
 
-build_sink() { # replies to spoofed sources go to a dummy device and vanish
+# Replies to spoofed sources: a default route to a device that discards what
+# it is given, so they never leave the lab and are not dropped at route lookup
+# (the reply is routed and "sent" like any other). A dummy device if the
+# kernel has one; else an ifb device (CONFIG_DUMMY is often missing from
+# minimal VM kernels): ifb is NOARP too and frees every packet it is asked to
+# transmit that was not redirected to it by tc.
+SINK_KIND=""
+build_sink() {
 	local n
 	n="$(ns "$1")"
-	ip -n "$n" link add sink0 type dummy
+	if [[ "$SINK_KIND" != ifb ]] && ip -n "$n" link add sink0 type dummy 2>/dev/null; then
+		SINK_KIND=dummy
+	elif ip -n "$n" link add sink0 type ifb; then
+		[[ "$SINK_KIND" == ifb ]] || log "note: no dummy devices in this kernel; sink0 is an ifb device"
+		SINK_KIND=ifb
+	else
+		die "cannot create sink0 in $n (neither dummy nor ifb link type)"
+	fi
 	ip -n "$n" link set sink0 up
 	ip -n "$n" route add default dev sink0
 }

@@ -4,105 +4,11 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::lab::{Lab, WEIR};
 use common::require_root;
-
-const WEIR: &str = env!("CARGO_BIN_EXE_weir");
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-
-/// The lab and weir, torn down on every exit path (panics included).
-struct Lab {
-    prefix: String,
-    weir: Option<Child>,
-    config: std::path::PathBuf,
-}
-
-impl Lab {
-    fn up(prefix: &str) -> Lab {
-        let lab = Lab { prefix: prefix.into(), weir: None, config: std::env::temp_dir().join(format!("{prefix}.toml")) };
-        let st = Command::new(format!("{ROOT}/lab/lab.sh"))
-            .arg("up")
-            .env("PREFIX", prefix)
-            .env("WEIR", WEIR)
-            .status()
-            .expect("running lab/lab.sh");
-        assert!(st.success(), "lab/lab.sh up failed");
-        lab
-    }
-
-    fn ns(&self, host: &str) -> String {
-        format!("{}-{host}", self.prefix)
-    }
-
-    fn sh(&self, host: &str, script: &str) -> std::process::Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.ns(host), "bash", "-c", script])
-            .output()
-            .expect("ip netns exec")
-    }
-
-    fn start_weir(&mut self, config: &str) {
-        std::fs::write(&self.config, config).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns("lb"), WEIR, "run", "--iface", "veth6", "--mode", "native"])
-            .arg("--config")
-            .arg(&self.config)
-            .args(["--interval", "0"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting weir");
-        self.weir = Some(child);
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(15) {
-            if self.stats().is_some() {
-                return;
-            }
-            if let Some(st) = self.weir.as_mut().unwrap().try_wait().unwrap() {
-                panic!("weir exited during start-up: {st}");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("weir did not come up within 15 s");
-    }
-
-    fn stats(&self) -> Option<serde_json::Value> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.ns("lb"), WEIR, "stats", "--iface", "veth6", "--once", "--json"])
-            .output()
-            .ok()?;
-        if !out.status.success() {
-            return None;
-        }
-        serde_json::from_slice(&out.stdout).ok()
-    }
-
-    /// SIGTERM to weir (by its PID) and wait; returns its exit status.
-    fn stop_weir(&mut self) -> Option<std::process::ExitStatus> {
-        let mut c = self.weir.take()?;
-        // SAFETY: signalling our own child by PID.
-        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(st)) = c.try_wait() {
-                return Some(st);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = c.kill();
-        c.wait().ok()
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        self.stop_weir();
-        let _ = Command::new(format!("{ROOT}/lab/lab.sh")).arg("down").env("PREFIX", &self.prefix).status();
-        let _ = std::fs::remove_file(&self.config);
-    }
-}
 
 const CONFIG: &str = r#"
 [[vip]]

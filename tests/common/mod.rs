@@ -3,6 +3,8 @@
 //! independent copy of the data plane's flow hash to predict backends.
 #![allow(dead_code)]
 
+pub mod lab;
+
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
