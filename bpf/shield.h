@@ -4,7 +4,8 @@
  * port in standalone mode).
  *
  *   deny / allow prefixes (LPM tries, only looked up when non-empty)
- *   layer 1: per-source token bucket (GCRA: one u64 per source)
+ *   layer 1: per-source token bucket (GCRA: one u64 per source); in
+ *            attack mode only sources that already have one are charged
  *   layer 2: in attack mode, a SYN from an unproven source is answered at
  *            XDP with a SYN-ACK whose acknowledgement is ISN - k (1 <= k <=
  *            32768, random). The client's stack answers with an RST whose
@@ -161,7 +162,7 @@ static __always_inline int shield_untracked(__u32 pid, int *dry)
 
 /* GCRA: allow when the theoretical arrival time is within the burst. */
 static __always_inline int bucket_take(__u32 pid, const struct shield_policy *pol,
-				       const struct flow_key *k, __u64 now)
+				       const struct flow_key *k, __u64 now, int create)
 {
 	struct src_key sk = { .policy = pid, .family = k->family };
 	__u64 *tat, t;
@@ -177,6 +178,8 @@ static __always_inline int bucket_take(__u32 pid, const struct shield_policy *po
 	}
 	tat = bpf_map_lookup_elem(&syn_bucket, &sk);
 	if (!tat) {
+		if (!create)
+			return 1;
 		t = now + pol->interval_ns;
 		bpf_map_update_elem(&syn_bucket, &sk, &t, BPF_ANY);
 		return 1;
@@ -353,28 +356,40 @@ static __always_inline int shield_tcp(struct stat_block *c, struct xdp_md *ctx, 
 		return SHIELD_CONTINUE;
 
 	st = syn_rate(pid, pol, now);
-	if (!bucket_take(pid, pol, &pkt->key, now)) {
+	if (st && st->attack && !is_verified(&pkt->key, now)) {
+		/*
+		 * Unproven source in attack mode: charge its bucket if it has one
+		 * (a one-source flood stays a cheap drop) but create none: under a
+		 * random-source flood new buckets would only churn the table and
+		 * cost an LRU insert per packet. Then challenge.
+		 */
+		if (!bucket_take(pid, pol, &pkt->key, now, 0)) {
+			if (!dry)
+				return drop_because(c, WEIR_STAT_SHIELD_BUCKET_EMPTY);
+			stat_inc(c, WEIR_STAT_SHIELD_BUCKET_EMPTY);
+			stat_inc(c, WEIR_STAT_SHIELD_DRY_RUN);
+			return SHIELD_CONTINUE;
+		}
+		if (dry) {
+			stat_inc(c, WEIR_STAT_SHIELD_CHALLENGED);
+			stat_inc(c, WEIR_STAT_SHIELD_DRY_RUN);
+			return SHIELD_CONTINUE;
+		}
+		if (pkt->ip_opts)
+			return drop_because(c, WEIR_STAT_SHIELD_NO_CHALLENGE);
+		stat_inc(c, WEIR_STAT_SHIELD_CHALLENGED);
+		return verdict(c, send_challenge(ctx, pkt, now));
+	}
+	if (!bucket_take(pid, pol, &pkt->key, now, 1)) {
 		if (!dry)
 			return drop_because(c, WEIR_STAT_SHIELD_BUCKET_EMPTY);
 		stat_inc(c, WEIR_STAT_SHIELD_BUCKET_EMPTY);
 		stat_inc(c, WEIR_STAT_SHIELD_DRY_RUN);
 		return SHIELD_CONTINUE;
 	}
-	if (!st || !st->attack)
-		return SHIELD_CONTINUE;
-	if (is_verified(&pkt->key, now)) {
+	if (st && st->attack)
 		stat_inc(c, WEIR_STAT_SHIELD_VERIFIED_PASS);
-		return SHIELD_CONTINUE;
-	}
-	if (dry) {
-		stat_inc(c, WEIR_STAT_SHIELD_CHALLENGED);
-		stat_inc(c, WEIR_STAT_SHIELD_DRY_RUN);
-		return SHIELD_CONTINUE;
-	}
-	if (pkt->ip_opts)
-		return drop_because(c, WEIR_STAT_SHIELD_NO_CHALLENGE);
-	stat_inc(c, WEIR_STAT_SHIELD_CHALLENGED);
-	return verdict(c, send_challenge(ctx, pkt, now));
+	return SHIELD_CONTINUE;
 }
 
 /* Layer 3's new-flow guard: a global GCRA on flow-table inserts. */

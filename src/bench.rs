@@ -174,6 +174,47 @@ pub fn run(calls: usize) -> Result<Report> {
     let many = calls.min(65536);
     let est_many = sample(prog, &mut |i| frame_v4(client(i % many), vip, port(i % many), 80, true), 3)?;
 
+    // The shield's verdicts, each in a data plane configured for it.
+    let shield_dp = |shield: &str| -> Result<Dataplane> {
+        let plan = Plan::build(&Config::from_toml(&format!("[shield]\n{shield}\n{BENCH_CONFIG}"))?)?;
+        let dp = Dataplane::load(Settings::for_plan(&plan, mac))?;
+        let (hops, tx) = dataplane::next_hops(&plan, &crate::net::Iface { name: "bench".into(), ifindex: 1, mac, mtu: 1500 }, &mut |_, _| {
+            anyhow::bail!("bench backends carry their MACs")
+        })?;
+        dp.apply(&plan, &hops, &tx)?;
+        Ok(dp)
+    };
+    let within = shield_dp("attack = \"off\"\nrate = 1000000\nburst = 1000000")?;
+    let syn_ok = sample(&within.skel.progs.weir_lb, &mut |i| frame_v4(Ipv4Addr::new(10, 9, 0, 1), vip, port(i), 80, true), 3)?;
+    let over = shield_dp("attack = \"off\"\nrate = 1\nburst = 1")?;
+    let _ = test_run(&over.skel.progs.weir_lb, &one, 1)?;
+    let syn_over = sample(&over.skel.progs.weir_lb, &mut |i| frame_v4(Ipv4Addr::new(10, 0, 0, 1), vip, port(i), 80, true), 1)?;
+    let attack = shield_dp("attack = \"on\"")?;
+    // A random-source flood: every packet from another address.
+    let spoofed = |i: usize| Ipv4Addr::from(0x0b00_0000u32 + i as u32);
+    let challenge = sample(&attack.skel.progs.weir_lb, &mut |i| frame_v4(spoofed(i), vip, port(i), 80, true), 3)?;
+    let mut ack_frame = |i: usize| {
+        let mut f = frame_v4(spoofed(i + 4_000_000), vip, port(i), 80, true);
+        f[47] = 0x10; // ACK
+        f
+    };
+    let out_of_state = sample(&attack.skel.progs.weir_lb, &mut ack_frame, 1)?;
+    // The proving RST: each needs its own challenge first (not timed).
+    let mut prove = Vec::with_capacity(calls);
+    for i in 0..calls {
+        let syn = frame_v4(spoofed(i + 2_000_000), vip, port(i), 80, true);
+        let (_, out, _) = test_run(&attack.skel.progs.weir_lb, &syn, 1)?;
+        let ack = u32::from_be_bytes([out[42], out[43], out[44], out[45]]);
+        let mut rst = syn.clone();
+        rst[38..42].copy_from_slice(&ack.to_be_bytes());
+        rst[47] = 0x04; // RST
+        let (a, ns) = time(&attack.skel.progs.weir_lb, &rst)?;
+        anyhow::ensure!(a == 1, "proving RST returned {a}, expected XDP_DROP");
+        prove.push(ns);
+    }
+    let proven = attack.global_counters()?[crate::skel::weir_stat::WEIR_STAT_SHIELD_PROVEN.0 as usize];
+    anyhow::ensure!(proven as usize == calls, "{proven} of {calls} proving RSTs were accepted");
+
     let rows = vec![
         make_row("trivial XDP_PASS (baseline)", "PASS", &base, &base_s),
         make_row("trivial XDP_DROP", "DROP", &drop, &base_s),
@@ -181,6 +222,11 @@ pub fn run(calls: usize) -> Result<Report> {
         make_row("weir: new flow (SYN, distinct tuples)", "TX", &new_flow, &base_s),
         make_row("weir: established flow (1 flow)", "TX", &est, &base_s),
         make_row(&format!("weir: established ({many} flows)"), "TX", &est_many, &base_s),
+        make_row("shield: SYN within budget (new flow)", "TX", &syn_ok, &base_s),
+        make_row("shield: SYN over budget", "DROP", &syn_over, &base_s),
+        make_row("shield: random-source SYN, challenge", "TX", &challenge, &base_s),
+        make_row("shield: proving RST", "DROP", &prove, &base_s),
+        make_row("shield: out-of-state ACK", "DROP", &out_of_state, &base_s),
     ];
     Ok(Report { calls_per_path: calls, baseline: "trivial XDP_PASS".into(), baseline_ns: base_s.mean, rows })
 }
