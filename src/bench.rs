@@ -53,6 +53,10 @@ pub struct Row {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub calls_per_path: usize,
+    /// Whole-suite repetitions; each figure is the median over them.
+    pub repeats: usize,
+    /// Smallest and largest ratio per path over the repetitions.
+    pub ratio_spread: Vec<(f64, f64)>,
     pub baseline: String,
     pub baseline_ns: f64,
     pub rows: Vec<Row>,
@@ -73,14 +77,18 @@ pub fn make_row(path: &str, action: &'static str, samples: &[f64], baseline: &Su
 impl Report {
     pub fn render(&self) -> String {
         let mut s = format!(
-            "per-packet cost, BPF_PROG_TEST_RUN, {} calls per path, baseline {} = {:.1} ns/call\n",
-            self.calls_per_path, self.baseline, self.baseline_ns
+            "per-packet cost, BPF_PROG_TEST_RUN, {} calls per path, median of {} runs, baseline {} = {:.1} ns/call\n",
+            self.calls_per_path, self.repeats, self.baseline, self.baseline_ns
         );
-        s += &format!("{:<36} {:>8} {:>10} {:>10} {:>10} {:>8}\n", "path", "action", "ns/pkt", "median", "net ns", "ratio");
-        for r in &self.rows {
+        s += &format!(
+            "{:<38} {:>6} {:>8} {:>8} {:>8} {:>7} {:>13}\n",
+            "path", "action", "ns/pkt", "median", "net ns", "ratio", "ratio min-max"
+        );
+        for (i, r) in self.rows.iter().enumerate() {
+            let (lo, hi) = self.ratio_spread.get(i).copied().unwrap_or((r.ratio_to_trivial, r.ratio_to_trivial));
             s += &format!(
-                "{:<36} {:>8} {:>10.1} {:>10.1} {:>10.1} {:>7.2}x\n",
-                r.path, r.expected_action, r.ns_per_packet, r.median_ns, r.net_ns, r.ratio_to_trivial
+                "{:<38} {:>6} {:>8.1} {:>8.1} {:>8.1} {:>6.2}x {:>6.2}-{:.2}x\n",
+                r.path, r.expected_action, r.ns_per_packet, r.median_ns, r.net_ns, r.ratio_to_trivial, lo, hi
             );
         }
         s
@@ -126,7 +134,44 @@ address = "198.18.0.13"
 mac = "02:00:00:00:00:0d"
 "#;
 
-pub fn run(calls: usize) -> Result<Report> {
+/// Run the suite `repeats` times (fresh programs each time) and keep, per
+/// path, the median of each figure: one noisy run on a shared machine
+/// cannot move the result.
+pub fn run(calls: usize, repeats: usize) -> Result<Report> {
+    let runs: Vec<Report> = (0..repeats.max(1)).map(|_| run_once(calls)).collect::<Result<_>>()?;
+    Ok(combine(&runs))
+}
+
+pub fn combine(runs: &[Report]) -> Report {
+    let med = |v: Vec<f64>| summarize(&v).median;
+    let first = &runs[0];
+    let rows: Vec<Row> = (0..first.rows.len())
+        .map(|i| Row {
+            path: first.rows[i].path.clone(),
+            expected_action: first.rows[i].expected_action,
+            ns_per_packet: med(runs.iter().map(|r| r.rows[i].ns_per_packet).collect()),
+            median_ns: med(runs.iter().map(|r| r.rows[i].median_ns).collect()),
+            net_ns: med(runs.iter().map(|r| r.rows[i].net_ns).collect()),
+            ratio_to_trivial: med(runs.iter().map(|r| r.rows[i].ratio_to_trivial).collect()),
+        })
+        .collect();
+    let ratio_spread = (0..first.rows.len())
+        .map(|i| {
+            let v: Vec<f64> = runs.iter().map(|r| r.rows[i].ratio_to_trivial).collect();
+            (v.iter().copied().fold(f64::INFINITY, f64::min), v.iter().copied().fold(0.0, f64::max))
+        })
+        .collect();
+    Report {
+        calls_per_path: first.calls_per_path,
+        repeats: runs.len(),
+        ratio_spread,
+        baseline: first.baseline.clone(),
+        baseline_ns: med(runs.iter().map(|r| r.baseline_ns).collect()),
+        rows,
+    }
+}
+
+fn run_once(calls: usize) -> Result<Report> {
     let calls = calls.max(10);
     let holder: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
     let trivial = TrivialSkelBuilder::default()
@@ -228,7 +273,14 @@ pub fn run(calls: usize) -> Result<Report> {
         make_row("shield: proving RST", "DROP", &prove, &base_s),
         make_row("shield: out-of-state ACK", "DROP", &out_of_state, &base_s),
     ];
-    Ok(Report { calls_per_path: calls, baseline: "trivial XDP_PASS".into(), baseline_ns: base_s.mean, rows })
+    Ok(Report {
+        calls_per_path: calls,
+        repeats: 1,
+        ratio_spread: Vec::new(),
+        baseline: "trivial XDP_PASS".into(),
+        baseline_ns: base_s.mean,
+        rows,
+    })
 }
 
 #[cfg(test)]
@@ -250,6 +302,25 @@ mod tests {
         assert_eq!(r.ns_per_packet, 60.0);
         assert_eq!(r.net_ns, 40.0);
         assert_eq!(r.ratio_to_trivial, 3.0);
+    }
+
+    #[test]
+    fn repeated_runs_keep_the_median_and_the_spread() {
+        let base = summarize(&[10.0]);
+        let rep = |ns: f64| Report {
+            calls_per_path: 1,
+            repeats: 1,
+            ratio_spread: Vec::new(),
+            baseline: "b".into(),
+            baseline_ns: 10.0,
+            rows: vec![make_row("p", "TX", &[ns], &base)],
+        };
+        let r = combine(&[rep(30.0), rep(90.0), rep(20.0)]);
+        assert_eq!(r.repeats, 3);
+        assert_eq!(r.rows[0].ns_per_packet, 30.0);
+        assert_eq!(r.rows[0].ratio_to_trivial, 3.0);
+        assert_eq!(r.ratio_spread[0], (2.0, 9.0));
+        assert!(r.render().contains("2.00-9.00x"), "{}", r.render());
     }
 
     #[test]

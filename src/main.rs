@@ -74,6 +74,9 @@ enum Cmd {
     Bench {
         #[arg(long, default_value_t = 20000)]
         calls: usize,
+        /// Runs of the whole suite; figures are medians over them.
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
         #[arg(long)]
         json: bool,
     },
@@ -109,8 +112,8 @@ fn real_main() -> Result<()> {
             Ok(())
         }
         Cmd::Stats { iface, json, once, interval } => stats(&iface, json, once, interval),
-        Cmd::Bench { calls, json } => {
-            let r = weir::bench::run(calls)?;
+        Cmd::Bench { calls, repeats, json } => {
+            let r = weir::bench::run(calls, repeats)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
