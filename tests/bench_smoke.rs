@@ -14,7 +14,7 @@ fn bench_smoke() {
     assert_eq!(r.rows[0].ratio_to_trivial, 1.0, "the baseline is its own unit");
     for row in &r.rows {
         assert!(row.ns_per_packet > 0.0, "{}: no time measured", row.path);
-        assert!((row.net_ns - (row.ns_per_packet - r.baseline_ns)).abs() < 1e-6 || r.repeats > 1);
+        assert!(row.ratio_to_trivial > 0.5 && row.ratio_to_trivial < 100.0, "{}: ratio {}", row.path, row.ratio_to_trivial);
     }
     let text = r.render();
     assert!(text.contains("shield: random-source SYN, challenge"), "{text}");
