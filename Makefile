@@ -44,7 +44,7 @@ demo: deps build
 	scripts/as-root.sh scripts/demo.sh
 
 bench: build
-	scripts/as-root.sh $(WEIR) bench
+	scripts/as-root.sh $(WEIR) bench --live --svg bench.svg
 
 # Static-pie (glibc) per FACTS, then run to prove it works. Ubuntu's libelf.a
 # needs zstd: link libzstd.a then, and only then (a plain -lzstd here gave a

@@ -334,3 +334,122 @@ mod tests {
         assert_eq!(u[23], 17);
     }
 }
+
+/// Control-plane timings: Maglev table builds and loading a large config.
+#[derive(Debug, Clone, Serialize)]
+pub struct ControlRow {
+    pub what: String,
+    pub ms: f64,
+}
+
+pub fn control_plane(with_kernel: bool) -> Result<Vec<ControlRow>> {
+    let mut rows = Vec::new();
+    for m in [65537u32, 655373] {
+        for n in [10usize, 100, 1000] {
+            let backends: Vec<(Vec<u8>, u32)> =
+                (0..n).map(|i| (vec![10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 1)).collect();
+            let t = std::time::Instant::now();
+            let table = crate::maglev::build(&backends, m);
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            anyhow::ensure!(table.iter().all(Option::is_some), "maglev left empty slots");
+            rows.push(ControlRow { what: format!("maglev build M={m} N={n}"), ms });
+        }
+    }
+    if with_kernel {
+        // 1,000 backends over 10 VIPs: what a full (re)load writes to the maps.
+        let mut cfg = String::new();
+        for v in 0..10 {
+            cfg += &format!("[[vip]]\naddress = \"198.18.1.{}\"\nport = 80\nprotocol = \"tcp\"\n", v + 1);
+            for b in 0..100 {
+                cfg += &format!("[[vip.backend]]\naddress = \"10.{v}.{}.{}\"\nmac = \"02:00:00:00:{v:02x}:{b:02x}\"\n", b / 200, b % 200 + 1);
+            }
+        }
+        let t = std::time::Instant::now();
+        let plan = Plan::build(&Config::from_toml(&cfg)?)?;
+        rows.push(ControlRow { what: "plan 1000 backends / 10 VIPs (parse + 10 tables)".into(), ms: t.elapsed().as_secs_f64() * 1e3 });
+        let mac = [0x02, 0, 0, 0, 0, 0x0a];
+        let t = std::time::Instant::now();
+        let dp = Dataplane::load(Settings::for_plan(&plan, mac))?;
+        rows.push(ControlRow { what: "load BPF program (verifier)".into(), ms: t.elapsed().as_secs_f64() * 1e3 });
+        let iface = crate::net::Iface { name: "bench".into(), ifindex: 1, mac, mtu: 1500 };
+        let (hops, tx) = dataplane::next_hops(&plan, &iface, &mut |_, _| anyhow::bail!("MACs given"))?;
+        let t = std::time::Instant::now();
+        dp.apply(&plan, &hops, &tx)?;
+        rows.push(ControlRow { what: "write maps: 1000 backends / 10 VIPs".into(), ms: t.elapsed().as_secs_f64() * 1e3 });
+    }
+    Ok(rows)
+}
+
+pub fn render_control(rows: &[ControlRow]) -> String {
+    let mut s = String::from("control plane\n");
+    for r in rows {
+        s += &format!("{:<52} {:>10.1} ms\n", r.what, r.ms);
+    }
+    s
+}
+
+/// A bar chart a person would rather look at than a table.
+pub fn svg(per: &Report, live: Option<&crate::livebench::LiveReport>) -> String {
+    let bar_h = 22.0;
+    let left = 300.0;
+    let width = 1100.0;
+    let mut y = 40.0;
+    let mut body = String::new();
+    let esc = |t: &str| t.replace('&', "&amp;").replace('<', "&lt;");
+    let max_ratio = per.rows.iter().map(|r| r.ratio_to_trivial).fold(1.0, f64::max);
+    body += &format!(
+        "<text x=\"10\" y=\"24\" font-size=\"16\" font-weight=\"bold\">Per-packet cost, ratio to a trivial XDP_PASS (median of {} runs; {:.0} ns/call baseline)</text>\n",
+        per.repeats, per.baseline_ns
+    );
+    for r in &per.rows {
+        let w = (width - left - 230.0) * r.ratio_to_trivial / max_ratio;
+        let color = if r.path.starts_with("shield") { "#c0504d" } else if r.path.starts_with("weir") { "#4f81bd" } else { "#9bbb59" };
+        body += &format!(
+            "<text x=\"{:.0}\" y=\"{:.0}\" font-size=\"12\" text-anchor=\"end\">{}</text><rect x=\"{left}\" y=\"{:.0}\" width=\"{w:.1}\" height=\"{:.0}\" fill=\"{color}\"/><text x=\"{:.1}\" y=\"{:.0}\" font-size=\"12\">{:.2}x ({:.0} ns)</text>\n",
+            left - 8.0,
+            y + 15.0,
+            esc(&r.path),
+            y + 2.0,
+            bar_h - 4.0,
+            left + w + 6.0,
+            y + 15.0,
+            r.ratio_to_trivial,
+            r.ns_per_packet
+        );
+        y += bar_h;
+    }
+    if let Some(l) = live {
+        y += 30.0;
+        body += &format!(
+            "<text x=\"10\" y=\"{y:.0}\" font-size=\"16\" font-weight=\"bold\">Lab throughput, {}-byte frames, Mpps (median of {} runs, min-max whisker)</text>\n",
+            l.frame_bytes, l.runs
+        );
+        y += 16.0;
+        let max = l.rows.iter().map(|r| r.mpps_max).fold(0.1, f64::max);
+        for r in &l.rows {
+            let scale = (width - left - 280.0) / max;
+            let w = r.mpps_median * scale;
+            body += &format!(
+                "<text x=\"{:.0}\" y=\"{:.0}\" font-size=\"12\" text-anchor=\"end\">{}</text><rect x=\"{left}\" y=\"{:.0}\" width=\"{w:.1}\" height=\"{:.0}\" fill=\"#8064a2\"/><line x1=\"{:.1}\" x2=\"{:.1}\" y1=\"{:.0}\" y2=\"{:.0}\" stroke=\"black\"/><text x=\"{:.1}\" y=\"{:.0}\" font-size=\"12\">{:.2} Mpps ({:.2}x reflector)</text>\n",
+                left - 8.0,
+                y + 15.0,
+                esc(&r.program),
+                y + 2.0,
+                bar_h - 4.0,
+                left + r.mpps_min * scale,
+                left + r.mpps_max * scale,
+                y + 11.0,
+                y + 11.0,
+                left + r.mpps_max * scale + 6.0,
+                y + 15.0,
+                r.mpps_median,
+                r.ratio_to_reflector
+            );
+            y += bar_h;
+        }
+    }
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{:.0}\" font-family=\"sans-serif\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n{body}</svg>\n",
+        y + 20.0
+    )
+}

@@ -79,6 +79,16 @@ enum Cmd {
         repeats: usize,
         #[arg(long)]
         json: bool,
+        /// Also measure lab throughput (live frames through a veth in
+        /// namespaces of the bench's own).
+        #[arg(long)]
+        live: bool,
+        /// Live frames per run and program.
+        #[arg(long, default_value_t = 5_000_000)]
+        live_packets: u32,
+        /// Write a bar chart here (SVG).
+        #[arg(long)]
+        svg: Option<String>,
     },
     /// Lab helper: attach (or --detach) a native XDP_PASS program, which a
     /// veth peer needs for XDP_TX frames to reach it. Stays after exit.
@@ -112,12 +122,23 @@ fn real_main() -> Result<()> {
             Ok(())
         }
         Cmd::Stats { iface, json, once, interval } => stats(&iface, json, once, interval),
-        Cmd::Bench { calls, repeats, json } => {
+        Cmd::Bench { calls, repeats, json, live, live_packets, svg } => {
             let r = weir::bench::run(calls, repeats)?;
+            let l = if live { Some(weir::livebench::run(live_packets, repeats)?) } else { None };
+            let cp = weir::bench::control_plane(true)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                let v = serde_json::json!({ "per_packet": r, "throughput": l, "control_plane": cp });
+                println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print!("{}", r.render());
+                if let Some(l) = &l {
+                    print!("\n{}", l.render());
+                }
+                print!("\n{}", weir::bench::render_control(&cp));
+            }
+            if let Some(path) = svg {
+                std::fs::write(&path, weir::bench::svg(&r, l.as_ref())).with_context(|| format!("writing {path}"))?;
+                eprintln!("weir bench: chart written to {path}");
             }
             Ok(())
         }

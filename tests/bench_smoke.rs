@@ -21,3 +21,21 @@ fn bench_smoke() {
     let json = serde_json::to_value(&r).unwrap();
     assert_eq!(json["rows"].as_array().unwrap().len(), 11);
 }
+
+#[test]
+fn live_throughput_smoke() {
+    if !common::require_root("live-frames smoke run") {
+        return;
+    }
+    let r = weir::livebench::run(200_000, 1).expect("live bench runs (it checks weir forwarded every frame)");
+    let names: Vec<&str> = r.rows.iter().map(|x| x.program.as_str()).collect();
+    assert_eq!(names, ["trivial XDP_DROP", "trivial XDP_TX reflector", "weir DSR (XDP_TX)"]);
+    assert_eq!(r.rows[1].ratio_to_reflector, 1.0);
+    assert!(r.rows.iter().all(|x| x.mpps_median > 0.01), "{}", r.render());
+    let per = weir::bench::run(100, 1).unwrap();
+    let svg = weir::bench::svg(&per, Some(&r));
+    assert!(svg.starts_with("<svg") && svg.contains("weir DSR (XDP_TX)") && svg.contains("shield: proving RST"));
+    // The bench's namespaces are gone.
+    let ns = std::process::Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&ns.stdout).contains(&format!("wbench{}", std::process::id())));
+}
