@@ -47,7 +47,7 @@ struct {
 	__uint(max_entries, WEIR_MAX_BACKENDS);
 } backends SEC(".maps");
 
-/* One block of ring_size backend ids per VIP; resized before load. */
+/* Two blocks (live, next) of ring_size backend ids per VIP; resized before load. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);
@@ -55,12 +55,12 @@ struct {
 	__uint(max_entries, 16 * 65537);
 } maglev_ring SEC(".maps");
 
-/* One block of WEIR_RR_SLOTS backend ids per VIP. */
+/* Two blocks of WEIR_RR_SLOTS backend ids per VIP. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);
 	__type(value, __u32);
-	__uint(max_entries, WEIR_MAX_VIPS * WEIR_RR_SLOTS);
+	__uint(max_entries, WEIR_MAX_VIPS * WEIR_RR_SLOTS * 2);
 } rr_ring SEC(".maps");
 
 /* Shared (not per-CPU) so rotation is exact across CPUs; touched once per new flow. */

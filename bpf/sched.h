@@ -31,9 +31,9 @@ static __always_inline __u32 source_hash(const struct flow_key *k)
 	return jhash_1word(k->src[3], h);
 }
 
-static __always_inline __u32 ring_pick(__u32 vip_id, __u32 hash)
+static __always_inline __u32 ring_pick(const struct vip_meta *vip, __u32 hash)
 {
-	__u32 idx = vip_id * ring_size + hash % ring_size;
+	__u32 idx = (vip->vip_id * 2 + (vip->half & 1)) * ring_size + hash % ring_size;
 	__u32 *bid = bpf_map_lookup_elem(&maglev_ring, &idx);
 
 	return bid ? *bid : WEIR_NO_BACKEND;
@@ -50,7 +50,7 @@ static __always_inline __u32 round_robin_pick(const struct vip_meta *vip)
 	/* When the u32 cursor wraps (every 2^32 new flows) the rotation
 	 * restarts once mid-sequence: one uneven turn, then exact again. */
 	n = __sync_fetch_and_add(cursor, 1);
-	idx = vid * WEIR_RR_SLOTS + n % vip->rr_len;
+	idx = (vid * 2 + (vip->half & 1)) * WEIR_RR_SLOTS + n % vip->rr_len;
 	bid = bpf_map_lookup_elem(&rr_ring, &idx);
 	return bid ? *bid : WEIR_NO_BACKEND;
 }
@@ -61,9 +61,9 @@ static __always_inline __u32 schedule(const struct vip_meta *vip, const struct f
 	case WEIR_SCHED_ROUND_ROBIN:
 		return round_robin_pick(vip);
 	case WEIR_SCHED_SOURCE_HASH:
-		return ring_pick(vip->vip_id, source_hash(k));
+		return ring_pick(vip, source_hash(k));
 	default:
-		return ring_pick(vip->vip_id, flow_hash(k));
+		return ring_pick(vip, flow_hash(k));
 	}
 }
 

@@ -53,6 +53,12 @@ struct vip_meta {
 	__u8 sched;    /* enum weir_sched */
 	__u8 mode;     /* enum weir_fwd_mode */
 	__u16 rr_len;  /* used entries of its round-robin block */
+	/*
+	 * Which of the VIP's two Maglev / round-robin blocks is live. The
+	 * control plane fills the other one, then flips this with a single
+	 * map update: a packet never sees a half-written table.
+	 */
+	__u32 half;
 };
 
 struct backend {

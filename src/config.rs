@@ -328,8 +328,9 @@ impl Config {
         if self.vips.len() > MAX_VIPS as usize {
             bail!("{} VIPs defined, at most {MAX_VIPS} are supported", self.vips.len());
         }
-        // Array map values are rounded up to 8 bytes.
-        let ring_bytes = u64::from(m) * self.vips.len() as u64 * 8;
+        // Two halves per VIP (tables are swapped, not edited in place); array
+        // map values are rounded up to 8 bytes.
+        let ring_bytes = u64::from(m) * self.vips.len() as u64 * 16;
         if ring_bytes > 1 << 30 {
             bail!(
                 "maglev.table_size: {m} slots x {} VIPs needs {} MiB of tables; use a smaller prime (65537 suits up to ~650 backends per VIP)",
@@ -581,7 +582,7 @@ weight = 3
             big += &format!("[[vip]]\naddress = \"198.18.1.{i}\"\nprotocol = \"tcp\"\n[[vip.backend]]\naddress = \"198.18.0.11\"\n");
         }
         let e = err(&big);
-        assert!(e.contains("maglev.table_size: 10000019 slots x 15 VIPs needs 1144 MiB"), "{e}");
+        assert!(e.contains("maglev.table_size: 10000019 slots x 15 VIPs needs 2288 MiB"), "{e}");
         let e = err(&GOOD.replace("size = 1024", "size = 16777217"));
         assert!(e.contains("conntrack.size: 16777217 is out of range"), "{e}");
     }

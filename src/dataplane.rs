@@ -1,6 +1,7 @@
 //! The loaded load-balancer program and its maps: the one API through which
 //! both `weir run` and the tests configure the data plane.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::mem::MaybeUninit;
 use std::net::IpAddr;
@@ -56,6 +57,10 @@ pub struct NextHop {
 pub struct Dataplane {
     pub skel: LbSkel<'static>,
     pub settings: Settings,
+    /// Each VIP's key and live metadata (which table half is live).
+    live: RefCell<BTreeMap<u32, (VipKey, VipMeta)>>,
+    /// Backends as `apply` wrote them, to restore after a health check.
+    backend_entries: RefCell<BTreeMap<u32, Backend>>,
 }
 
 pub fn addr_words(a: IpAddr) -> ([u32; 4], u8) {
@@ -87,7 +92,8 @@ impl Dataplane {
         let mut open = LbSkelBuilder::default()
             .open(holder)
             .context("opening the load-balancer BPF object")?;
-        let ring_entries = u64::from(settings.ring_size) * u64::from(settings.max_vips);
+        // Two halves per VIP: see write_tables.
+        let ring_entries = u64::from(settings.ring_size) * u64::from(settings.max_vips) * 2;
         let ring_entries = u32::try_from(ring_entries).context("maglev.table_size x VIPs exceeds 2^32 slots")?;
         open.maps.maglev_ring.set_max_entries(ring_entries)?;
         open.maps.flows.set_max_entries(settings.conntrack_size)?;
@@ -114,7 +120,7 @@ impl Dataplane {
             };
             anyhow::anyhow!("loading the load-balancer BPF program into the kernel failed: {e}{hint}")
         })?;
-        Ok(Dataplane { skel, settings })
+        Ok(Dataplane { skel, settings, live: RefCell::new(BTreeMap::new()), backend_entries: RefCell::new(BTreeMap::new()) })
     }
 
     pub fn prog_fd(&self) -> BorrowedFd<'_> {
@@ -164,17 +170,10 @@ impl Dataplane {
                 maps.backends
                     .update(&key32(b.id), bytes_of(&be), MapFlags::ANY)
                     .with_context(|| format!("writing backend {}", b.addr))?;
+                self.backend_entries.borrow_mut().insert(b.id, be);
             }
-            // The ring before the VIP: a packet never finds a VIP without its table.
-            let base = vip.id * self.settings.ring_size;
-            let keys: Vec<u8> = (0..self.settings.ring_size).flat_map(|s| key32(base + s)).collect();
-            let vals: Vec<u8> = vip.ring.iter().flat_map(|b| b.to_ne_bytes()).collect();
-            maps.maglev_ring
-                .update_batch(&keys, &vals, self.settings.ring_size, MapFlags::ANY, MapFlags::ANY)
-                .context("writing the Maglev table")?;
-            for (k, bid) in vip.rr.iter().enumerate() {
-                maps.rr_ring.update(&key32(vip.id * RR_SLOTS + k as u32), &bid.to_ne_bytes(), MapFlags::ANY)?;
-            }
+            // The tables before the VIP: a packet never finds a VIP without them.
+            self.write_block(vip.id, 0, &vip.ring, &vip.rr)?;
             let (addr, family) = addr_words(vip.addr);
             let key = VipKey { addr, port: vip.port.to_be(), proto: vip.proto.number(), family };
             let meta = VipMeta {
@@ -182,8 +181,10 @@ impl Dataplane {
                 sched: vip.sched as u8,
                 mode: vip.mode as u8,
                 rr_len: vip.rr.len() as u16,
+                half: 0,
             };
             maps.vips.update(bytes_of(&key), bytes_of(&meta), MapFlags::ANY).context("writing the VIP")?;
+            self.live.borrow_mut().insert(vip.id, (key, meta));
             if family == FAMILY_V4 {
                 maps.vip_arp.update(&addr[0].to_ne_bytes(), &key32(vip.id), MapFlags::ANY)?;
             }
@@ -198,16 +199,61 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Replace one VIP's Maglev table (e.g. after a backend left).
-    pub fn write_ring(&self, vip_id: u32, ring: &[u32]) -> Result<()> {
-        let base = vip_id * self.settings.ring_size;
+    /// Put a backend back as `apply` wrote it.
+    pub fn restore_backend(&self, id: u32) -> Result<()> {
+        let be = *self.backend_entries.borrow().get(&id).with_context(|| format!("no backend {id}"))?;
+        self.skel.maps.backends.update(&key32(id), bytes_of(&be), MapFlags::ANY)?;
+        Ok(())
+    }
+
+    fn write_block(&self, vip_id: u32, half: u32, ring: &[u32], rr: &[u32]) -> Result<()> {
+        anyhow::ensure!(ring.len() as u32 == self.settings.ring_size, "ring of {} slots", ring.len());
+        anyhow::ensure!(rr.len() as u32 <= RR_SLOTS, "round-robin sequence of {}", rr.len());
+        let base = (vip_id * 2 + half) * self.settings.ring_size;
         let keys: Vec<u8> = (0..ring.len() as u32).flat_map(|s| key32(base + s)).collect();
         let vals: Vec<u8> = ring.iter().flat_map(|b| b.to_ne_bytes()).collect();
         self.skel
             .maps
             .maglev_ring
-            .update_batch(&keys, &vals, ring.len() as u32, MapFlags::ANY, MapFlags::ANY)?;
+            .update_batch(&keys, &vals, ring.len() as u32, MapFlags::ANY, MapFlags::ANY)
+            .context("writing the Maglev table")?;
+        if !rr.is_empty() {
+            let base = (vip_id * 2 + half) * RR_SLOTS;
+            let keys: Vec<u8> = (0..rr.len() as u32).flat_map(|s| key32(base + s)).collect();
+            let vals: Vec<u8> = rr.iter().flat_map(|b| b.to_ne_bytes()).collect();
+            self.skel
+                .maps
+                .rr_ring
+                .update_batch(&keys, &vals, rr.len() as u32, MapFlags::ANY, MapFlags::ANY)
+                .context("writing the round-robin sequence")?;
+        }
         Ok(())
+    }
+
+    /// Replace one VIP's Maglev table and round-robin sequence: the spare
+    /// half is written, then the VIP flips to it in one map update, so a
+    /// packet sees the old tables or the new, never a mix.
+    pub fn write_tables(&self, vip_id: u32, ring: &[u32], rr: &[u32]) -> Result<()> {
+        let (key, mut meta) = *self.live.borrow().get(&vip_id).with_context(|| format!("no VIP {vip_id}"))?;
+        let next = meta.half ^ 1;
+        self.write_block(vip_id, next, ring, rr)?;
+        meta.half = next;
+        meta.rr_len = rr.len() as u16;
+        self.skel.maps.vips.update(bytes_of(&key), bytes_of(&meta), MapFlags::ANY).context("switching the VIP's tables")?;
+        self.live.borrow_mut().insert(vip_id, (key, meta));
+        Ok(())
+    }
+
+    /// Replace one VIP's Maglev table, keeping its round-robin sequence.
+    pub fn write_ring(&self, vip_id: u32, ring: &[u32]) -> Result<()> {
+        let (_, meta) = *self.live.borrow().get(&vip_id).with_context(|| format!("no VIP {vip_id}"))?;
+        let mut rr = Vec::with_capacity(meta.rr_len as usize);
+        let base = (vip_id * 2 + meta.half) * RR_SLOTS;
+        for k in 0..u32::from(meta.rr_len) {
+            let v = self.skel.maps.rr_ring.lookup(&key32(base + k), MapFlags::ANY)?.unwrap_or_default();
+            rr.push(u32::from_ne_bytes(v.get(..4).and_then(|b| b.try_into().ok()).unwrap_or([0; 4])));
+        }
+        self.write_tables(vip_id, ring, &rr)
     }
 
     pub fn global_counters(&self) -> Result<Vec<u64>> {

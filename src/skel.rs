@@ -39,7 +39,7 @@ unsafe impl plain::Plain for VipKey {}
 unsafe impl plain::Plain for VipMeta {}
 
 const _: () = assert!(std::mem::size_of::<VipKey>() == 20);
-const _: () = assert!(std::mem::size_of::<VipMeta>() == 8);
+const _: () = assert!(std::mem::size_of::<VipMeta>() == 12);
 const _: () = assert!(std::mem::size_of::<Backend>() == 36);
 const _: () = assert!(std::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(std::mem::size_of::<Flow>() == 8);
