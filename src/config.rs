@@ -241,6 +241,92 @@ pub struct Vip {
     pub backends: Vec<Backend>,
     /// Overrides of the [shield] section for this VIP.
     pub shield: Option<VipShield>,
+    /// Health checks of its backends (absent: none).
+    pub health: Option<HealthCheck>,
+    /// What happens to tracked flows of a backend that fails its checks.
+    #[serde(default)]
+    pub on_down: OnDown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDown {
+    /// Its tracked flows move to another backend (their connections reset
+    /// there): clients learn at once instead of waiting on a dead host.
+    #[default]
+    Reschedule,
+    /// Its tracked flows stay (for checks that fail while the service still
+    /// serves established connections).
+    Keep,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKind {
+    #[default]
+    Tcp,
+    Http,
+    None,
+}
+
+/// A health check; every field optional so a backend can override a VIP's.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    pub kind: Option<CheckKind>,
+    /// Port to probe; default the VIP's (required for port-0 VIPs).
+    pub port: Option<u16>,
+    /// HTTP: path requested (default "/").
+    pub path: Option<String>,
+    /// HTTP: status expected (default 200).
+    pub expect: Option<u16>,
+    pub interval_ms: Option<u32>,
+    pub timeout_ms: Option<u32>,
+    /// Successes in a row that bring a down backend back (default 2).
+    pub rise: Option<u32>,
+    /// Failures in a row that take a backend out (default 3).
+    pub fall: Option<u32>,
+}
+
+/// A backend's effective check.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Check {
+    pub kind: CheckKind,
+    pub port: u16,
+    pub path: String,
+    pub expect: u16,
+    pub interval_ms: u32,
+    pub timeout_ms: u32,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+impl HealthCheck {
+    /// `self` (the backend's) over `vip` (the VIP's), over the defaults.
+    pub fn resolve(backend: Option<&HealthCheck>, vip: Option<&HealthCheck>, vip_port: u16) -> Option<Check> {
+        if backend.is_none() && vip.is_none() {
+            return None;
+        }
+        let pick = |f: &dyn Fn(&HealthCheck) -> Option<u32>, d: u32| backend.and_then(f).or_else(|| vip.and_then(f)).unwrap_or(d);
+        let kind = backend.and_then(|h| h.kind).or_else(|| vip.and_then(|h| h.kind)).unwrap_or_default();
+        if kind == CheckKind::None {
+            return None;
+        }
+        let interval_ms = pick(&|h| h.interval_ms, 1000);
+        Some(Check {
+            kind,
+            port: backend.and_then(|h| h.port).or_else(|| vip.and_then(|h| h.port)).unwrap_or(vip_port),
+            path: backend
+                .and_then(|h| h.path.clone())
+                .or_else(|| vip.and_then(|h| h.path.clone()))
+                .unwrap_or_else(|| "/".into()),
+            expect: pick(&|h| h.expect.map(u32::from), 200) as u16,
+            interval_ms,
+            timeout_ms: pick(&|h| h.timeout_ms, interval_ms.min(500)),
+            rise: pick(&|h| h.rise, 2),
+            fall: pick(&|h| h.fall, 3),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -255,6 +341,8 @@ pub struct Backend {
     /// Send through this interface (XDP_REDIRECT via a DEVMAP) instead of
     /// back out of the receiving one.
     pub iface: Option<String>,
+    /// Overrides of the VIP's health check for this backend.
+    pub health: Option<HealthCheck>,
 }
 
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
@@ -406,6 +494,20 @@ impl Config {
                         Some(m) if m[0] & 1 == 0 && m != [0; 6] => {}
                         Some(_) => bail!("{bat}.mac: {mac} is not a unicast MAC address"),
                         None => bail!("{bat}.mac: '{mac}' is not a MAC address like 02:00:00:00:00:0b"),
+                    }
+                }
+                if let Some(c) = HealthCheck::resolve(b.health.as_ref(), vip.health.as_ref(), vip.port) {
+                    if c.port == 0 {
+                        bail!("{bat}.health: the VIP balances every port: set health.port");
+                    }
+                    if c.interval_ms < 50 || c.timeout_ms == 0 || c.timeout_ms > c.interval_ms {
+                        bail!("{bat}.health: need interval_ms >= 50 and 0 < timeout_ms <= interval_ms");
+                    }
+                    if c.rise == 0 || c.fall == 0 {
+                        bail!("{bat}.health: rise and fall must be at least 1");
+                    }
+                    if c.kind == CheckKind::Http && !c.path.starts_with('/') {
+                        bail!("{bat}.health.path: '{}' must start with /", c.path);
                     }
                 }
                 if let Some(ifn) = &b.iface {
@@ -605,6 +707,31 @@ weight = 3
         assert!(e.contains("vip[0].shield: per-VIP shield settings need a [shield] section"), "{e}");
         assert_eq!(parse_prefix("198.18.0.7"), Some(("198.18.0.7".parse().unwrap(), 32)));
         assert_eq!(parse_prefix("2001:db8::/32"), Some(("2001:db8::".parse().unwrap(), 32)));
+    }
+
+    #[test]
+    fn health_checks_resolve_and_validate() {
+        let with = |vip: &str, be: &str| {
+            GOOD.replace("scheduler = \"round-robin\"\n", &format!("scheduler = \"round-robin\"\n{vip}\n"))
+                .replace("weight = 3", &format!("weight = 3\n{be}"))
+        };
+        let c = Config::from_toml(&with("health = { kind = \"http\", path = \"/hc\", interval_ms = 200 }", "health = { fall = 1 }")).unwrap();
+        let v = &c.vips[0];
+        let b0 = HealthCheck::resolve(v.backends[0].health.as_ref(), v.health.as_ref(), v.port).unwrap();
+        let b1 = HealthCheck::resolve(v.backends[1].health.as_ref(), v.health.as_ref(), v.port).unwrap();
+        assert_eq!((b0.kind, b0.path.as_str(), b0.port, b0.interval_ms, b0.fall), (CheckKind::Http, "/hc", 80, 200, 3));
+        assert_eq!(b1.fall, 1, "backend override");
+        assert_eq!(v.on_down, OnDown::Reschedule);
+        let e = err(&with("health = { interval_ms = 100, timeout_ms = 500 }", ""));
+        assert!(e.contains("vip[0].backend[0].health: need interval_ms >= 50 and 0 < timeout_ms <= interval_ms"), "{e}");
+        let e = err(&with("health = { kind = \"http\", path = \"hc\" }", ""));
+        assert!(e.contains("health.path: 'hc' must start with /"), "{e}");
+        let e = err(&with("health = {}", "").replace("port = 80\n", ""));
+        assert!(e.contains("the VIP balances every port: set health.port"), "{e}");
+        let none = Config::from_toml(&with("health = { kind = \"none\" }", "")).unwrap();
+        assert!(HealthCheck::resolve(None, none.vips[0].health.as_ref(), 80).is_none());
+        let e = err(&with("on_down = \"drop\"", ""));
+        assert!(e.contains("unknown variant `drop`"), "{e}");
     }
 
     #[test]

@@ -11,7 +11,12 @@ use clap::{Parser, Subcommand};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Xdp, XdpFlags};
 
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+
 use weir::attach::{attach, AttachMode};
+use weir::config::OnDown;
+use weir::health::{Checker, Event as HealthEvent, Health, Target};
 use weir::config::Config;
 use weir::control::{fetch, ControlSocket};
 use weir::dataplane::{next_hops, Dataplane, Settings};
@@ -174,8 +179,32 @@ fn run(iface_name: &str, config: &str, mode: AttachMode, interval: u64, allow_ho
     eprint!("{}", plan.describe());
     eprintln!("weir: attached to {} in {} mode; Ctrl-C or SIGTERM detaches", iface.name, link.mode);
     let mode_s = link.mode.to_string();
-    let mut snapshot = || Snapshot::collect(&dp, &plan, &iface.name, &mode_s, started);
-    serve_until_stopped(&control, interval, &mut snapshot)?;
+
+    // Health checks: probers report, this loop decides and writes the maps.
+    let targets: Vec<Target> = plan
+        .vips
+        .iter()
+        .flat_map(|v| {
+            v.backends.iter().filter_map(move |b| {
+                b.check.clone().map(|check| Target { vip_id: v.id, backend_id: b.id, addr: b.addr, check })
+            })
+        })
+        .collect();
+    let health: RefCell<BTreeMap<u32, Health>> =
+        RefCell::new(targets.iter().map(|t| (t.backend_id, Health::default())).collect());
+    let (_checker, events) = Checker::start(targets);
+    let mut tick = || {
+        while let Ok(ev) = events.try_recv() {
+            if let Err(e) = on_health_event(&dp, &plan, &health, ev) {
+                eprintln!("weir: warning: applying a health change: {e:#}");
+            }
+        }
+    };
+    let mut snapshot = || {
+        let h = health.borrow();
+        Snapshot::collect(&dp, &plan, &iface.name, &mode_s, started, &|id| h.get(&id).map(|x| x.up))
+    };
+    serve_until_stopped(&control, interval, &mut snapshot, &mut tick)?;
     drop(link);
     eprintln!("weir: detached from {}", iface.name);
     Ok(())
@@ -186,6 +215,7 @@ fn serve_until_stopped(
     control: &ControlSocket,
     interval: u64,
     snapshot: &mut dyn FnMut() -> Result<Snapshot>,
+    tick: &mut dyn FnMut(),
 ) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
@@ -193,6 +223,7 @@ fn serve_until_stopped(
     let mut prev: Option<Snapshot> = None;
     let mut last_print = Instant::now();
     while !stop.load(Ordering::SeqCst) {
+        tick();
         control.serve(snapshot);
         if interval > 0 && last_print.elapsed() >= Duration::from_secs(interval) {
             last_print = Instant::now();
@@ -234,9 +265,47 @@ fn shield(iface_name: &str, config: &str, mode: AttachMode, interval: u64, allow
     );
     let mode_s = link.mode.to_string();
     let mut snapshot = || Snapshot::collect_shield(&sp, &sh.ports, &iface.name, &mode_s, started);
-    serve_until_stopped(&control, interval, &mut snapshot)?;
+    serve_until_stopped(&control, interval, &mut snapshot, &mut || {})?;
     drop(link);
     eprintln!("weir shield: detached from {}", iface.name);
+    Ok(())
+}
+
+/// A probe result: update the backend's state; on a change, rebuild its
+/// VIP's tables without the backends that are down (the spare half, then a
+/// flip) and apply the VIP's policy for tracked flows.
+fn on_health_event(dp: &Dataplane, plan: &Plan, health: &RefCell<BTreeMap<u32, Health>>, ev: HealthEvent) -> Result<()> {
+    let vip = plan.vips.iter().find(|v| v.id == ev.vip_id).context("unknown VIP")?;
+    let b = vip.backends.iter().find(|b| b.id == ev.backend_id).context("unknown backend")?;
+    let Some(check) = &b.check else { return Ok(()) };
+    let change = health
+        .borrow_mut()
+        .get_mut(&b.id)
+        .and_then(|h| h.observe(ev.result.is_ok(), check.rise, check.fall));
+    let Some(up) = change else { return Ok(()) };
+    let down: BTreeSet<u32> = {
+        let h = health.borrow();
+        vip.backends.iter().filter(|x| h.get(&x.id).is_some_and(|s| !s.up)).map(|x| x.id).collect()
+    };
+    let (ring, rr, _) = weir::plan::tables(&vip.backends, plan.table_size, &down);
+    dp.write_tables(vip.id, &ring, &rr)?;
+    if vip.on_down == OnDown::Reschedule {
+        if up {
+            dp.restore_backend(b.id)?;
+        } else {
+            dp.remove_backend(b.id)?;
+        }
+    }
+    match (&ev.result, up) {
+        (Err(why), false) => eprintln!(
+            "weir: backend {} of {} is DOWN after {} failed checks ({why}); {} backends left in rotation",
+            b.addr,
+            vip.name,
+            check.fall,
+            vip.backends.len() - down.len()
+        ),
+        _ => eprintln!("weir: backend {} of {} is UP after {} good checks; back in rotation", b.addr, vip.name, check.rise),
+    }
     Ok(())
 }
 

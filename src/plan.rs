@@ -2,6 +2,7 @@
 //! MACs, Maglev and round-robin tables. Built without touching the kernel
 //! maps, so `weir check` prints exactly what `weir run` would load.
 
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
@@ -22,6 +23,7 @@ pub struct PlannedBackend {
     pub iface: Option<String>,
     /// Slots of the VIP's Maglev table it owns.
     pub slots: u32,
+    pub check: Option<crate::config::Check>,
 }
 
 #[derive(Debug, Clone)]
@@ -39,6 +41,7 @@ pub struct PlannedVip {
     /// Backend ids in round-robin order.
     pub rr: Vec<u32>,
     pub shield: Option<crate::config::VipShield>,
+    pub on_down: crate::config::OnDown,
 }
 
 #[derive(Debug, Clone)]
@@ -77,25 +80,14 @@ impl Plan {
                         mac: b.mac(),
                         iface: b.iface.clone(),
                         slots: 0,
+                        check: crate::config::HealthCheck::resolve(b.health.as_ref(), v.health.as_ref(), v.port),
                     }
                 })
                 .collect();
-            // Maglev input sorted by identity: the table must not depend on
-            // the order backends are listed in.
-            let mut order: Vec<usize> = (0..backends.len()).collect();
-            order.sort_by_key(|&j| identity(backends[j].addr));
-            let input: Vec<(Vec<u8>, u32)> =
-                order.iter().map(|&j| (identity(backends[j].addr), backends[j].weight)).collect();
-            let table = maglev::build(&input, m);
-            let ring: Vec<u32> = table
-                .iter()
-                .map(|s| s.map(|k| backends[order[k]].id).unwrap_or(NO_BACKEND))
-                .collect();
-            for (k, n) in maglev::shares(&table, input.len()).iter().enumerate() {
-                backends[order[k]].slots = *n as u32;
+            let (ring, rr, slots) = tables(&backends, m, &BTreeSet::new());
+            for (b, n) in backends.iter_mut().zip(slots) {
+                b.slots = n;
             }
-            let weights: Vec<u32> = order.iter().map(|&j| backends[j].weight).collect();
-            let rr = rr::sequence(&weights).iter().map(|&k| backends[order[k]].id).collect();
             vips.push(PlannedVip {
                 id: i as u32,
                 name: v.label(i),
@@ -108,6 +100,7 @@ impl Plan {
                 ring,
                 rr,
                 shield: v.shield.clone(),
+                on_down: v.on_down,
             });
         }
         Ok(Plan { table_size: m, conntrack_size: cfg.conntrack.size, vips, shield: cfg.shield.clone() })
@@ -141,6 +134,15 @@ impl Plan {
                 let share = 100.0 * f64::from(b.slots) / f64::from(self.table_size);
                 let mac = b.mac.map(|m| format_mac(&m)).unwrap_or_else(|| "(from neighbour table)".into());
                 let via = b.iface.as_deref().map(|i| format!(" via {i}")).unwrap_or_default();
+                let via = match &b.check {
+                    Some(c) => format!(
+                        "{via}  check {}:{} every {} ms",
+                        if c.kind == crate::config::CheckKind::Http { "http" } else { "tcp" },
+                        c.port,
+                        c.interval_ms
+                    ),
+                    None => via,
+                };
                 let _ = writeln!(
                     s,
                     "  backend {:<39} weight {:>5}  maglev {:>6} slots ({share:5.2}%)  mac {mac}{via}",
@@ -174,6 +176,27 @@ impl Plan {
         }
         s
     }
+}
+
+/// A VIP's Maglev table and round-robin sequence (backend ids) with the
+/// backends in `down` left out, and each backend's slot count. The same
+/// function serves the initial plan and health changes, so a backend's
+/// return restores exactly the table it left.
+pub fn tables(backends: &[PlannedBackend], m: u32, down: &BTreeSet<u32>) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
+    // Sorted by identity: the table must not depend on config order.
+    let mut order: Vec<usize> = (0..backends.len()).collect();
+    order.sort_by_key(|&j| identity(backends[j].addr));
+    let weight = |j: usize| if down.contains(&backends[j].id) { 0 } else { backends[j].weight };
+    let input: Vec<(Vec<u8>, u32)> = order.iter().map(|&j| (identity(backends[j].addr), weight(j))).collect();
+    let table = maglev::build(&input, m);
+    let ring: Vec<u32> = table.iter().map(|s| s.map(|k| backends[order[k]].id).unwrap_or(NO_BACKEND)).collect();
+    let mut slots = vec![0u32; backends.len()];
+    for (k, n) in maglev::shares(&table, input.len()).iter().enumerate() {
+        slots[order[k]] = *n as u32;
+    }
+    let weights: Vec<u32> = order.iter().map(|&j| weight(j)).collect();
+    let rr = rr::sequence(&weights).iter().map(|&k| backends[order[k]].id).collect();
+    (ring, rr, slots)
 }
 
 pub fn fmt_addr(a: IpAddr) -> String {

@@ -53,13 +53,23 @@ pub struct VipStats {
 pub struct BackendStats {
     pub address: String,
     pub weight: u32,
+    /// "up" / "down" when health-checked.
+    #[serde(default)]
+    pub health: Option<String>,
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
 }
 
 impl Snapshot {
-    pub fn collect(dp: &Dataplane, plan: &Plan, iface: &str, mode: &str, started: Instant) -> Result<Snapshot> {
+    pub fn collect(
+        dp: &Dataplane,
+        plan: &Plan,
+        iface: &str,
+        mode: &str,
+        started: Instant,
+        health: &dyn Fn(u32) -> Option<bool>,
+    ) -> Result<Snapshot> {
         let g = dp.global_counters()?;
         let counters = (0..STAT_COUNT).map(|i| (stat_name(i).to_string(), g[i])).collect();
         let mut vips = Vec::new();
@@ -71,6 +81,7 @@ impl Snapshot {
                 backends.push(BackendStats {
                     address: b.addr.to_string(),
                     weight: b.weight,
+                    health: health(b.id).map(|up| if up { "up" } else { "down" }.to_string()),
                     packets: bt.packets,
                     bytes: bt.bytes,
                     new_flows: bt.new_flows,
@@ -166,7 +177,10 @@ impl Snapshot {
             );
             for (bi, b) in v.backends.iter().enumerate() {
                 let pb = pv.and_then(|p| p.backends.get(bi));
-                let label = format!("  {} (weight {})", b.address, b.weight);
+                let label = match &b.health {
+                    Some(h) => format!("  {} (weight {}, {h})", b.address, b.weight),
+                    None => format!("  {} (weight {})", b.address, b.weight),
+                };
                 let _ = writeln!(
                     s,
                     "{:<44} {:>12} {:>10} {:>14} {:>10}",
@@ -217,6 +231,7 @@ mod tests {
                 backends: vec![BackendStats {
                     address: "198.18.0.11".into(),
                     weight: 1,
+                    health: Some("down".into()),
                     packets: pkts,
                     bytes: pkts * 60,
                     new_flows: 1,
@@ -242,6 +257,7 @@ mod tests {
         let out = snap(1.0, 5).render(None);
         let line = out.lines().find(|l| l.contains("198.18.0.11")).unwrap();
         assert!(line.contains(" - "), "{line}");
+        assert!(line.contains("(weight 1, down)"), "{line}");
     }
 
     #[test]
