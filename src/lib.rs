@@ -8,6 +8,7 @@ pub mod dataplane;
 pub mod health;
 pub mod livebench;
 pub mod maglev;
+pub mod metrics;
 pub mod net;
 pub mod plan;
 pub mod rr;

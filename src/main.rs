@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use weir::attach::{attach, AttachMode};
 use weir::config::OnDown;
 use weir::health::{Checker, Event as HealthEvent, Health, Target};
+use weir::metrics::MetricsServer;
 use weir::config::Config;
 use weir::control::{fetch, ControlSocket};
 use weir::dataplane::{next_hops, Dataplane, Settings};
@@ -31,36 +32,31 @@ struct Cli {
     cmd: Cmd,
 }
 
+#[derive(clap::Args)]
+struct RunOpts {
+    #[arg(long)]
+    iface: String,
+    #[arg(long)]
+    config: String,
+    #[arg(long, value_enum, default_value = "auto")]
+    mode: AttachMode,
+    /// Print the stats table every N seconds (0: never).
+    #[arg(long, default_value_t = 2)]
+    interval: u64,
+    /// Permit attaching in the host's own network namespace.
+    #[arg(long)]
+    allow_host_netns: bool,
+    /// Serve Prometheus metrics on ADDR (127.0.0.1:9477 when given bare).
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:9477")]
+    metrics: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Load the balancer, fill its maps from the config and attach it until Ctrl-C / SIGTERM.
-    Run {
-        #[arg(long)]
-        iface: String,
-        #[arg(long)]
-        config: String,
-        #[arg(long, value_enum, default_value = "auto")]
-        mode: AttachMode,
-        /// Print the stats table every N seconds (0: never).
-        #[arg(long, default_value_t = 2)]
-        interval: u64,
-        /// Permit attaching in the host's own network namespace.
-        #[arg(long)]
-        allow_host_netns: bool,
-    },
+    Run(RunOpts),
     /// The SYN-flood shield alone, in front of local TCP ports ([shield] ports).
-    Shield {
-        #[arg(long)]
-        iface: String,
-        #[arg(long)]
-        config: String,
-        #[arg(long, value_enum, default_value = "auto")]
-        mode: AttachMode,
-        #[arg(long, default_value_t = 2)]
-        interval: u64,
-        #[arg(long)]
-        allow_host_netns: bool,
-    },
+    Shield(RunOpts),
     /// Validate a config and print the plan, with each backend's Maglev share.
     Check { config: String },
     /// Show a running instance's counters.
@@ -114,12 +110,8 @@ fn main() {
 
 fn real_main() -> Result<()> {
     match Cli::parse().cmd {
-        Cmd::Run { iface, config, mode, interval, allow_host_netns } => {
-            run(&iface, &config, mode, interval, allow_host_netns)
-        }
-        Cmd::Shield { iface, config, mode, interval, allow_host_netns } => {
-            shield(&iface, &config, mode, interval, allow_host_netns)
-        }
+        Cmd::Run(o) => run(&o),
+        Cmd::Shield(o) => shield(&o),
         Cmd::Check { config } => {
             let cfg = Config::load(&config)?;
             print!("{}", Plan::build(&cfg)?.describe());
@@ -161,7 +153,9 @@ fn refuse_host_netns(what: &str) -> Result<()> {
     Ok(())
 }
 
-fn run(iface_name: &str, config: &str, mode: AttachMode, interval: u64, allow_host_netns: bool) -> Result<()> {
+fn run(o: &RunOpts) -> Result<()> {
+    let (iface_name, config, mode, interval, allow_host_netns) =
+        (o.iface.as_str(), o.config.as_str(), o.mode, o.interval, o.allow_host_netns);
     let cfg = Config::load(config)?;
     let plan = Plan::build(&cfg)?;
     let iface = Iface::lookup(iface_name)?;
@@ -172,6 +166,7 @@ fn run(iface_name: &str, config: &str, mode: AttachMode, interval: u64, allow_ho
     let dp = Dataplane::load(Settings::for_plan(&plan, iface.mac))?;
     dp.apply(&plan, &hops, &tx)?;
     let control = ControlSocket::bind(iface_name)?;
+    let metrics = o.metrics.as_deref().map(MetricsServer::bind).transpose()?;
 
     // Nothing is attached before this point; the link detaches when dropped.
     let link = attach(dp.prog_fd(), &iface, mode)?;
@@ -204,7 +199,7 @@ fn run(iface_name: &str, config: &str, mode: AttachMode, interval: u64, allow_ho
         let h = health.borrow();
         Snapshot::collect(&dp, &plan, &iface.name, &mode_s, started, &|id| h.get(&id).map(|x| x.up))
     };
-    serve_until_stopped(&control, interval, &mut snapshot, &mut tick)?;
+    serve_until_stopped(&control, metrics.as_ref(), interval, &mut snapshot, &mut tick)?;
     drop(link);
     eprintln!("weir: detached from {}", iface.name);
     Ok(())
@@ -213,6 +208,7 @@ fn run(iface_name: &str, config: &str, mode: AttachMode, interval: u64, allow_ho
 /// Run until SIGINT/SIGTERM: serve snapshots, print them every `interval` s.
 fn serve_until_stopped(
     control: &ControlSocket,
+    metrics: Option<&MetricsServer>,
     interval: u64,
     snapshot: &mut dyn FnMut() -> Result<Snapshot>,
     tick: &mut dyn FnMut(),
@@ -225,6 +221,9 @@ fn serve_until_stopped(
     while !stop.load(Ordering::SeqCst) {
         tick();
         control.serve(snapshot);
+        if let Some(m) = metrics {
+            m.serve(snapshot);
+        }
         if interval > 0 && last_print.elapsed() >= Duration::from_secs(interval) {
             last_print = Instant::now();
             // A failed read or a closed stdout must not take the balancer down.
@@ -241,7 +240,9 @@ fn serve_until_stopped(
     Ok(())
 }
 
-fn shield(iface_name: &str, config: &str, mode: AttachMode, interval: u64, allow_host_netns: bool) -> Result<()> {
+fn shield(o: &RunOpts) -> Result<()> {
+    let (iface_name, config, mode, interval, allow_host_netns) =
+        (o.iface.as_str(), o.config.as_str(), o.mode, o.interval, o.allow_host_netns);
     let text = std::fs::read_to_string(config).with_context(|| format!("cannot read config file {config}"))?;
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -257,6 +258,7 @@ fn shield(iface_name: &str, config: &str, mode: AttachMode, interval: u64, allow
     }
     let sp = weir::shield::Standalone::load(&sh).with_context(|| format!("invalid config {config}"))?;
     let control = ControlSocket::bind(iface_name)?;
+    let metrics = o.metrics.as_deref().map(MetricsServer::bind).transpose()?;
     let link = attach(sp.skel.progs.weir_shield.as_fd(), &iface, mode)?;
     let started = Instant::now();
     eprintln!(
@@ -265,7 +267,7 @@ fn shield(iface_name: &str, config: &str, mode: AttachMode, interval: u64, allow
     );
     let mode_s = link.mode.to_string();
     let mut snapshot = || Snapshot::collect_shield(&sp, &sh.ports, &iface.name, &mode_s, started);
-    serve_until_stopped(&control, interval, &mut snapshot, &mut || {})?;
+    serve_until_stopped(&control, metrics.as_ref(), interval, &mut snapshot, &mut || {})?;
     drop(link);
     eprintln!("weir shield: detached from {}", iface.name);
     Ok(())

@@ -33,6 +33,7 @@ fn three_hundred_requests_through_the_vip_follow_the_weights() {
         return;
     }
     let mut lab = Lab::up(&format!("wt{}", std::process::id()));
+    lab.extra_args = vec!["--metrics".into()];
     lab.start_weir(CONFIG);
 
     let n = 300;
@@ -74,6 +75,16 @@ fn three_hundred_requests_through_the_vip_follow_the_weights() {
     assert!(s["counters"]["arp_reply"].as_u64().unwrap() >= 1, "the VIP's ARP was answered by XDP");
     assert_eq!(s["counters"]["xdp_aborted"].as_u64().unwrap(), 0);
     assert_eq!(s["xdp_mode"], "native");
+
+    // Prometheus, scraped like a Prometheus server would (loopback of the
+    // balancer's namespace, the default address), agrees with the JSON.
+    let m = lab.sh("lb", "curl -s --max-time 2 http://127.0.0.1:9477/metrics");
+    let m = String::from_utf8_lossy(&m.stdout).to_string();
+    let want = format!(
+        "weir_vip_new_flows_total{{vip=\"web\",address=\"198.18.0.100\",port=\"80\",protocol=\"tcp\"}} {new_flows}"
+    );
+    assert!(m.lines().any(|l| l == want), "metrics lack `{want}`:\n{m}");
+    assert!(m.contains("# TYPE weir_backend_packets_total counter"), "{m}");
 
     // SIGTERM detaches: nothing stays on the interface.
     let st = lab.stop_weir().expect("weir was running");

@@ -10,6 +10,8 @@ pub const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 /// The lab and weir, torn down on every exit path (panics included).
 pub struct Lab {
+    /// Extra arguments for the next `weir run`.
+    pub extra_args: Vec<String>,
     pub prefix: String,
     pub weir: Option<Child>,
     pub config: std::path::PathBuf,
@@ -21,7 +23,7 @@ impl Lab {
     }
 
     pub fn up_with(prefix: &str, env: &[(&str, &str)]) -> Lab {
-        let lab = Lab { prefix: prefix.into(), weir: None, config: std::env::temp_dir().join(format!("{prefix}.toml")) };
+        let lab = Lab { extra_args: Vec::new(), prefix: prefix.into(), weir: None, config: std::env::temp_dir().join(format!("{prefix}.toml")) };
         let st = Command::new(format!("{ROOT}/lab/lab.sh"))
             .arg("up")
             .env("PREFIX", prefix)
@@ -56,6 +58,7 @@ impl Lab {
             .arg("--config")
             .arg(&self.config)
             .args(["--interval", "0"])
+            .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
