@@ -39,14 +39,26 @@ impl ControlSocket {
         Ok(ControlSocket { listener, path })
     }
 
-    /// Answer every client waiting now; never blocks.
-    pub fn serve(&self, snapshot: &mut dyn FnMut() -> Result<Snapshot>) {
+    /// Answer every client waiting now; never blocks for long. A client
+    /// sends one command line: `stats` (also the default) or `reload`.
+    pub fn serve(&self, snapshot: &mut dyn FnMut() -> Result<Snapshot>, reload: &mut dyn FnMut() -> Result<String>) {
         while let Ok((mut stream, _)) = self.listener.accept() {
             let _ = stream.set_nonblocking(false);
+            let _ = stream.set_read_timeout(Some(Duration::from_millis(300)));
             let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-            let body = match snapshot() {
-                Ok(s) => serde_json::to_string(&s).unwrap_or_default(),
-                Err(e) => serde_json::json!({ "error": format!("{e:#}") }).to_string(),
+            let mut cmd = [0u8; 64];
+            let n = stream.read(&mut cmd).unwrap_or(0);
+            let cmd = String::from_utf8_lossy(&cmd[..n]).trim().to_string();
+            let body = match cmd.as_str() {
+                "reload" => match reload() {
+                    Ok(summary) => serde_json::json!({ "ok": summary }).to_string(),
+                    Err(e) => serde_json::json!({ "error": format!("{e:#}") }).to_string(),
+                },
+                "" | "stats" => match snapshot() {
+                    Ok(s) => serde_json::to_string(&s).unwrap_or_default(),
+                    Err(e) => serde_json::json!({ "error": format!("{e:#}") }).to_string(),
+                },
+                other => serde_json::json!({ "error": format!("unknown command '{other}'") }).to_string(),
             };
             let _ = stream.write_all(body.as_bytes());
         }
@@ -59,7 +71,7 @@ impl Drop for ControlSocket {
     }
 }
 
-pub fn fetch(iface: &str) -> Result<Snapshot> {
+fn request(iface: &str, cmd: &str, timeout: Duration) -> Result<serde_json::Value> {
     let path = socket_path(iface)?;
     let mut s = UnixStream::connect(&path).with_context(|| {
         format!(
@@ -68,12 +80,26 @@ pub fn fetch(iface: &str) -> Result<Snapshot> {
             path.display()
         )
     })?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(format!("{cmd}\n").as_bytes()).context("sending the command")?;
+    s.set_read_timeout(Some(timeout))?;
     let mut body = String::new();
-    s.read_to_string(&mut body).context("reading the snapshot")?;
-    let v: serde_json::Value = serde_json::from_str(&body).context("the instance sent invalid JSON")?;
+    s.read_to_string(&mut body).context("reading the answer")?;
+    serde_json::from_str(&body).context("the instance sent invalid JSON")
+}
+
+pub fn fetch(iface: &str) -> Result<Snapshot> {
+    let v = request(iface, "stats", Duration::from_secs(2))?;
     if let Some(e) = v.get("error") {
-        bail!("the instance could not read its counters: {e}");
+        bail!("the instance could not read its counters: {}", e.as_str().unwrap_or_default());
     }
     Ok(serde_json::from_value(v)?)
+}
+
+/// Ask the instance on `iface` to re-read its config; its summary.
+pub fn reload(iface: &str) -> Result<String> {
+    let v = request(iface, "reload", Duration::from_secs(30))?;
+    if let Some(e) = v.get("error") {
+        bail!("reload refused, the running config stays: {}", e.as_str().unwrap_or_default());
+    }
+    Ok(v["ok"].as_str().unwrap_or_default().to_string())
 }

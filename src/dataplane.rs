@@ -38,7 +38,8 @@ impl Settings {
         Settings {
             ring_size: plan.table_size,
             conntrack_size: plan.conntrack_size,
-            max_vips: plan.vips.len().max(1) as u32,
+            // Room for VIPs added by a reload (each costs two tables).
+            max_vips: (plan.vips.len() as u32).max(16).min(crate::skel::MAX_VIPS),
             iface_mac,
             shield: plan.shield.as_ref().map(ShieldLoad::from_config),
         }
@@ -157,39 +158,150 @@ impl Dataplane {
         for vip in &plan.vips {
             for b in &vip.backends {
                 let hop = hops.get(&b.id).with_context(|| format!("backend {} has no next hop", b.addr))?;
-                let (addr, family) = addr_words(b.addr);
-                let be = Backend {
-                    addr,
-                    mac: hop.mac,
-                    src_mac: hop.src_mac,
-                    tx_port: hop.tx_port,
-                    family,
-                    flags: weir_backend_flags::WEIR_BACKEND_ACTIVE.0 as u8,
-                    pad: 0,
-                };
-                maps.backends
-                    .update(&key32(b.id), bytes_of(&be), MapFlags::ANY)
-                    .with_context(|| format!("writing backend {}", b.addr))?;
-                self.backend_entries.borrow_mut().insert(b.id, be);
+                self.write_backend(b, hop)?;
             }
-            // The tables before the VIP: a packet never finds a VIP without them.
-            self.write_block(vip.id, 0, &vip.ring, &vip.rr)?;
-            let (addr, family) = addr_words(vip.addr);
-            let key = VipKey { addr, port: vip.port.to_be(), proto: vip.proto.number(), family };
-            let meta = VipMeta {
-                vip_id: vip.id,
-                sched: vip.sched as u8,
-                mode: vip.mode as u8,
-                rr_len: vip.rr.len() as u16,
-                half: 0,
-            };
-            maps.vips.update(bytes_of(&key), bytes_of(&meta), MapFlags::ANY).context("writing the VIP")?;
-            self.live.borrow_mut().insert(vip.id, (key, meta));
-            if family == FAMILY_V4 {
-                maps.vip_arp.update(&addr[0].to_ne_bytes(), &key32(vip.id), MapFlags::ANY)?;
-            }
+            self.publish(vip, &vip.ring, &vip.rr)?;
         }
         Ok(())
+    }
+
+    /// Make a VIP live with these tables: a new VIP gets its tables before
+    /// its key (a packet never finds a VIP without them); a live one is
+    /// switched to the spare half in one update (see write_tables).
+    pub fn publish(&self, vip: &crate::plan::PlannedVip, ring: &[u32], rr: &[u32]) -> Result<()> {
+        if vip.id >= self.settings.max_vips {
+            bail!(
+                "VIP {} needs table room {} but this instance has room for {} VIPs: restart weir to add more",
+                vip.name,
+                vip.id,
+                self.settings.max_vips
+            );
+        }
+        let (addr, family) = addr_words(vip.addr);
+        let key = VipKey { addr, port: vip.port.to_be(), proto: vip.proto.number(), family };
+        let prev = self.live.borrow().get(&vip.id).copied();
+        let half = match prev {
+            Some((_, m)) => m.half ^ 1,
+            None => 0,
+        };
+        self.write_block(vip.id, half, ring, rr)?;
+        let meta = VipMeta { vip_id: vip.id, sched: vip.sched as u8, mode: vip.mode as u8, rr_len: rr.len() as u16, half };
+        self.skel.maps.vips.update(bytes_of(&key), bytes_of(&meta), MapFlags::ANY).context("writing the VIP")?;
+        if family == FAMILY_V4 {
+            self.skel.maps.vip_arp.update(&addr[0].to_ne_bytes(), &key32(vip.id), MapFlags::ANY)?;
+        }
+        self.live.borrow_mut().insert(vip.id, (key, meta));
+        Ok(())
+    }
+
+    /// Take a VIP out: its key first (packets to it then go to the kernel).
+    pub fn unpublish(&self, vip_id: u32, keep_arp: bool) -> Result<()> {
+        let Some((key, _)) = self.live.borrow_mut().remove(&vip_id) else { return Ok(()) };
+        self.skel.maps.vips.delete(bytes_of(&key)).context("deleting the VIP")?;
+        if key.family == FAMILY_V4 && !keep_arp {
+            let _ = self.skel.maps.vip_arp.delete(&key.addr[0].to_ne_bytes());
+        }
+        Ok(())
+    }
+
+    /// Write (or rewrite) one backend's entry.
+    pub fn write_backend(&self, b: &crate::plan::PlannedBackend, hop: &NextHop) -> Result<()> {
+        let (addr, family) = addr_words(b.addr);
+        let be = Backend {
+            addr,
+            mac: hop.mac,
+            src_mac: hop.src_mac,
+            tx_port: hop.tx_port,
+            family,
+            flags: weir_backend_flags::WEIR_BACKEND_ACTIVE.0 as u8,
+            pad: 0,
+        };
+        self.skel
+            .maps
+            .backends
+            .update(&key32(b.id), bytes_of(&be), MapFlags::ANY)
+            .with_context(|| format!("writing backend {}", b.addr))?;
+        self.backend_entries.borrow_mut().insert(b.id, be);
+        Ok(())
+    }
+
+    /// Apply `new` over the running `old` without detaching: backends and
+    /// tables are written before VIPs flip to them, removed backends are
+    /// cleared after no table points at them. `down` are backends failing
+    /// their health checks. What needs new program constants or map sizes is
+    /// refused with the reason, and nothing is written then.
+    pub fn reload(
+        &self,
+        old: &Plan,
+        new: &Plan,
+        hops: &BTreeMap<u32, NextHop>,
+        tx_ifindex: &BTreeMap<u32, u32>,
+        down: &std::collections::BTreeSet<u32>,
+    ) -> Result<String> {
+        if new.table_size != self.settings.ring_size {
+            bail!("maglev.table_size changed ({} -> {}): restart weir to apply it", self.settings.ring_size, new.table_size);
+        }
+        if new.conntrack_size != old.conntrack_size {
+            bail!("conntrack.size changed ({} -> {}): restart weir to apply it", old.conntrack_size, new.conntrack_size);
+        }
+        let lists = |p: &Plan| p.shield.as_ref().map(|s| (!s.deny.is_empty(), !s.allow.is_empty()));
+        if lists(new) != lists(old) {
+            bail!("[shield] was added or removed, or its allow/deny lists became empty or non-empty: restart weir to apply it");
+        }
+        if let Some(v) = new.vips.iter().find(|v| v.id >= self.settings.max_vips) {
+            bail!("VIP {} does not fit: this instance has room for {} VIPs; restart weir to add more", v.name, self.settings.max_vips);
+        }
+        for (slot, ifindex) in tx_ifindex {
+            self.skel.maps.tx_ports.update(&key32(*slot), &ifindex.to_ne_bytes(), MapFlags::ANY)?;
+        }
+        if let Some(sh) = &new.shield {
+            let m = self.shield_maps();
+            for map in [m.deny_v4, m.deny_v6, m.allow_v4, m.allow_v6] {
+                let keys: Vec<Vec<u8>> = map.keys().collect();
+                for k in keys {
+                    let _ = map.delete(&k);
+                }
+            }
+            let pols: Vec<_> = new
+                .vips
+                .iter()
+                .filter(|v| v.proto == crate::config::Protocol::Tcp)
+                .map(|v| (v.id, policy(sh, v.shield.as_ref())))
+                .collect();
+            m.apply(sh, &pols)?;
+        }
+        let ids = |p: &Plan| -> std::collections::BTreeSet<u32> { p.vips.iter().flat_map(|v| v.backends.iter().map(|b| b.id)).collect() };
+        let (old_b, new_b) = (ids(old), ids(new));
+        for vip in &new.vips {
+            for b in &vip.backends {
+                let hop = hops.get(&b.id).with_context(|| format!("backend {} has no next hop", b.addr))?;
+                self.write_backend(b, hop)?;
+                if down.contains(&b.id) && vip.on_down == crate::config::OnDown::Reschedule {
+                    self.remove_backend(b.id)?;
+                }
+            }
+            let (ring, rr, _) = crate::plan::tables(&vip.backends, new.table_size, down);
+            self.publish(vip, &ring, &rr)?;
+        }
+        let gone_vips: Vec<&crate::plan::PlannedVip> =
+            old.vips.iter().filter(|o| !new.vips.iter().any(|n| n.id == o.id)).collect();
+        for v in &gone_vips {
+            let shared = new.vips.iter().any(|n| n.addr == v.addr);
+            self.unpublish(v.id, shared)?;
+        }
+        for id in old_b.difference(&new_b) {
+            self.remove_backend(*id)?;
+            self.backend_entries.borrow_mut().remove(id);
+        }
+        Ok(format!(
+            "{} VIPs (+{} -{}), {} backends (+{} -{})",
+            new.vips.len(),
+            new.vips.iter().filter(|n| !old.vips.iter().any(|o| o.id == n.id)).count(),
+            gone_vips.len(),
+            new_b.len(),
+            new_b.difference(&old_b).count(),
+            old_b.difference(&new_b).count()
+        ))
     }
 
     /// Mark a backend gone (the program then reschedules its tracked flows).

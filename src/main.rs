@@ -3,6 +3,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::io::Write as _;
 use std::os::fd::AsFd;
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,6 +60,13 @@ enum Cmd {
     Shield(RunOpts),
     /// Validate a config and print the plan, with each backend's Maglev share.
     Check { config: String },
+    /// Make a running `weir run` re-read its config and apply the difference
+    /// without detaching (same as SIGHUP to it). A bad config is refused and
+    /// the running one stays.
+    Reload {
+        #[arg(long)]
+        iface: String,
+    },
     /// Show a running instance's counters.
     Stats {
         #[arg(long)]
@@ -112,6 +120,10 @@ fn real_main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Run(o) => run(&o),
         Cmd::Shield(o) => shield(&o),
+        Cmd::Reload { iface } => {
+            println!("reloaded: {}", weir::control::reload(&iface)?);
+            Ok(())
+        }
         Cmd::Check { config } => {
             let cfg = Config::load(&config)?;
             print!("{}", Plan::build(&cfg)?.describe());
@@ -176,51 +188,80 @@ fn run(o: &RunOpts) -> Result<()> {
     let mode_s = link.mode.to_string();
 
     // Health checks: probers report, this loop decides and writes the maps.
-    let targets: Vec<Target> = plan
-        .vips
-        .iter()
-        .flat_map(|v| {
-            v.backends.iter().filter_map(move |b| {
-                b.check.clone().map(|check| Target { vip_id: v.id, backend_id: b.id, addr: b.addr, check })
-            })
-        })
-        .collect();
-    let health: RefCell<BTreeMap<u32, Health>> =
-        RefCell::new(targets.iter().map(|t| (t.backend_id, Health::default())).collect());
-    let (_checker, events) = Checker::start(targets);
+    let health: RefCell<BTreeMap<u32, Health>> = RefCell::new(BTreeMap::new());
+    let probers: RefCell<Option<(Checker, Receiver<HealthEvent>)>> = RefCell::new(None);
+    let start_probers = |p: &Plan| {
+        let targets = health_targets(p);
+        let mut h = health.borrow_mut();
+        let keep: BTreeMap<u32, Health> =
+            targets.iter().map(|t| (t.backend_id, h.get(&t.backend_id).copied().unwrap_or_default())).collect();
+        *h = keep;
+        // The old probers stop (joined) before the new ones start.
+        *probers.borrow_mut() = None;
+        *probers.borrow_mut() = Some(Checker::start(targets));
+    };
+    start_probers(&plan);
+    let plan = RefCell::new(plan);
     let mut tick = || {
-        while let Ok(ev) = events.try_recv() {
-            if let Err(e) = on_health_event(&dp, &plan, &health, ev) {
+        let events: Vec<HealthEvent> = probers.borrow().as_ref().map(|(_, rx)| rx.try_iter().collect()).unwrap_or_default();
+        for ev in events {
+            if let Err(e) = on_health_event(&dp, &plan.borrow(), &health, ev) {
                 eprintln!("weir: warning: applying a health change: {e:#}");
             }
         }
     };
     let mut snapshot = || {
         let h = health.borrow();
-        Snapshot::collect(&dp, &plan, &iface.name, &mode_s, started, &|id| h.get(&id).map(|x| x.up))
+        Snapshot::collect(&dp, &plan.borrow(), &iface.name, &mode_s, started, &|id| h.get(&id).map(|x| x.up))
     };
-    serve_until_stopped(&control, metrics.as_ref(), interval, &mut snapshot, &mut tick)?;
+    let mut reload = || -> Result<String> {
+        let cfg = Config::load(config)?;
+        let new = Plan::build_after(&cfg, Some(&plan.borrow()))?;
+        let (hops, tx) = next_hops(&new, &iface, &mut |ip, via| resolve_mac(ip, &via.name, Duration::from_secs(3)))?;
+        let down: BTreeSet<u32> = health.borrow().iter().filter(|(_, h)| !h.up).map(|(id, _)| *id).collect();
+        let summary = dp.reload(&plan.borrow(), &new, &hops, &tx, &down)?;
+        start_probers(&new);
+        *plan.borrow_mut() = new;
+        Ok(summary)
+    };
+    serve_until_stopped(&control, metrics.as_ref(), interval, &mut snapshot, &mut tick, &mut reload)?;
     drop(link);
     eprintln!("weir: detached from {}", iface.name);
     Ok(())
 }
 
-/// Run until SIGINT/SIGTERM: serve snapshots, print them every `interval` s.
+/// Run until SIGINT/SIGTERM: serve snapshots, print them every `interval` s;
+/// SIGHUP or `weir reload` calls `reload`.
 fn serve_until_stopped(
     control: &ControlSocket,
     metrics: Option<&MetricsServer>,
     interval: u64,
     snapshot: &mut dyn FnMut() -> Result<Snapshot>,
     tick: &mut dyn FnMut(),
+    reload: &mut dyn FnMut() -> Result<String>,
 ) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
-    ctrlc::set_handler(move || s.store(true, Ordering::SeqCst)).context("installing the SIGINT/SIGTERM handler")?;
+    ctrlc::set_handler(move || s.store(true, Ordering::SeqCst)).context("installing the SIGINT handler")?;
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone()).context("installing the SIGTERM handler")?;
+    let hup = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone()).context("installing the SIGHUP handler")?;
     let mut prev: Option<Snapshot> = None;
     let mut last_print = Instant::now();
     while !stop.load(Ordering::SeqCst) {
         tick();
-        control.serve(snapshot);
+        let mut logged_reload = || {
+            let r = reload();
+            match &r {
+                Ok(summary) => eprintln!("weir: reloaded: {summary}"),
+                Err(e) => eprintln!("weir: reload refused, the running config stays: {e:#}"),
+            }
+            r
+        };
+        if hup.swap(false, Ordering::SeqCst) {
+            let _ = logged_reload();
+        }
+        control.serve(snapshot, &mut logged_reload);
         if let Some(m) = metrics {
             m.serve(snapshot);
         }
@@ -267,10 +308,22 @@ fn shield(o: &RunOpts) -> Result<()> {
     );
     let mode_s = link.mode.to_string();
     let mut snapshot = || Snapshot::collect_shield(&sp, &sh.ports, &iface.name, &mode_s, started);
-    serve_until_stopped(&control, metrics.as_ref(), interval, &mut snapshot, &mut || {})?;
+    let mut no_reload = || -> Result<String> { bail!("weir shield reads its config at start only: restart it") };
+    serve_until_stopped(&control, metrics.as_ref(), interval, &mut snapshot, &mut || {}, &mut no_reload)?;
     drop(link);
     eprintln!("weir shield: detached from {}", iface.name);
     Ok(())
+}
+
+fn health_targets(p: &Plan) -> Vec<Target> {
+    p.vips
+        .iter()
+        .flat_map(|v| {
+            v.backends.iter().filter_map(move |b| {
+                b.check.clone().map(|check| Target { vip_id: v.id, backend_id: b.id, addr: b.addr, check })
+            })
+        })
+        .collect()
 }
 
 /// A probe result: update the backend's state; on a change, rebuild its

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::config::{format_mac, Config, Mode, Protocol, Scheduler};
 use crate::maglev;
@@ -62,17 +62,44 @@ fn identity(a: IpAddr) -> Vec<u8> {
 
 impl Plan {
     pub fn build(cfg: &Config) -> Result<Plan> {
+        Plan::build_after(cfg, None)
+    }
+
+    /// A plan for `cfg` that keeps the ids `prev` gave to the same VIPs
+    /// (address, port, protocol) and backends (VIP, address): the flow table
+    /// and the counters refer to ids, so a reload must not shuffle them. New
+    /// ones get ids that neither plan uses, so an id freed now is not reused
+    /// until the next reload.
+    pub fn build_after(cfg: &Config, prev: Option<&Plan>) -> Result<Plan> {
         cfg.validate()?;
         let m = cfg.maglev.table_size;
-        let mut next_id = 0u32;
+        let vkey = |v: &crate::config::Vip| (v.ip(), v.port, v.protocol);
+        let mut used_vips: BTreeSet<u32> = prev.map(|p| p.vips.iter().map(|v| v.id).collect()).unwrap_or_default();
+        let mut used_bes: BTreeSet<u32> = prev
+            .map(|p| p.vips.iter().flat_map(|v| v.backends.iter().map(|b| b.id)).collect())
+            .unwrap_or_default();
+        let prev_vip = |v: &crate::config::Vip| {
+            prev.and_then(|p| p.vips.iter().find(|pv| (pv.addr, pv.port, pv.proto) == vkey(v)))
+        };
+        let fresh = |used: &mut BTreeSet<u32>, max: u32| -> Result<u32> {
+            let id = (0..max).find(|i| !used.contains(i)).context("out of ids: reload once more, or restart weir")?;
+            used.insert(id);
+            Ok(id)
+        };
         let mut vips = Vec::new();
         for (i, v) in cfg.vips.iter().enumerate() {
-            let mut backends: Vec<PlannedBackend> = v
-                .backends
-                .iter()
-                .map(|b| {
-                    let id = next_id;
-                    next_id += 1;
+            let pv = prev_vip(v);
+            let vip_id = match pv {
+                Some(p) => p.id,
+                None => fresh(&mut used_vips, crate::skel::MAX_VIPS)?,
+            };
+            let mut backends = Vec::new();
+            for b in &v.backends {
+                let id = match pv.and_then(|p| p.backends.iter().find(|pb| pb.addr == b.ip())) {
+                    Some(pb) => pb.id,
+                    None => fresh(&mut used_bes, crate::skel::MAX_BACKENDS)?,
+                };
+                backends.push({
                     PlannedBackend {
                         id,
                         addr: b.ip(),
@@ -82,14 +109,14 @@ impl Plan {
                         slots: 0,
                         check: crate::config::HealthCheck::resolve(b.health.as_ref(), v.health.as_ref(), v.port),
                     }
-                })
-                .collect();
+                });
+            }
             let (ring, rr, slots) = tables(&backends, m, &BTreeSet::new());
             for (b, n) in backends.iter_mut().zip(slots) {
                 b.slots = n;
             }
             vips.push(PlannedVip {
-                id: i as u32,
+                id: vip_id,
                 name: v.label(i),
                 addr: v.ip(),
                 port: v.port,

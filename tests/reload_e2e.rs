@@ -1,0 +1,107 @@
+//! Live reconfiguration end to end (root): a long download keeps going
+//! while reloads add and remove other backends and then drain its own; a
+//! bad config is refused and the running one keeps serving; SIGHUP reloads.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::lab::{Lab, WEIR};
+use common::require_root;
+
+fn config(backends: &[(&str, u32)]) -> String {
+    let mut c = String::from("[[vip]]\nname = \"web\"\naddress = \"198.18.0.100\"\nport = 80\nprotocol = \"tcp\"\n");
+    for (b, w) in backends {
+        c += &format!("[[vip.backend]]\naddress = \"198.18.0.{b}\"\nweight = {w}\n");
+    }
+    c
+}
+
+fn reload(lab: &Lab, cfg: &str) -> std::process::Output {
+    std::fs::write(&lab.config, cfg).unwrap();
+    Command::new("ip").args(["netns", "exec", &lab.ns("lb"), WEIR, "reload", "--iface", "veth6"]).output().unwrap()
+}
+
+/// Who answers 30 new connections.
+fn answers(lab: &Lab) -> Vec<String> {
+    let o = lab.sh("client", "for i in $(seq 30); do curl -s --max-time 2 http://198.18.0.100/ || echo FAILED; done");
+    String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect()
+}
+
+#[test]
+fn reloads_keep_a_download_and_refuse_bad_configs() {
+    if !require_root("reload end-to-end test") {
+        return;
+    }
+    let mut lab = Lab::up(&format!("wr{}", std::process::id()));
+    let st = lab.state();
+    let o = Command::new("bash")
+        .args(["-c", &format!("head -c 16M /dev/urandom > {st}/big && for b in 1 2 3; do cp {st}/big {st}/www-b$b/big.bin; done; sha256sum {st}/big")])
+        .output()
+        .unwrap();
+    let want_sha = String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap().to_string();
+    lab.start_weir(&config(&[("11", 1), ("12", 1)]));
+
+    // 16 MB at 1 MB/s: the download outlives every reload below.
+    let dl = Command::new("ip")
+        .args(["netns", "exec", &lab.ns("client"), "bash", "-c", "curl -s --max-time 60 --limit-rate 1000k http://198.18.0.100/big.bin | sha256sum"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Which backend serves it: its log names the request.
+    let t = Instant::now();
+    let serving = loop {
+        let hit = ["11", "12"].into_iter().find(|b| {
+            let n = &b[1..];
+            std::fs::read_to_string(format!("{st}/b{n}.log")).unwrap_or_default().contains("big.bin")
+        });
+        if let Some(b) = hit {
+            break b;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "the download reached no backend");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let other = if serving == "11" { "12" } else { "11" };
+    let name = |b: &str| format!("b{}", &b[1..]);
+
+    // Add b3, remove the other backend.
+    let o = reload(&lab, &config(&[(serving, 1), ("13", 1)]));
+    assert!(o.status.success(), "reload: {}", String::from_utf8_lossy(&o.stderr));
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(said.contains("2 backends (+1 -1)"), "{said}");
+    let a = answers(&lab);
+    assert!(!a.contains(&name(other)), "removed backend still answers: {a:?}");
+    assert!(a.contains(&"b3".to_string()) && !a.contains(&"FAILED".to_string()), "{a:?}");
+
+    // Drain the download's backend: new flows avoid it, the download goes on.
+    let o = reload(&lab, &config(&[(serving, 0), ("13", 1)]));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let a = answers(&lab);
+    assert!(a.iter().all(|x| x == "b3"), "drained backend still gets new flows: {a:?}");
+
+    // A bad config is refused with the reason; the running one serves on.
+    let o = reload(&lab, &config(&[(serving, 0), ("13", 1)]).replace("protocol = \"tcp\"", "protocol = \"sctp\""));
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("reload refused, the running config stays") && err.contains("sctp"), "{err}");
+    assert!(answers(&lab).iter().all(|x| x == "b3"));
+
+    // SIGHUP reloads too: bring everything back.
+    std::fs::write(&lab.config, config(&[("11", 1), ("12", 1), ("13", 1)])).unwrap();
+    let pid = lab.weir.as_ref().unwrap().id() as i32;
+    // SAFETY: signalling our own child (weir) by PID.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    let t = Instant::now();
+    loop {
+        let s = lab.stats().expect("weir still running after SIGHUP");
+        if s["vips"][0]["backends"].as_array().map(|b| b.len()) == Some(3) {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "SIGHUP did not reload: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let got = String::from_utf8_lossy(&dl.wait_with_output().unwrap().stdout).to_string();
+    assert!(got.contains(&want_sha), "the download across 4 reloads was not intact: {got}");
+}
