@@ -381,6 +381,21 @@ pub fn control_plane(with_kernel: bool) -> Result<Vec<ControlRow>> {
         let t = std::time::Instant::now();
         dp.apply(&plan, &hops, &tx)?;
         rows.push(ControlRow { what: "write maps: 1000 backends / 10 VIPs".into(), ms: t.elapsed().as_secs_f64() * 1e3 });
+        // A reload that changes every weight: new plan, all tables rebuilt and flipped.
+        let cfg2 = cfg.replace("mac = ", "weight = 2\nmac = ");
+        let t = std::time::Instant::now();
+        let plan2 = Plan::build_after(&Config::from_toml(&cfg2)?, Some(&plan))?;
+        let (hops2, tx2) = dataplane::next_hops(&plan2, &iface, &mut |_, _| anyhow::bail!("MACs given"))?;
+        dp.reload(&plan, &plan2, &hops2, &tx2, &Default::default())?;
+        rows.push(ControlRow { what: "reload 1000 backends / 10 VIPs (all weights)".into(), ms: t.elapsed().as_secs_f64() * 1e3 });
+        let t = std::time::Instant::now();
+        let snap = crate::stats::Snapshot::collect(&dp, &plan2, "bench", "none", std::time::Instant::now(), &|_| None)?;
+        let text = crate::metrics::render(&snap);
+        anyhow::ensure!(text.contains("weir_backend_packets_total"), "metrics rendered nothing");
+        rows.push(ControlRow {
+            what: format!("metrics scrape, 1000 backends ({} KiB)", text.len() / 1024),
+            ms: t.elapsed().as_secs_f64() * 1e3,
+        });
     }
     Ok(rows)
 }
