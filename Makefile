@@ -10,7 +10,7 @@ STATIC_BIN := target/$(TARGET)/release/weir
 
 export CLANG
 
-.PHONY: all deps build test unit lab lab-down run demo bench static clean
+.PHONY: all deps build test unit lab lab-down run demo bench static install uninstall clean
 
 all: build
 
@@ -60,6 +60,22 @@ static:
 	$(STATIC_BIN) --version
 	$(STATIC_BIN) check lab/weir-lab.toml >/dev/null
 	@echo "static binary: $(STATIC_BIN)"
+
+# Binary, systemd unit and man page. DESTDIR for packaging; the static
+# binary is the release artefact (make static).
+DESTDIR ?=
+BINDIR ?= /usr/local/sbin
+MANDIR ?= /usr/local/share/man/man8
+UNITDIR ?= /etc/systemd/system
+install: build
+	install -D -m 0755 $(WEIR) $(DESTDIR)$(BINDIR)/weir
+	install -D -m 0644 packaging/weir@.service $(DESTDIR)$(UNITDIR)/weir@.service
+	install -d $(DESTDIR)$(MANDIR) $(DESTDIR)/etc/weir
+	$(WEIR) man > $(DESTDIR)$(MANDIR)/weir.8
+	@echo "installed: $(DESTDIR)$(BINDIR)/weir, weir@.service, weir(8); configs go in /etc/weir/IFACE.toml"
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/weir $(DESTDIR)$(UNITDIR)/weir@.service $(DESTDIR)$(MANDIR)/weir.8
 
 clean:
 	$(CARGO) clean

@@ -99,6 +99,9 @@ enum Cmd {
         #[arg(long)]
         svg: Option<String>,
     },
+    /// Print the man page (roff) generated from this command line.
+    #[command(hide = true)]
+    Man,
     /// Lab helper: attach (or --detach) a native XDP_PASS program, which a
     /// veth peer needs for XDP_TX frames to reach it. Stays after exit.
     XdpStub {
@@ -152,6 +155,19 @@ fn real_main() -> Result<()> {
             Ok(())
         }
         Cmd::XdpStub { iface, detach } => xdp_stub(&iface, detach),
+        Cmd::Man => {
+            use clap::CommandFactory;
+            let cmd = Cli::command();
+            let mut out = Vec::new();
+            clap_mangen::Man::new(cmd.clone()).section("8").render(&mut out)?;
+            for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+                let name = format!("weir-{}", sub.get_name());
+                let sub = sub.clone().name(&*Box::leak(name.into_boxed_str()));
+                clap_mangen::Man::new(sub).section("8").render(&mut out)?;
+            }
+            std::io::stdout().write_all(&out)?;
+            Ok(())
+        }
     }
 }
 
