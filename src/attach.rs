@@ -36,12 +36,26 @@ impl std::fmt::Display for Attached {
     }
 }
 
-/// An attached program; dropping it detaches.
+/// An attached program; dropping it detaches (unless another process holds
+/// the link too, as after a hand-over).
 #[derive(Debug)]
 pub struct XdpLink {
     _fd: OwnedFd,
     pub iface: String,
     pub mode: Attached,
+}
+
+impl XdpLink {
+    /// A link received from the instance this one replaces.
+    pub fn adopt(fd: OwnedFd, iface: &str, mode: &str) -> XdpLink {
+        let mode = if mode == "skb" { Attached::Skb } else { Attached::Native };
+        XdpLink { _fd: fd, iface: iface.to_string(), mode }
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self._fd.as_fd()
+    }
 }
 
 fn link_create(prog: BorrowedFd<'_>, ifindex: u32, flags: u32) -> std::result::Result<OwnedFd, i32> {

@@ -41,7 +41,14 @@ impl ControlSocket {
 
     /// Answer every client waiting now; never blocks for long. A client
     /// sends one command line: `stats` (also the default) or `reload`.
-    pub fn serve(&self, snapshot: &mut dyn FnMut() -> Result<Snapshot>, reload: &mut dyn FnMut() -> Result<String>) {
+    /// `handoff` serves a successor (see handoff.rs); true when this
+    /// instance has handed over and must exit without detaching.
+    pub fn serve(
+        &self,
+        snapshot: &mut dyn FnMut() -> Result<Snapshot>,
+        reload: &mut dyn FnMut() -> Result<String>,
+        handoff: &mut dyn FnMut(&UnixStream) -> Result<bool>,
+    ) -> bool {
         while let Ok((mut stream, _)) = self.listener.accept() {
             let _ = stream.set_nonblocking(false);
             let _ = stream.set_read_timeout(Some(Duration::from_millis(300)));
@@ -49,6 +56,18 @@ impl ControlSocket {
             let mut cmd = [0u8; 64];
             let n = stream.read(&mut cmd).unwrap_or(0);
             let cmd = String::from_utf8_lossy(&cmd[..n]).trim().to_string();
+            if cmd == "handoff" {
+                match handoff(&stream) {
+                    Ok(true) => return true,
+                    Ok(false) => continue,
+                    Err(e) => {
+                        eprintln!("weir: hand-over failed, still serving: {e:#}");
+                        let body = serde_json::json!({ "error": format!("{e:#}") }).to_string();
+                        let _ = crate::handoff::send_fds(&stream, body.as_bytes(), &[]);
+                        continue;
+                    }
+                }
+            }
             let body = match cmd.as_str() {
                 "reload" => match reload() {
                     Ok(summary) => serde_json::json!({ "ok": summary }).to_string(),
@@ -62,6 +81,7 @@ impl ControlSocket {
             };
             let _ = stream.write_all(body.as_bytes());
         }
+        false
     }
 }
 

@@ -87,6 +87,13 @@ fn key32(k: u32) -> [u8; 4] {
 impl Dataplane {
     /// Open, size and load the program. Nothing is attached.
     pub fn load(settings: Settings) -> Result<Dataplane> {
+        Self::load_reusing(settings, &[])
+    }
+
+    /// Load on the maps of a running instance (hitless restart): its flow
+    /// table, counters and tables live on. Every map must match in type and
+    /// size; a change of sizes needs a plain restart.
+    pub fn load_reusing(settings: Settings, reuse: &[(String, std::os::fd::OwnedFd)]) -> Result<Dataplane> {
         // The skeleton borrows its object for its whole life; weir keeps one
         // data plane per process (tests a few), so leaking the holder is fine.
         let holder: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
@@ -113,6 +120,15 @@ impl Dataplane {
             open.maps.syn_verified.set_max_entries(sh.sources)?;
             open.maps.syn_challenge.set_max_entries(sh.challenges)?;
         }
+        if !reuse.is_empty() {
+            use libbpf_rs::skel::OpenSkel as _;
+            for mut m in open.open_object_mut().maps_mut() {
+                let name = m.name().to_string_lossy().to_string();
+                if let Some((_, fd)) = reuse.iter().find(|(n, _)| *n == name) {
+                    m.reuse_fd(fd.as_fd()).with_context(|| format!("adopting map {name} of the running instance"))?;
+                }
+            }
+        }
         let skel = open.load().map_err(|e| {
             let hint = if e.kind() == libbpf_rs::ErrorKind::PermissionDenied {
                 " (run as root, or grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)"
@@ -122,6 +138,18 @@ impl Dataplane {
             anyhow::anyhow!("loading the load-balancer BPF program into the kernel failed: {e}{hint}")
         })?;
         Ok(Dataplane { skel, settings, live: RefCell::new(BTreeMap::new()), backend_entries: RefCell::new(BTreeMap::new()) })
+    }
+
+    /// The maps a successor adopts: every one but the program's constants.
+    /// Raw fds: valid while this data plane lives.
+    pub fn shareable_maps(&self) -> Vec<(String, std::os::fd::RawFd)> {
+        use libbpf_rs::skel::Skel as _;
+        self.skel
+            .object()
+            .maps()
+            .map(|m| (m.name().to_string_lossy().to_string(), m.as_fd().as_raw_fd()))
+            .filter(|(n, _)| !n.contains('.'))
+            .collect()
     }
 
     pub fn prog_fd(&self) -> BorrowedFd<'_> {

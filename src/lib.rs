@@ -5,6 +5,7 @@ pub mod bench;
 pub mod config;
 pub mod control;
 pub mod dataplane;
+pub mod handoff;
 pub mod health;
 pub mod livebench;
 pub mod maglev;

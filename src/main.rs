@@ -191,13 +191,37 @@ fn run(o: &RunOpts) -> Result<()> {
         refuse_host_netns(&format!("attach to {iface_name}"))?;
     }
     let (hops, tx) = next_hops(&plan, &iface, &mut |ip, via| resolve_mac(ip, &via.name, Duration::from_secs(3)))?;
-    let dp = Dataplane::load(Settings::for_plan(&plan, iface.mac))?;
+    // An instance already running here hands over its maps and its link.
+    let handoff = weir::handoff::request(iface_name)?;
+    let reuse = handoff.as_ref().map(|h| h.maps.as_slice()).unwrap_or(&[]);
+    let dp = Dataplane::load_reusing(Settings::for_plan(&plan, iface.mac), reuse)?;
     dp.apply(&plan, &hops, &tx)?;
+
+    let link = match handoff {
+        Some(mut h) => {
+            // The running program is replaced in place: the interface is
+            // never without one, the old instance goes after the swap.
+            weir::handoff::link_update(&h.link, dp.prog_fd())?;
+            let fd = std::mem::replace(&mut h.link, std::fs::File::open("/dev/null")?.into());
+            let mode = h.mode.clone();
+            h.release()?;
+            let path = weir::control::socket_path(iface_name)?;
+            let t = Instant::now();
+            while path.exists() && t.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            eprintln!("weir: took over {} from the running instance (maps, flows and counters kept)", iface.name);
+            weir::attach::XdpLink::adopt(fd, iface_name, &mode)
+        }
+        // Nothing is attached before this point; the link detaches when dropped.
+        None => {
+            let control_probe = ControlSocket::bind(iface_name)?;
+            drop(control_probe);
+            attach(dp.prog_fd(), &iface, mode)?
+        }
+    };
     let control = ControlSocket::bind(iface_name)?;
     let metrics = o.metrics.as_deref().map(MetricsServer::bind).transpose()?;
-
-    // Nothing is attached before this point; the link detaches when dropped.
-    let link = attach(dp.prog_fd(), &iface, mode)?;
     let started = Instant::now();
     eprint!("{}", plan.describe());
     eprintln!("weir: attached to {} in {} mode; Ctrl-C or SIGTERM detaches", iface.name, link.mode);
@@ -240,7 +264,31 @@ fn run(o: &RunOpts) -> Result<()> {
         *plan.borrow_mut() = new;
         Ok(summary)
     };
-    serve_until_stopped(&control, metrics.as_ref(), interval, &mut snapshot, &mut tick, &mut reload)?;
+    let mut handoff = |stream: &std::os::unix::net::UnixStream| -> Result<bool> {
+        let maps = dp.shareable_maps();
+        let names: Vec<&str> = maps.iter().map(|(n, _)| n.as_str()).collect();
+        let mut fds = vec![std::os::fd::AsRawFd::as_raw_fd(&link.fd())];
+        fds.extend(maps.iter().map(|(_, fd)| *fd));
+        let body = serde_json::json!({ "maps": names, "mode": mode_s }).to_string();
+        weir::handoff::send_fds(stream, body.as_bytes(), &fds)?;
+        // The successor swaps its program in, then says done.
+        let mut s = stream;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut buf = [0u8; 16];
+        let n = std::io::Read::read(&mut s, &mut buf).unwrap_or(0);
+        if String::from_utf8_lossy(&buf[..n]).trim() == "done" {
+            eprintln!("weir: handed {} over to a new instance; exiting without detaching", iface.name);
+            return Ok(true);
+        }
+        eprintln!("weir: the new instance went away before taking over; still serving");
+        Ok(false)
+    };
+    let handed_over = serve_until_stopped(&control, metrics.as_ref(), interval, &mut snapshot, &mut tick, &mut reload, &mut handoff)?;
+    if handed_over {
+        // Our link fd closes, but the successor holds the link: it stays.
+        drop(link);
+        return Ok(());
+    }
     drop(link);
     eprintln!("weir: detached from {}", iface.name);
     Ok(())
@@ -255,7 +303,8 @@ fn serve_until_stopped(
     snapshot: &mut dyn FnMut() -> Result<Snapshot>,
     tick: &mut dyn FnMut(),
     reload: &mut dyn FnMut() -> Result<String>,
-) -> Result<()> {
+    handoff: &mut dyn FnMut(&std::os::unix::net::UnixStream) -> Result<bool>,
+) -> Result<bool> {
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
     ctrlc::set_handler(move || s.store(true, Ordering::SeqCst)).context("installing the SIGINT handler")?;
@@ -277,7 +326,9 @@ fn serve_until_stopped(
         if hup.swap(false, Ordering::SeqCst) {
             let _ = logged_reload();
         }
-        control.serve(snapshot, &mut logged_reload);
+        if control.serve(snapshot, &mut logged_reload, handoff) {
+            return Ok(true);
+        }
         if let Some(m) = metrics {
             m.serve(snapshot);
         }
@@ -294,7 +345,7 @@ fn serve_until_stopped(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Ok(())
+    Ok(false)
 }
 
 fn shield(o: &RunOpts) -> Result<()> {
@@ -325,7 +376,10 @@ fn shield(o: &RunOpts) -> Result<()> {
     let mode_s = link.mode.to_string();
     let mut snapshot = || Snapshot::collect_shield(&sp, &sh.ports, &iface.name, &mode_s, started);
     let mut no_reload = || -> Result<String> { bail!("weir shield reads its config at start only: restart it") };
-    serve_until_stopped(&control, metrics.as_ref(), interval, &mut snapshot, &mut || {}, &mut no_reload)?;
+    let mut no_handoff = |_: &std::os::unix::net::UnixStream| -> Result<bool> {
+        bail!("weir shield does not hand over; stop it first")
+    };
+    serve_until_stopped(&control, metrics.as_ref(), interval, &mut snapshot, &mut || {}, &mut no_reload, &mut no_handoff)?;
     drop(link);
     eprintln!("weir shield: detached from {}", iface.name);
     Ok(())
