@@ -14,6 +14,9 @@ use crate::stats::Snapshot;
 
 pub const RUN_DIR: &str = "/run/weir";
 
+/// Set by `weir stop`; the control loop exits and detaches.
+pub static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 pub fn socket_path(iface: &str) -> Result<PathBuf> {
     let ns = std::fs::metadata("/proc/self/ns/net").context("reading /proc/self/ns/net")?.ino();
     Ok(PathBuf::from(format!("{RUN_DIR}/{iface}.{ns}.sock")))
@@ -69,6 +72,11 @@ impl ControlSocket {
                 }
             }
             let body = match cmd.as_str() {
+                "stop" => {
+                    let _ = stream.write_all(br#"{"ok":"stopping"}"#);
+                    crate::control::STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+                    continue;
+                }
                 "reload" => match reload() {
                     Ok(summary) => serde_json::json!({ "ok": summary }).to_string(),
                     Err(e) => serde_json::json!({ "error": format!("{e:#}") }).to_string(),
@@ -122,4 +130,45 @@ pub fn reload(iface: &str) -> Result<String> {
         bail!("reload refused, the running config stays: {}", e.as_str().unwrap_or_default());
     }
     Ok(v["ok"].as_str().unwrap_or_default().to_string())
+}
+
+/// Ask the instance on `iface` to detach and exit.
+pub fn stop(iface: &str) -> Result<()> {
+    let v = request(iface, "stop", Duration::from_secs(5))?;
+    if let Some(e) = v.get("error") {
+        bail!("{}", e.as_str().unwrap_or_default());
+    }
+    Ok(())
+}
+
+/// One running instance, as `weir status` lists it.
+#[derive(Debug)]
+pub struct Instance {
+    pub iface: String,
+    pub netns_inode: u64,
+    pub snapshot: Result<Snapshot>,
+}
+
+/// Every instance with a control socket, in any network namespace (Unix
+/// sockets are reached by path, whatever the namespace).
+pub fn instances() -> Vec<Instance> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir(RUN_DIR) else { return out };
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(stem) = name.strip_suffix(".sock") else { continue };
+        let Some((iface, ns)) = stem.rsplit_once('.') else { continue };
+        let Ok(ns) = ns.parse::<u64>() else { continue };
+        let snapshot = (|| -> Result<Snapshot> {
+            let mut s = UnixStream::connect(e.path()).context("not answering (stale socket?)")?;
+            s.write_all(b"stats\n")?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            let mut body = String::new();
+            s.read_to_string(&mut body)?;
+            Ok(serde_json::from_str(&body)?)
+        })();
+        out.push(Instance { iface: iface.to_string(), netns_inode: ns, snapshot });
+    }
+    out.sort_by(|a, b| (a.netns_inode, &a.iface).cmp(&(b.netns_inode, &b.iface)));
+    out
 }

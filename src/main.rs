@@ -67,6 +67,13 @@ enum Cmd {
         #[arg(long)]
         iface: String,
     },
+    /// Detach the instance on IFACE (this namespace) and make it exit.
+    Stop {
+        #[arg(long)]
+        iface: String,
+    },
+    /// List running instances (every namespace): interface, XDP mode, uptime, VIPs.
+    Status,
     /// Show a running instance's counters.
     Stats {
         #[arg(long)]
@@ -125,6 +132,38 @@ fn real_main() -> Result<()> {
         Cmd::Shield(o) => shield(&o),
         Cmd::Reload { iface } => {
             println!("reloaded: {}", weir::control::reload(&iface)?);
+            Ok(())
+        }
+        Cmd::Stop { iface } => {
+            weir::control::stop(&iface)?;
+            let path = weir::control::socket_path(&iface)?;
+            let t = Instant::now();
+            while path.exists() && t.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            println!("weir on {iface} stopped and detached");
+            Ok(())
+        }
+        Cmd::Status => {
+            let list = weir::control::instances();
+            if list.is_empty() {
+                println!("no weir instance is running");
+            }
+            for i in list {
+                match i.snapshot {
+                    Ok(s) => println!(
+                        "{:<16} netns {:<12} {:<6} up {:>7.0}s  {} VIPs  {} flows{}",
+                        i.iface,
+                        i.netns_inode,
+                        s.xdp_mode,
+                        s.uptime_s,
+                        s.vips.len(),
+                        s.flows_tracked,
+                        if s.shield.is_empty() { "" } else { "  shield" }
+                    ),
+                    Err(e) => println!("{:<16} netns {:<12} {e:#}", i.iface, i.netns_inode),
+                }
+            }
             Ok(())
         }
         Cmd::Check { config } => {
@@ -313,7 +352,7 @@ fn serve_until_stopped(
     signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone()).context("installing the SIGHUP handler")?;
     let mut prev: Option<Snapshot> = None;
     let mut last_print = Instant::now();
-    while !stop.load(Ordering::SeqCst) {
+    while !stop.load(Ordering::SeqCst) && !weir::control::STOP.load(Ordering::SeqCst) {
         tick();
         let mut logged_reload = || {
             let r = reload();

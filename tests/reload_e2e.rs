@@ -172,4 +172,22 @@ fn a_new_weir_run_takes_over_without_dropping_the_download() {
     let got = String::from_utf8_lossy(&dl.wait_with_output().unwrap().stdout).to_string();
     assert!(got.contains(&want_sha), "the download across the restart was not intact: {got}");
     assert!(answers(&lab).iter().all(|a| a.starts_with('b')), "the new instance serves new flows");
+
+    // weir status lists it; weir stop detaches it and it exits.
+    let o = Command::new(WEIR).arg("status").output().unwrap();
+    let status = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(status.lines().any(|l| l.starts_with("veth6") && l.contains("native") && l.contains("1 VIPs")), "{status}");
+    let o = Command::new("ip").args(["netns", "exec", &lab.ns("lb"), WEIR, "stop", "--iface", "veth6"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut w = lab.weir.take().unwrap();
+    let t = Instant::now();
+    let st = loop {
+        if let Some(st) = w.try_wait().unwrap() {
+            break st;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "weir stop did not stop it");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(st.success());
+    assert!(prog_id(&lab).is_none(), "detached after weir stop");
 }
