@@ -34,14 +34,14 @@ static __always_inline struct vip_meta *find_vip(const struct flow_key *k)
 	return bpf_map_lookup_elem(&vips, &vk);
 }
 
-SEC("xdp")
-int weir_lb(struct xdp_md *ctx)
+/* The packet's path; what it chose goes to the trace through bid_out / vip_out. */
+static __always_inline int process(struct xdp_md *ctx, struct packet *pkt, __u32 *bid_out, __u32 *vip_out,
+				   __u32 *len_out)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	__u64 bytes = data_end - data;
 	struct stat_block *c = counters();
-	struct packet pkt = {};
 	struct vip_meta *vip;
 	struct backend *be;
 	struct flow *f;
@@ -49,27 +49,28 @@ int weir_lb(struct xdp_md *ctx)
 	int new_flow = 0;
 	int rc;
 
-	rc = parse_eth(data, data_end, &pkt);
+	*len_out = bytes;
+	rc = parse_eth(data, data_end, pkt);
 	if (rc)
 		return pass_because(c, rc);
-	if (pkt.l3_proto == bpf_htons(ETH_P_IP))
-		rc = parse_ipv4(data, data_end, &pkt);
-	else if (pkt.l3_proto == bpf_htons(ETH_P_IPV6))
-		rc = parse_ipv6(data, data_end, &pkt);
-	else if (pkt.l3_proto == bpf_htons(ETH_P_ARP))
-		return handle_arp(c, data, data_end, &pkt);
+	if (pkt->l3_proto == bpf_htons(ETH_P_IP))
+		rc = parse_ipv4(data, data_end, pkt);
+	else if (pkt->l3_proto == bpf_htons(ETH_P_IPV6))
+		rc = parse_ipv6(data, data_end, pkt);
+	else if (pkt->l3_proto == bpf_htons(ETH_P_ARP))
+		return handle_arp(c, data, data_end, pkt);
 	else
 		rc = WEIR_STAT_PASS_NOT_IP;
 	if (rc)
 		return pass_because(c, rc);
 
-	vip = find_vip(&pkt.key);
+	vip = find_vip(&pkt->key);
 	if (!vip)
 		return pass_because(c, WEIR_STAT_PASS_NOT_VIP);
 
 	/* The shield sits before the flow table: what it stops never gets state. */
-	if (shield_on && pkt.key.proto == IPPROTO_TCP) {
-		rc = shield_tcp(c, ctx, &pkt, vip->vip_id);
+	if (shield_on && pkt->key.proto == IPPROTO_TCP) {
+		rc = shield_tcp(c, ctx, pkt, vip->vip_id);
 		if (rc != SHIELD_CONTINUE)
 			return rc;
 		/* A challenge may have moved the frame: re-read the pointers. */
@@ -79,7 +80,7 @@ int weir_lb(struct xdp_md *ctx)
 			return verdict(c, XDP_DROP);
 	}
 
-	f = bpf_map_lookup_elem(&flows, &pkt.key);
+	f = bpf_map_lookup_elem(&flows, &pkt->key);
 	if (f) {
 		bid = f->backend_id;
 		be = bpf_map_lookup_elem(&backends, &bid);
@@ -89,7 +90,7 @@ int weir_lb(struct xdp_md *ctx)
 		}
 		/* Its backend left the config: reschedule rather than blackhole. */
 		stat_inc(c, WEIR_STAT_FLOW_RESCHEDULED);
-	} else if (shield_on && pkt.key.proto == IPPROTO_TCP && !(pkt.tcp_flags & TCP_SYN)) {
+	} else if (shield_on && pkt->key.proto == IPPROTO_TCP && !(pkt->tcp_flags & TCP_SYN)) {
 		/* ACK / RST / FIN floods: in attack mode no tracked flow, no new state. */
 		int dry = 0;
 
@@ -101,7 +102,7 @@ int weir_lb(struct xdp_md *ctx)
 		}
 	}
 
-	bid = schedule(vip, &pkt.key);
+	bid = schedule(vip, &pkt->key);
 	be = bpf_map_lookup_elem(&backends, &bid);
 	if (!be || !(be->flags & WEIR_BACKEND_ACTIVE)) {
 		traffic_add(&vip_stats, vip->vip_id, bytes, 0);
@@ -112,12 +113,26 @@ int weir_lb(struct xdp_md *ctx)
 	{
 		struct flow nf = { .backend_id = bid, .vip_id = vip->vip_id };
 
-		bpf_map_update_elem(&flows, &pkt.key, &nf, BPF_ANY);
+		bpf_map_update_elem(&flows, &pkt->key, &nf, BPF_ANY);
 	}
 	new_flow = 1;
 	stat_inc(c, WEIR_STAT_FLOW_NEW);
 send:
+	*bid_out = bid;
+	*vip_out = vip->vip_id;
 	traffic_add(&vip_stats, vip->vip_id, bytes, new_flow);
 	traffic_add(&backend_stats, bid, bytes, new_flow);
 	return forward_dsr(c, data, be);
+}
+
+SEC("xdp")
+int weir_lb(struct xdp_md *ctx)
+{
+	struct packet pkt = {};
+	__u32 bid = WEIR_NO_BACKEND, vid = WEIR_NO_BACKEND, len = 0;
+	int action = process(ctx, &pkt, &bid, &vid, &len);
+
+	if (trace_every)
+		trace_emit(&pkt.key, pkt.tcp_flags, action, bid, vid, len);
+	return action;
 }

@@ -23,6 +23,7 @@ const volatile struct {
 	enum weir_const limits;
 	enum weir_attack_mode attack_mode;
 	enum weir_shield_flags shield_flags;
+	struct trace_event trace; /* ring buffer records carry no BTF otherwise */
 } weir_abi = { .stat = WEIR_STAT_MAX };
 
 struct {

@@ -6,6 +6,7 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include "weir.h"
+#include "trace.h"
 
 /* Global counters: one block per CPU (see counters()). */
 struct {
@@ -50,12 +51,14 @@ static __always_inline int verdict(struct stat_block *c, int action)
 static __always_inline int pass_because(struct stat_block *c, __u32 reason)
 {
 	stat_inc(c, reason);
+	trace_note_reason(reason);
 	return verdict(c, XDP_PASS);
 }
 
 static __always_inline int drop_because(struct stat_block *c, __u32 reason)
 {
 	stat_inc(c, reason);
+	trace_note_reason(reason);
 	return verdict(c, XDP_DROP);
 }
 

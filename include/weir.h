@@ -192,6 +192,18 @@ struct lpm_v6 {
 	__u32 addr[4];
 };
 
+/* One sampled packet, for `weir trace`. */
+struct trace_event {
+	struct flow_key key;
+	__u64 ts_ns;
+	__u32 backend_id; /* WEIR_NO_BACKEND when none */
+	__u32 vip_id;     /* WEIR_NO_BACKEND when none */
+	__u32 len;
+	__u16 reason;     /* enum weir_stat of the pass/drop reason, 0 if none */
+	__u8 action;      /* XDP action */
+	__u8 tcp_flags;
+};
+
 /* The global counters of one CPU: the `stats` map's single value. */
 struct stat_block {
 	__u64 n[WEIR_STAT_MAX];

@@ -3,6 +3,7 @@
 //! carries the network namespace, since interface names repeat across them.
 
 use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
@@ -51,6 +52,7 @@ impl ControlSocket {
         snapshot: &mut dyn FnMut() -> Result<Snapshot>,
         reload: &mut dyn FnMut() -> Result<String>,
         handoff: &mut dyn FnMut(&UnixStream) -> Result<bool>,
+        trace: &mut dyn FnMut(&str, &UnixStream) -> Result<()>,
     ) -> bool {
         while let Ok((mut stream, _)) = self.listener.accept() {
             let _ = stream.set_nonblocking(false);
@@ -70,6 +72,13 @@ impl ControlSocket {
                         continue;
                     }
                 }
+            }
+            if let Some(arg) = cmd.strip_prefix("trace") {
+                if let Err(e) = trace(arg.trim(), &stream) {
+                    let body = serde_json::json!({ "error": format!("{e:#}") }).to_string();
+                    let _ = crate::handoff::send_fds(&stream, body.as_bytes(), &[]);
+                }
+                continue;
             }
             let body = match cmd.as_str() {
                 "stop" => {
@@ -171,4 +180,23 @@ pub fn instances() -> Vec<Instance> {
     }
     out.sort_by(|a, b| (a.netns_inode, &a.iface).cmp(&(b.netns_inode, &b.iface)));
     out
+}
+
+/// Start tracing on the instance on `iface`: one packet in `every`. Returns
+/// the ring buffer's fd, the id -> name tables, and the stream that keeps the
+/// trace on while it is open.
+pub fn trace(iface: &str, every: u32) -> Result<(OwnedFd, serde_json::Value, UnixStream)> {
+    let path = socket_path(iface)?;
+    let mut s = UnixStream::connect(&path).with_context(|| {
+        format!("no weir instance is running on {iface} in this network namespace (no answer on {})", path.display())
+    })?;
+    s.write_all(format!("trace {every}\n").as_bytes())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let (payload, mut fds) = crate::handoff::recv_fds(&s)?;
+    let v: serde_json::Value = serde_json::from_slice(&payload).context("the instance sent invalid JSON")?;
+    if let Some(e) = v.get("error") {
+        bail!("{}", e.as_str().unwrap_or_default());
+    }
+    anyhow::ensure!(fds.len() == 1, "expected the ring buffer's fd");
+    Ok((fds.remove(0), v, s))
 }

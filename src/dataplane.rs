@@ -140,6 +140,16 @@ impl Dataplane {
         Ok(Dataplane { skel, settings, live: RefCell::new(BTreeMap::new()), backend_entries: RefCell::new(BTreeMap::new()) })
     }
 
+    /// Sample one packet in `every` into the trace ring buffer (0: off).
+    pub fn set_trace(&self, every: u32) -> Result<()> {
+        self.skel.maps.bss.update(&key32(0), &every.to_ne_bytes(), MapFlags::ANY).context("switching the trace")?;
+        Ok(())
+    }
+
+    pub fn trace_ring_fd(&self) -> std::os::fd::RawFd {
+        self.skel.maps.trace_rb.as_fd().as_raw_fd()
+    }
+
     /// The maps a successor adopts: every one but the program's constants.
     /// Raw fds: valid while this data plane lives.
     pub fn shareable_maps(&self) -> Vec<(String, std::os::fd::RawFd)> {

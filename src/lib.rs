@@ -16,3 +16,4 @@ pub mod rr;
 pub mod shield;
 pub mod skel;
 pub mod stats;
+pub mod tracecli;

@@ -72,6 +72,32 @@ enum Cmd {
         #[arg(long)]
         iface: String,
     },
+    /// Sampled packet events of a running instance (5-tuple, flags, verdict,
+    /// reason, backend), like tcpdump for the balancer's decisions.
+    Trace {
+        #[arg(long)]
+        iface: String,
+        /// Sample one packet in N.
+        #[arg(long, default_value_t = 1)]
+        every: u32,
+        /// Stop after this many events (0: until Ctrl-C).
+        #[arg(long, default_value_t = 0)]
+        count: u64,
+        /// Stop after this many seconds (0: no limit).
+        #[arg(long, default_value_t = 0)]
+        seconds: u64,
+        /// Only packets from or to this address.
+        #[arg(long)]
+        host: Option<std::net::IpAddr>,
+        /// Only packets from or to this port.
+        #[arg(long)]
+        port: Option<u16>,
+        /// Only this verdict: pass, drop, tx, redirect.
+        #[arg(long)]
+        action: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// List running instances (every namespace): interface, XDP mode, uptime, VIPs.
     Status,
     /// Show a running instance's counters.
@@ -143,6 +169,9 @@ fn real_main() -> Result<()> {
             }
             println!("weir on {iface} stopped and detached");
             Ok(())
+        }
+        Cmd::Trace { iface, every, count, seconds, host, port, action, json } => {
+            weir::tracecli::run(&weir::tracecli::Options { iface, every, count, seconds, host, port, action, json })
         }
         Cmd::Status => {
             let list = weir::control::instances();
@@ -281,7 +310,35 @@ fn run(o: &RunOpts) -> Result<()> {
     };
     start_probers(&plan);
     let plan = RefCell::new(plan);
+    // `weir trace` clients: tracing stays on while one is connected.
+    let tracers: RefCell<Vec<std::os::unix::net::UnixStream>> = RefCell::new(Vec::new());
+    let mut trace = |arg: &str, stream: &std::os::unix::net::UnixStream| -> Result<()> {
+        let every: u32 = if arg.is_empty() { 1 } else { arg.parse().context("trace takes a sampling rate")? };
+        let p = plan.borrow();
+        let vips: BTreeMap<String, String> = p.vips.iter().map(|v| (v.id.to_string(), v.name.clone())).collect();
+        let backends: BTreeMap<String, String> =
+            p.vips.iter().flat_map(|v| v.backends.iter().map(|b| (b.id.to_string(), b.addr.to_string()))).collect();
+        let body = serde_json::json!({ "ok": true, "vips": vips, "backends": backends }).to_string();
+        weir::handoff::send_fds(stream, body.as_bytes(), &[dp.trace_ring_fd()])?;
+        dp.set_trace(every.max(1))?;
+        let s = stream.try_clone()?;
+        s.set_nonblocking(true)?;
+        tracers.borrow_mut().push(s);
+        eprintln!("weir: tracing one packet in {} for a client", every.max(1));
+        Ok(())
+    };
     let mut tick = || {
+        if !tracers.borrow().is_empty() {
+            let mut t = tracers.borrow_mut();
+            t.retain(|s| {
+                let mut b = [0u8; 1];
+                matches!(std::io::Read::read(&mut &*s, &mut b), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            });
+            if t.is_empty() {
+                let _ = dp.set_trace(0);
+                eprintln!("weir: tracing off");
+            }
+        }
         let events: Vec<HealthEvent> = probers.borrow().as_ref().map(|(_, rx)| rx.try_iter().collect()).unwrap_or_default();
         for ev in events {
             if let Err(e) = on_health_event(&dp, &plan.borrow(), &health, ev) {
@@ -322,7 +379,8 @@ fn run(o: &RunOpts) -> Result<()> {
         eprintln!("weir: the new instance went away before taking over; still serving");
         Ok(false)
     };
-    let handed_over = serve_until_stopped(&control, metrics.as_ref(), interval, &mut snapshot, &mut tick, &mut reload, &mut handoff)?;
+    let handed_over =
+        serve_until_stopped(&control, metrics.as_ref(), interval, &mut snapshot, &mut tick, &mut reload, &mut handoff, &mut trace)?;
     if handed_over {
         // Our link fd closes, but the successor holds the link: it stays.
         drop(link);
@@ -343,6 +401,7 @@ fn serve_until_stopped(
     tick: &mut dyn FnMut(),
     reload: &mut dyn FnMut() -> Result<String>,
     handoff: &mut dyn FnMut(&std::os::unix::net::UnixStream) -> Result<bool>,
+    trace: &mut dyn FnMut(&str, &std::os::unix::net::UnixStream) -> Result<()>,
 ) -> Result<bool> {
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
@@ -365,7 +424,7 @@ fn serve_until_stopped(
         if hup.swap(false, Ordering::SeqCst) {
             let _ = logged_reload();
         }
-        if control.serve(snapshot, &mut logged_reload, handoff) {
+        if control.serve(snapshot, &mut logged_reload, handoff, trace) {
             return Ok(true);
         }
         if let Some(m) = metrics {
@@ -418,7 +477,10 @@ fn shield(o: &RunOpts) -> Result<()> {
     let mut no_handoff = |_: &std::os::unix::net::UnixStream| -> Result<bool> {
         bail!("weir shield does not hand over; stop it first")
     };
-    serve_until_stopped(&control, metrics.as_ref(), interval, &mut snapshot, &mut || {}, &mut no_reload, &mut no_handoff)?;
+    let mut no_trace = |_: &str, _: &std::os::unix::net::UnixStream| -> Result<()> {
+        bail!("weir shield has no trace yet")
+    };
+    serve_until_stopped(&control, metrics.as_ref(), interval, &mut snapshot, &mut || {}, &mut no_reload, &mut no_handoff, &mut no_trace)?;
     drop(link);
     eprintln!("weir shield: detached from {}", iface.name);
     Ok(())

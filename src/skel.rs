@@ -20,7 +20,7 @@ pub mod trivial {
 
 pub use lb::types::{
     backend as Backend, flow as Flow, stat_block as StatBlock, lpm_v4 as LpmV4, lpm_v6 as LpmV6,
-    shield_policy as ShieldPolicy, shield_state as ShieldState, weir_attack_mode, weir_shield_flags, flow_key as FlowKey, traffic as Traffic, vip_key as VipKey,
+    shield_policy as ShieldPolicy, shield_state as ShieldState, trace_event as TraceEvent, weir_attack_mode, weir_shield_flags, flow_key as FlowKey, traffic as Traffic, vip_key as VipKey,
     vip_meta as VipMeta, weir_backend_flags, weir_const, weir_fwd_mode, weir_sched, weir_stat,
 };
 
@@ -33,6 +33,7 @@ unsafe impl plain::Plain for LpmV4 {}
 unsafe impl plain::Plain for LpmV6 {}
 unsafe impl plain::Plain for ShieldPolicy {}
 unsafe impl plain::Plain for ShieldState {}
+unsafe impl plain::Plain for TraceEvent {}
 unsafe impl plain::Plain for FlowKey {}
 unsafe impl plain::Plain for Traffic {}
 unsafe impl plain::Plain for VipKey {}
@@ -48,6 +49,7 @@ const _: () = assert!(std::mem::size_of::<StatBlock>() == 8 * STAT_COUNT);
 const _: () = assert!(std::mem::size_of::<ShieldPolicy>() == 40);
 const _: () = assert!(std::mem::size_of::<ShieldState>() == 32);
 const _: () = assert!(std::mem::size_of::<LpmV6>() == 20);
+const _: () = assert!(std::mem::size_of::<TraceEvent>() == 64);
 
 pub const MAX_VIPS: u32 = weir_const::WEIR_MAX_VIPS.0;
 pub const MAX_BACKENDS: u32 = weir_const::WEIR_MAX_BACKENDS.0;

@@ -86,6 +86,26 @@ fn three_hundred_requests_through_the_vip_follow_the_weights() {
     assert!(m.lines().any(|l| l == want), "metrics lack `{want}`:\n{m}");
     assert!(m.contains("# TYPE weir_backend_packets_total counter"), "{m}");
 
+    // weir trace: sampled decisions of the running instance, like tcpdump.
+    let tracer = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.ns("lb"), WEIR, "trace", "--iface", "veth6", "--count", "6", "--seconds", "15", "--port", "80", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    lab.sh("client", "for i in 1 2 3; do curl -s --max-time 2 http://198.18.0.100/ >/dev/null; done");
+    let out = tracer.wait_with_output().unwrap();
+    let events: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert_eq!(events.len(), 6, "six traced packets: {events:?}");
+    for e in &events {
+        assert_eq!(e["src"], "198.18.0.1");
+        assert_eq!(e["dst"], "198.18.0.100");
+        assert_eq!(e["action"], "TX");
+        assert!(["198.18.0.11", "198.18.0.12", "198.18.0.13"].contains(&e["backend"].as_str().unwrap()), "{e}");
+    }
+    assert!(events.iter().any(|e| e["flags"] == "S"), "a SYN among them: {events:?}");
+
     // SIGTERM detaches: nothing stays on the interface.
     let st = lab.stop_weir().expect("weir was running");
     assert!(st.success(), "weir exits 0 on SIGTERM: {st}");
