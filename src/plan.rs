@@ -232,3 +232,68 @@ pub fn fmt_addr(a: IpAddr) -> String {
         IpAddr::V6(v) => format!("[{v}]"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(vips: &[(&str, &[&str])]) -> Config {
+        let mut t = String::new();
+        for (addr, bes) in vips {
+            t += &format!("[[vip]]\naddress = \"{addr}\"\nport = 80\nprotocol = \"tcp\"\n");
+            for b in *bes {
+                t += &format!("[[vip.backend]]\naddress = \"{b}\"\nmac = \"02:00:00:00:00:01\"\n");
+            }
+        }
+        Config::from_toml(&t).unwrap()
+    }
+
+    fn ids(p: &Plan) -> Vec<(String, u32, Vec<(String, u32)>)> {
+        p.vips
+            .iter()
+            .map(|v| (v.addr.to_string(), v.id, v.backends.iter().map(|b| (b.addr.to_string(), b.id)).collect()))
+            .collect()
+    }
+
+    #[test]
+    fn reload_keeps_ids_of_what_stays_and_does_not_reuse_freed_ones() {
+        let a = Plan::build(&cfg(&[("198.18.0.100", &["10.0.0.1", "10.0.0.2"]), ("198.18.0.101", &["10.0.0.3"])])).unwrap();
+        assert_eq!(
+            ids(&a),
+            vec![
+                ("198.18.0.100".into(), 0, vec![("10.0.0.1".into(), 0), ("10.0.0.2".into(), 1)]),
+                ("198.18.0.101".into(), 1, vec![("10.0.0.3".into(), 2)]),
+            ]
+        );
+        // Reordered, one backend and one VIP removed, one of each added.
+        let b = Plan::build_after(
+            &cfg(&[("198.18.0.102", &["10.0.0.9"]), ("198.18.0.100", &["10.0.0.4", "10.0.0.2"])]),
+            Some(&a),
+        )
+        .unwrap();
+        assert_eq!(
+            ids(&b),
+            vec![
+                ("198.18.0.102".into(), 2, vec![("10.0.0.9".into(), 3)]),
+                ("198.18.0.100".into(), 0, vec![("10.0.0.4".into(), 4), ("10.0.0.2".into(), 1)]),
+            ]
+        );
+        // The freed ids (VIP 1, backends 0 and 2) come back only a reload later.
+        let c = Plan::build_after(&cfg(&[("198.18.0.100", &["10.0.0.2", "10.0.0.7", "10.0.0.8"])]), Some(&b)).unwrap();
+        assert_eq!(ids(&c)[0].2, vec![("10.0.0.2".into(), 1), ("10.0.0.7".into(), 0), ("10.0.0.8".into(), 2)]);
+    }
+
+    #[test]
+    fn a_down_backend_leaves_only_its_own_slots_and_returns_to_the_same_table() {
+        let p = Plan::build(&cfg(&[("198.18.0.100", &["10.0.0.1", "10.0.0.2", "10.0.0.3"])])).unwrap();
+        let v = &p.vips[0];
+        let down: BTreeSet<u32> = [1].into_iter().collect();
+        let (ring, rr, slots) = tables(&v.backends, p.table_size, &down);
+        assert!(!ring.contains(&1) && !rr.contains(&1), "no slot or turn for the down backend");
+        assert_eq!(slots[1], 0);
+        let moved_between_others = v.ring.iter().zip(&ring).filter(|(a, b)| **a != 1 && a != b).count();
+        assert!(moved_between_others * 100 < ring.len() * 3, "{moved_between_others} survivor slots moved");
+        let (back, _, _) = tables(&v.backends, p.table_size, &BTreeSet::new());
+        assert_eq!(back, v.ring, "recovery restores the original table exactly");
+    }
+}
