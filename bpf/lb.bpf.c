@@ -67,6 +67,7 @@ static __always_inline int process(struct xdp_md *ctx, struct packet *pkt, __u32
 	vip = find_vip(&pkt->key);
 	if (!vip)
 		return pass_because(c, WEIR_STAT_PASS_NOT_VIP);
+	*vip_out = vip->vip_id;
 
 	/* The shield sits before the flow table: what it stops never gets state. */
 	if (shield_on && pkt->key.proto == IPPROTO_TCP) {
@@ -119,7 +120,6 @@ static __always_inline int process(struct xdp_md *ctx, struct packet *pkt, __u32
 	stat_inc(c, WEIR_STAT_FLOW_NEW);
 send:
 	*bid_out = bid;
-	*vip_out = vip->vip_id;
 	traffic_add(&vip_stats, vip->vip_id, bytes, new_flow);
 	traffic_add(&backend_stats, bid, bytes, new_flow);
 	return forward_dsr(c, data, be);

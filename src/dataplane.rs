@@ -121,6 +121,18 @@ impl Dataplane {
             open.maps.syn_challenge.set_max_entries(sh.challenges)?;
         }
         if !reuse.is_empty() {
+            // Sizes first: libbpf would take the old maps' sizes silently, and
+            // a mismatch found while writing would corrupt the running tables.
+            for (name, want) in [("maglev_ring", ring_entries), ("flows", settings.conntrack_size)] {
+                let fd = reuse.iter().find(|(n, _)| n == name).map(|(_, f)| f).with_context(|| format!("no map {name} handed over"))?;
+                let have = crate::handoff::max_entries(fd)?;
+                if have != want {
+                    bail!(
+                        "the running instance's {name} holds {have} entries, this config needs {want}: \
+                         stop it (weir stop) and start anew to change maglev.table_size, conntrack.size or the VIP count beyond its room"
+                    );
+                }
+            }
             use libbpf_rs::skel::OpenSkel as _;
             for mut m in open.open_object_mut().maps_mut() {
                 let name = m.name().to_string_lossy().to_string();
@@ -199,6 +211,20 @@ impl Dataplane {
                 self.write_backend(b, hop)?;
             }
             self.publish(vip, &vip.ring, &vip.rr)?;
+        }
+        Ok(())
+    }
+
+    /// After a hand-over: learn which table half each running VIP uses, so
+    /// the next write goes to the spare one.
+    pub fn adopt_live(&self, prev: &Plan) -> Result<()> {
+        for v in &prev.vips {
+            let (addr, family) = addr_words(v.addr);
+            let key = VipKey { addr, port: v.port.to_be(), proto: v.proto.number(), family };
+            if let Some(val) = self.skel.maps.vips.lookup(bytes_of(&key), MapFlags::ANY)? {
+                let meta: VipMeta = from_bytes(&val)?;
+                self.live.borrow_mut().insert(v.id, (key, meta));
+            }
         }
         Ok(())
     }
@@ -294,19 +320,13 @@ impl Dataplane {
         }
         if let Some(sh) = &new.shield {
             let m = self.shield_maps();
-            for map in [m.deny_v4, m.deny_v6, m.allow_v4, m.allow_v6] {
-                let keys: Vec<Vec<u8>> = map.keys().collect();
-                for k in keys {
-                    let _ = map.delete(&k);
-                }
-            }
             let pols: Vec<_> = new
                 .vips
                 .iter()
                 .filter(|v| v.proto == crate::config::Protocol::Tcp)
                 .map(|v| (v.id, policy(sh, v.shield.as_ref())))
                 .collect();
-            m.apply(sh, &pols)?;
+            m.replace(sh, &pols)?;
         }
         let ids = |p: &Plan| -> std::collections::BTreeSet<u32> { p.vips.iter().flat_map(|v| v.backends.iter().map(|b| b.id)).collect() };
         let (old_b, new_b) = (ids(old), ids(new));

@@ -85,6 +85,8 @@ pub struct Handoff {
     pub link: OwnedFd,
     pub mode: String,
     pub maps: Vec<(String, OwnedFd)>,
+    /// The running plan's ids, table halves' VIPs and down backends.
+    pub ids: crate::plan::PlanIds,
 }
 
 /// Ask the instance on `iface` (this namespace) to hand over; None when
@@ -102,7 +104,14 @@ pub fn request(iface: &str) -> Result<Option<Handoff>> {
     let names: Vec<String> = serde_json::from_value(v["maps"].clone())?;
     anyhow::ensure!(fds.len() == names.len() + 1, "expected {} fds, got {}", names.len() + 1, fds.len());
     let link = fds.remove(0);
-    Ok(Some(Handoff { stream: s, link, mode: v["mode"].as_str().unwrap_or("native").to_string(), maps: names.into_iter().zip(fds).collect() }))
+    let ids = serde_json::from_value(v["ids"].clone()).context("the running instance sent no plan ids")?;
+    Ok(Some(Handoff {
+        stream: s,
+        link,
+        mode: v["mode"].as_str().unwrap_or("native").to_string(),
+        maps: names.into_iter().zip(fds).collect(),
+        ids,
+    }))
 }
 
 impl Handoff {
@@ -128,4 +137,13 @@ pub fn link_update(link: &OwnedFd, prog: std::os::fd::BorrowedFd<'_>) -> Result<
         bail!("replacing the attached program: {}", std::io::Error::from_raw_os_error(-rc));
     }
     Ok(())
+}
+
+/// max_entries of the map behind `fd` (from /proc/self/fdinfo).
+pub fn max_entries(fd: &OwnedFd) -> Result<u32> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("max_entries:").map(|v| v.trim().parse()))
+        .context("not a BPF map")?
+        .context("bad max_entries")
 }

@@ -28,6 +28,11 @@ impl Default for Health {
 }
 
 impl Health {
+    /// A backend known to be down (inherited at a hand-over).
+    pub fn down() -> Health {
+        Health { up: false, streak: 0 }
+    }
+
     /// Record a probe; `Some(new_state)` when the backend changes state.
     pub fn observe(&mut self, ok: bool, rise: u32, fall: u32) -> Option<bool> {
         if ok == self.up {

@@ -167,6 +167,9 @@ fn real_main() -> Result<()> {
             while path.exists() && t.elapsed() < Duration::from_secs(10) {
                 std::thread::sleep(Duration::from_millis(50));
             }
+            if path.exists() {
+                bail!("weir on {iface} was asked to stop but is still running after 10 s");
+            }
             println!("weir on {iface} stopped and detached");
             Ok(())
         }
@@ -253,17 +256,27 @@ fn run(o: &RunOpts) -> Result<()> {
     let (iface_name, config, mode, interval, allow_host_netns) =
         (o.iface.as_str(), o.config.as_str(), o.mode, o.interval, o.allow_host_netns);
     let cfg = Config::load(config)?;
-    let plan = Plan::build(&cfg)?;
+    Plan::build(&cfg)?; // a bad config fails before anything else happens
     let iface = Iface::lookup(iface_name)?;
     if !allow_host_netns {
         refuse_host_netns(&format!("attach to {iface_name}"))?;
     }
-    let (hops, tx) = next_hops(&plan, &iface, &mut |ip, via| resolve_mac(ip, &via.name, Duration::from_secs(3)))?;
-    // An instance already running here hands over its maps and its link.
+    // An instance already running here hands over its maps and its link;
+    // its ids are kept so its tracked flows and counters keep their meaning.
     let handoff = weir::handoff::request(iface_name)?;
+    let prev = handoff.as_ref().map(|h| h.ids.skeleton()).transpose()?;
+    let plan = Plan::build_after(&cfg, prev.as_ref())?;
+    let (hops, tx) = next_hops(&plan, &iface, &mut |ip, via| resolve_mac(ip, &via.name, Duration::from_secs(3)))?;
     let reuse = handoff.as_ref().map(|h| h.maps.as_slice()).unwrap_or(&[]);
     let dp = Dataplane::load_reusing(Settings::for_plan(&plan, iface.mac), reuse)?;
-    dp.apply(&plan, &hops, &tx)?;
+    let inherited_down: BTreeSet<u32> = handoff.as_ref().map(|h| h.ids.down.iter().copied().collect()).unwrap_or_default();
+    match &prev {
+        Some(prev) => {
+            dp.adopt_live(prev)?;
+            dp.reload(prev, &plan, &hops, &tx, &inherited_down)?;
+        }
+        None => dp.apply(&plan, &hops, &tx)?,
+    }
 
     let link = match handoff {
         Some(mut h) => {
@@ -288,8 +301,25 @@ fn run(o: &RunOpts) -> Result<()> {
             attach(dp.prog_fd(), &iface, mode)?
         }
     };
-    let control = ControlSocket::bind(iface_name)?;
-    let metrics = o.metrics.as_deref().map(MetricsServer::bind).transpose()?;
+    // After a take-over the link is ours alone: failing here would detach
+    // the interface, so the control socket is retried and metrics only warned.
+    let control = {
+        let t = Instant::now();
+        loop {
+            match ControlSocket::bind(iface_name) {
+                Ok(c) => break c,
+                Err(e) if t.elapsed() > Duration::from_secs(20) => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    };
+    let metrics = match o.metrics.as_deref().map(MetricsServer::bind).transpose() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("weir: warning: metrics not served: {e:#}");
+            None
+        }
+    };
     let started = Instant::now();
     eprint!("{}", plan.describe());
     eprintln!("weir: attached to {} in {} mode; Ctrl-C or SIGTERM detaches", iface.name, link.mode);
@@ -309,10 +339,18 @@ fn run(o: &RunOpts) -> Result<()> {
         *probers.borrow_mut() = Some(Checker::start(targets));
     };
     start_probers(&plan);
+    for id in &inherited_down {
+        if let Some(h) = health.borrow_mut().get_mut(id) {
+            *h = Health::down();
+        }
+    }
     let plan = RefCell::new(plan);
     // `weir trace` clients: tracing stays on while one is connected.
     let tracers: RefCell<Vec<std::os::unix::net::UnixStream>> = RefCell::new(Vec::new());
     let mut trace = |arg: &str, stream: &std::os::unix::net::UnixStream| -> Result<()> {
+        if !tracers.borrow().is_empty() {
+            bail!("another weir trace is running on this instance (they would share one ring buffer)");
+        }
         let every: u32 = if arg.is_empty() { 1 } else { arg.parse().context("trace takes a sampling rate")? };
         let p = plan.borrow();
         let vips: BTreeMap<String, String> = p.vips.iter().map(|v| (v.id.to_string(), v.name.clone())).collect();
@@ -354,7 +392,10 @@ fn run(o: &RunOpts) -> Result<()> {
         let cfg = Config::load(config)?;
         let new = Plan::build_after(&cfg, Some(&plan.borrow()))?;
         let (hops, tx) = next_hops(&new, &iface, &mut |ip, via| resolve_mac(ip, &via.name, Duration::from_secs(3)))?;
-        let down: BTreeSet<u32> = health.borrow().iter().filter(|(_, h)| !h.up).map(|(id, _)| *id).collect();
+        // Down only if still checked: a backend whose check was removed is back.
+        let checked: BTreeSet<u32> = health_targets(&new).iter().map(|t| t.backend_id).collect();
+        let down: BTreeSet<u32> =
+            health.borrow().iter().filter(|(id, h)| !h.up && checked.contains(id)).map(|(id, _)| *id).collect();
         let summary = dp.reload(&plan.borrow(), &new, &hops, &tx, &down)?;
         start_probers(&new);
         *plan.borrow_mut() = new;
@@ -365,7 +406,9 @@ fn run(o: &RunOpts) -> Result<()> {
         let names: Vec<&str> = maps.iter().map(|(n, _)| n.as_str()).collect();
         let mut fds = vec![std::os::fd::AsRawFd::as_raw_fd(&link.fd())];
         fds.extend(maps.iter().map(|(_, fd)| *fd));
-        let body = serde_json::json!({ "maps": names, "mode": mode_s }).to_string();
+        let down: Vec<u32> = health.borrow().iter().filter(|(_, h)| !h.up).map(|(id, _)| *id).collect();
+        let ids = weir::plan::PlanIds::of(&plan.borrow(), down);
+        let body = serde_json::json!({ "maps": names, "mode": mode_s, "ids": ids }).to_string();
         weir::handoff::send_fds(stream, body.as_bytes(), &fds)?;
         // The successor swaps its program in, then says done.
         let mut s = stream;
@@ -376,13 +419,18 @@ fn run(o: &RunOpts) -> Result<()> {
             eprintln!("weir: handed {} over to a new instance; exiting without detaching", iface.name);
             return Ok(true);
         }
-        eprintln!("weir: the new instance went away before taking over; still serving");
+        // It may have swapped its program in before failing: put ours back,
+        // the one whose constants and trace switch this instance owns.
+        weir::handoff::link_update(&link.fd().try_clone_to_owned()?, dp.prog_fd())?;
+        eprintln!("weir: the new instance went away before taking over; still serving with our program");
         Ok(false)
     };
     let handed_over =
         serve_until_stopped(&control, metrics.as_ref(), interval, &mut snapshot, &mut tick, &mut reload, &mut handoff, &mut trace)?;
     if handed_over {
-        // Our link fd closes, but the successor holds the link: it stays.
+        // Free the socket path first (the successor waits for it), then the
+        // rest. Our link fd closes, but the successor holds the link: it stays.
+        drop(control);
         drop(link);
         return Ok(());
     }
@@ -513,14 +561,15 @@ fn on_health_event(dp: &Dataplane, plan: &Plan, health: &RefCell<BTreeMap<u32, H
         let h = health.borrow();
         vip.backends.iter().filter(|x| h.get(&x.id).is_some_and(|s| !s.up)).map(|x| x.id).collect()
     };
+    // Coming up: the backend entry before the tables that point at it.
+    // Going down: the tables first, then its tracked flows per on_down.
+    if up && vip.on_down == OnDown::Reschedule {
+        dp.restore_backend(b.id)?;
+    }
     let (ring, rr, _) = weir::plan::tables(&vip.backends, plan.table_size, &down);
     dp.write_tables(vip.id, &ring, &rr)?;
-    if vip.on_down == OnDown::Reschedule {
-        if up {
-            dp.restore_backend(b.id)?;
-        } else {
-            dp.remove_backend(b.id)?;
-        }
+    if !up && vip.on_down == OnDown::Reschedule {
+        dp.remove_backend(b.id)?;
     }
     match (&ev.result, up) {
         (Err(why), false) => eprintln!(

@@ -284,6 +284,19 @@ mod tests {
     }
 
     #[test]
+    fn ids_survive_a_hand_over() {
+        let a = Plan::build(&cfg(&[("198.18.0.100", &["10.0.0.1", "10.0.0.2"]), ("198.18.0.101", &["10.0.0.3"])])).unwrap();
+        let b = Plan::build_after(&cfg(&[("198.18.0.101", &["10.0.0.3", "10.0.0.4"])]), Some(&a)).unwrap();
+        let wire = serde_json::to_string(&PlanIds::of(&b, vec![2])).unwrap();
+        let back: PlanIds = serde_json::from_str(&wire).unwrap();
+        assert_eq!(back.down, vec![2]);
+        let skel = back.skeleton().unwrap();
+        // The successor, same config: every id as the running instance has it.
+        let c = Plan::build_after(&cfg(&[("198.18.0.101", &["10.0.0.3", "10.0.0.4"])]), Some(&skel)).unwrap();
+        assert_eq!(ids(&c), ids(&b));
+    }
+
+    #[test]
     fn a_down_backend_leaves_only_its_own_slots_and_returns_to_the_same_table() {
         let p = Plan::build(&cfg(&[("198.18.0.100", &["10.0.0.1", "10.0.0.2", "10.0.0.3"])])).unwrap();
         let v = &p.vips[0];
@@ -295,5 +308,101 @@ mod tests {
         assert!(moved_between_others * 100 < ring.len() * 3, "{moved_between_others} survivor slots moved");
         let (back, _, _) = tables(&v.backends, p.table_size, &BTreeSet::new());
         assert_eq!(back, v.ring, "recovery restores the original table exactly");
+    }
+}
+
+/// What a successor must know of a running plan to keep its ids: sent over
+/// the control socket at a hand-over (see handoff.rs).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PlanIds {
+    pub table_size: u32,
+    pub conntrack_size: u32,
+    /// (deny non-empty, allow non-empty) when the shield is on.
+    pub shield_lists: Option<(bool, bool)>,
+    pub vips: Vec<VipIds>,
+    /// Backends failing their health checks.
+    pub down: Vec<u32>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct VipIds {
+    pub id: u32,
+    pub addr: IpAddr,
+    pub port: u16,
+    pub tcp: bool,
+    pub backends: Vec<(IpAddr, u32)>,
+}
+
+impl PlanIds {
+    pub fn of(p: &Plan, down: Vec<u32>) -> PlanIds {
+        PlanIds {
+            table_size: p.table_size,
+            conntrack_size: p.conntrack_size,
+            shield_lists: p.shield.as_ref().map(|s| (!s.deny.is_empty(), !s.allow.is_empty())),
+            vips: p
+                .vips
+                .iter()
+                .map(|v| VipIds {
+                    id: v.id,
+                    addr: v.addr,
+                    port: v.port,
+                    tcp: v.proto == Protocol::Tcp,
+                    backends: v.backends.iter().map(|b| (b.addr, b.id)).collect(),
+                })
+                .collect(),
+            down,
+        }
+    }
+
+    /// A plan with these ids and nothing else, to diff a new plan against.
+    pub fn skeleton(&self) -> Result<Plan> {
+        let shield = match self.shield_lists {
+            None => None,
+            Some((deny, allow)) => {
+                let mut s: crate::config::Shield = toml::from_str("").context("default shield")?;
+                if deny {
+                    s.deny = vec!["0.0.0.0/32".into()];
+                }
+                if allow {
+                    s.allow = vec!["0.0.0.0/32".into()];
+                }
+                Some(s)
+            }
+        };
+        Ok(Plan {
+            table_size: self.table_size,
+            conntrack_size: self.conntrack_size,
+            shield,
+            vips: self
+                .vips
+                .iter()
+                .map(|v| PlannedVip {
+                    id: v.id,
+                    name: format!("vip[{}]", v.id),
+                    addr: v.addr,
+                    port: v.port,
+                    proto: if v.tcp { Protocol::Tcp } else { Protocol::Udp },
+                    sched: Scheduler::Maglev,
+                    mode: Mode::Dsr,
+                    backends: v
+                        .backends
+                        .iter()
+                        .map(|(addr, id)| PlannedBackend {
+                            id: *id,
+                            addr: *addr,
+                            weight: 1,
+                            mac: None,
+                            iface: None,
+                            slots: 0,
+                            check: None,
+                        })
+                        .collect(),
+                    ring: Vec::new(),
+                    rr: Vec::new(),
+                    shield: None,
+                    on_down: Default::default(),
+                })
+                .collect(),
+        })
     }
 }

@@ -87,6 +87,16 @@ pub struct ShieldMaps<'a> {
     pub allow_v6: &'a dyn MapCore,
 }
 
+/// The LPM key of a prefix: (IPv4?, key bytes).
+pub fn prefix_key(p: &str) -> Result<(bool, Vec<u8>)> {
+    let (ip, len) = parse_prefix(p).with_context(|| format!("'{p}' is not a prefix"))?;
+    let (addr, _) = addr_words(ip);
+    Ok(match ip {
+        IpAddr::V4(_) => (true, bytes_of(&LpmV4 { prefixlen: u32::from(len), addr: addr[0] }).to_vec()),
+        IpAddr::V6(_) => (false, bytes_of(&LpmV6 { prefixlen: u32::from(len), addr }).to_vec()),
+    })
+}
+
 fn add_prefix(v4: &dyn MapCore, v6: &dyn MapCore, p: &str) -> Result<()> {
     let (ip, len) = parse_prefix(p).with_context(|| format!("'{p}' is not a prefix"))?;
     let (addr, _) = addr_words(ip);
@@ -105,6 +115,27 @@ fn add_prefix(v4: &dyn MapCore, v6: &dyn MapCore, p: &str) -> Result<()> {
 }
 
 impl ShieldMaps<'_> {
+    /// Apply over a running config: new prefixes are added before the ones
+    /// no longer listed are removed, so a denied source never slips through.
+    pub fn replace(&self, s: &Shield, policies: &[(u32, ShieldPolicy)]) -> Result<()> {
+        let before: Vec<(&dyn MapCore, Vec<Vec<u8>>)> =
+            [self.deny_v4, self.deny_v6, self.allow_v4, self.allow_v6].into_iter().map(|m| (m, m.keys().collect())).collect();
+        self.apply(s, policies)?;
+        let mut keep: Vec<std::collections::HashSet<Vec<u8>>> = vec![Default::default(); 4];
+        for (i, list) in [(0usize, &s.deny), (2, &s.allow)] {
+            for p in list.iter() {
+                let (v4, k) = prefix_key(p)?;
+                keep[if v4 { i } else { i + 1 }].insert(k);
+            }
+        }
+        for (i, (map, keys)) in before.into_iter().enumerate() {
+            for k in keys.into_iter().filter(|k| !keep[i].contains(k)) {
+                let _ = map.delete(&k);
+            }
+        }
+        Ok(())
+    }
+
     pub fn apply(&self, s: &Shield, policies: &[(u32, ShieldPolicy)]) -> Result<()> {
         for p in &s.deny {
             add_prefix(self.deny_v4, self.deny_v6, p)?;

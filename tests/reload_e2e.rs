@@ -133,7 +133,24 @@ fn a_new_weir_run_takes_over_without_dropping_the_download() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    // Which backend serves it; then a reload removes another one, so the
+    // running ids are no longer what a fresh start would give.
+    let t = Instant::now();
+    let serving = loop {
+        let hit = ["11", "12", "13"].into_iter().find(|b| {
+            std::fs::read_to_string(format!("{st}/b{}.log", &b[1..])).unwrap_or_default().contains("big.bin")
+        });
+        if let Some(b) = hit {
+            break b;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "the download reached no backend");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let gone = ["11", "12", "13"].into_iter().find(|b| *b != serving).unwrap();
+    let rest: Vec<(&str, u32)> = ["11", "12", "13"].into_iter().filter(|b| *b != gone).map(|b| (b, 1)).collect();
+    let o = reload(&lab, &config(&rest));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::thread::sleep(Duration::from_secs(1));
     let before = lab.stats().unwrap();
     let tx_before = before["counters"]["xdp_tx"].as_u64().unwrap();
     assert!(before["flows_tracked"].as_u64().unwrap() >= 1);
