@@ -85,11 +85,11 @@ static __always_inline int process(struct xdp_md *ctx, struct packet *pkt, __u32
 	if (f) {
 		bid = f->backend_id;
 		be = bpf_map_lookup_elem(&backends, &bid);
-		if (be && (be->flags & WEIR_BACKEND_ACTIVE)) {
+		if (be && (be->flags & WEIR_BACKEND_ACTIVE) && be->generation == f->generation) {
 			stat_inc(c, WEIR_STAT_FLOW_HIT);
 			goto send;
 		}
-		/* Its backend left the config: reschedule rather than blackhole. */
+		/* Its backend left (or its id went to another): reschedule, not blackhole. */
 		stat_inc(c, WEIR_STAT_FLOW_RESCHEDULED);
 	} else if (shield_on && pkt->key.proto == IPPROTO_TCP && !(pkt->tcp_flags & TCP_SYN)) {
 		/* ACK / RST / FIN floods: in attack mode no tracked flow, no new state. */
@@ -112,7 +112,7 @@ static __always_inline int process(struct xdp_md *ctx, struct packet *pkt, __u32
 	if (shield_on && !flow_guard_take())
 		return drop_because(c, WEIR_STAT_SHIELD_FLOW_GUARD);
 	{
-		struct flow nf = { .backend_id = bid, .vip_id = vip->vip_id };
+		struct flow nf = { .backend_id = bid, .vip_id = vip->vip_id, .generation = be->generation };
 
 		bpf_map_update_elem(&flows, &pkt->key, &nf, BPF_ANY);
 	}

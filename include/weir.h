@@ -68,7 +68,11 @@ struct backend {
 	__u32 tx_port;   /* 0: XDP_TX; n > 0: XDP_REDIRECT to DEVMAP slot n */
 	__u8 family;
 	__u8 flags;      /* enum weir_backend_flags */
-	__u16 pad;
+	/*
+	 * Bumped when a reload gives this id to another backend: flows tracked
+	 * to the id's previous owner then no longer match and are rescheduled.
+	 */
+	__u16 generation;
 };
 
 /* Connection-tracking key: the client's 5-tuple as it reaches the VIP. */
@@ -84,7 +88,8 @@ struct flow_key {
 
 struct flow {
 	__u32 backend_id;
-	__u32 vip_id;
+	__u16 vip_id;
+	__u16 generation; /* the backend's when the flow was scheduled */
 };
 
 /* Per VIP and per backend, per CPU. */

@@ -208,7 +208,7 @@ impl Dataplane {
         for vip in &plan.vips {
             for b in &vip.backends {
                 let hop = hops.get(&b.id).with_context(|| format!("backend {} has no next hop", b.addr))?;
-                self.write_backend(b, hop)?;
+                self.write_backend(b, hop, false)?;
             }
             self.publish(vip, &vip.ring, &vip.rr)?;
         }
@@ -268,9 +268,16 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Write (or rewrite) one backend's entry.
-    pub fn write_backend(&self, b: &crate::plan::PlannedBackend, hop: &NextHop) -> Result<()> {
+    /// Write (or rewrite) one backend's entry. `fresh`: the id is new to
+    /// this backend (a reload gave it a freed id), so its generation moves on
+    /// and its counters restart.
+    pub fn write_backend(&self, b: &crate::plan::PlannedBackend, hop: &NextHop, fresh: bool) -> Result<()> {
         let (addr, family) = addr_words(b.addr);
+        let current: Backend = match self.skel.maps.backends.lookup(&key32(b.id), MapFlags::ANY)? {
+            Some(v) => from_bytes(&v)?,
+            None => Backend::default(),
+        };
+        let generation = if fresh { current.generation.wrapping_add(1) } else { current.generation };
         let be = Backend {
             addr,
             mac: hop.mac,
@@ -278,8 +285,13 @@ impl Dataplane {
             tx_port: hop.tx_port,
             family,
             flags: weir_backend_flags::WEIR_BACKEND_ACTIVE.0 as u8,
-            pad: 0,
+            generation,
         };
+        if fresh {
+            let cpus = libbpf_rs::num_possible_cpus()?;
+            let zero = vec![bytes_of(&Traffic::default()).to_vec(); cpus];
+            self.skel.maps.backend_stats.update_percpu(&key32(b.id), &zero, MapFlags::ANY)?;
+        }
         self.skel
             .maps
             .backends
@@ -333,7 +345,7 @@ impl Dataplane {
         for vip in &new.vips {
             for b in &vip.backends {
                 let hop = hops.get(&b.id).with_context(|| format!("backend {} has no next hop", b.addr))?;
-                self.write_backend(b, hop)?;
+                self.write_backend(b, hop, !old_b.contains(&b.id))?;
                 if down.contains(&b.id) && vip.on_down == crate::config::OnDown::Reschedule {
                     self.remove_backend(b.id)?;
                 }
@@ -364,7 +376,12 @@ impl Dataplane {
 
     /// Mark a backend gone (the program then reschedules its tracked flows).
     pub fn remove_backend(&self, id: u32) -> Result<()> {
-        let zero = Backend::default();
+        // Keep the generation: the id's next owner must differ from it.
+        let generation = match self.skel.maps.backends.lookup(&key32(id), MapFlags::ANY)? {
+            Some(v) => from_bytes::<Backend>(&v)?.generation,
+            None => 0,
+        };
+        let zero = Backend { generation, ..Default::default() };
         self.skel.maps.backends.update(&key32(id), bytes_of(&zero), MapFlags::ANY)?;
         Ok(())
     }

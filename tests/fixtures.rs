@@ -442,3 +442,37 @@ fn redirect_through_a_devmap() {
     assert!(redirected > 0, "some of 64 flows hash to the redirected backend");
     assert_eq!(lb.counters()[stat("xdp_redirect")] - before[stat("xdp_redirect")], redirected);
 }
+
+#[test]
+fn a_reused_backend_id_does_not_inherit_idle_flows() {
+    if !require_root("BPF fixtures") {
+        return;
+    }
+    use std::collections::BTreeSet;
+    use weir::config::Config;
+    use weir::plan::Plan;
+    let lb = load(CONFIG);
+    let syn = tcp_syn("10.4.4.4", "198.18.0.100", 51000, 80);
+    let (_, out) = lb.dp.run(&syn).unwrap();
+    let first = lb.plan.vips[0].backends.iter().find(|b| lb.hops[&b.id].mac[..] == out[0..6]).unwrap();
+    let freed = first.id;
+    let iface = weir::net::Iface { name: "test0".into(), ifindex: 1, mac: LB_MAC, mtu: 1500 };
+    let apply = |text: &str, prev: &Plan| {
+        let p = Plan::build_after(&Config::from_toml(text).unwrap(), Some(prev)).unwrap();
+        let (hops, tx) = weir::dataplane::next_hops(&p, &iface, &mut |ip, _| panic!("MAC given ({ip})")).unwrap();
+        lb.dp.reload(prev, &p, &hops, &tx, &BTreeSet::new()).unwrap();
+        p
+    };
+    // Reload 1 removes the flow's backend; reload 2 adds one that gets its id.
+    let removed = CONFIG.replace(&format!("address = \"{}\"\nmac", first.addr), "address = \"198.18.0.200\"\nmac");
+    let b = apply(&removed, &lb.plan);
+    let again = CONFIG.replace(&format!("address = \"{}\"\nmac", first.addr), "address = \"198.18.0.201\"\nmac");
+    let c = apply(&again, &b);
+    let newcomer = c.vips[0].backends.iter().find(|x| x.addr.to_string() == "198.18.0.201").unwrap();
+    assert_eq!(newcomer.id, freed, "the freed id is reused two reloads later (the case under test)");
+    assert_eq!(lb.dp.backend_traffic(freed).unwrap().packets, 0, "the newcomer's counters start at zero");
+    let before = lb.counters();
+    let (a, _) = lb.dp.run(&syn).unwrap();
+    assert_eq!(a, XDP_TX);
+    assert_eq!(lb.counters()[stat("flow_rescheduled")] - before[stat("flow_rescheduled")], 1, "the idle flow is rescheduled, not handed to the id's new owner");
+}
