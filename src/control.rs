@@ -168,8 +168,15 @@ pub fn instances() -> Vec<Instance> {
         let Some(stem) = name.strip_suffix(".sock") else { continue };
         let Some((iface, ns)) = stem.rsplit_once('.') else { continue };
         let Ok(ns) = ns.parse::<u64>() else { continue };
+        // A socket nobody listens on is what a killed instance leaves: prune it.
+        if let Err(err) = UnixStream::connect(e.path()) {
+            if err.kind() == std::io::ErrorKind::ConnectionRefused {
+                let _ = std::fs::remove_file(e.path());
+                continue;
+            }
+        }
         let snapshot = (|| -> Result<Snapshot> {
-            let mut s = UnixStream::connect(e.path()).context("not answering (stale socket?)")?;
+            let mut s = UnixStream::connect(e.path()).context("not answering")?;
             s.write_all(b"stats\n")?;
             s.set_read_timeout(Some(Duration::from_secs(2)))?;
             let mut body = String::new();
