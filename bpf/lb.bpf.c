@@ -12,6 +12,7 @@
 #include "stats.h"
 #include "parse.h"
 #include "arp.h"
+#include "ndp.h"
 #include "sched.h"
 #include "forward.h"
 #include "shield.h"
@@ -53,10 +54,14 @@ static __always_inline int process(struct xdp_md *ctx, struct packet *pkt, __u32
 	rc = parse_eth(data, data_end, pkt);
 	if (rc)
 		return pass_because(c, rc);
-	if (pkt->l3_proto == bpf_htons(ETH_P_IP))
+	if (pkt->l3_proto == bpf_htons(ETH_P_IP)) {
 		rc = parse_ipv4(data, data_end, pkt);
-	else if (pkt->l3_proto == bpf_htons(ETH_P_IPV6))
+	} else if (pkt->l3_proto == bpf_htons(ETH_P_IPV6)) {
+		rc = handle_ndp(c, data, data_end, pkt);
+		if (rc >= 0)
+			return rc;
 		rc = parse_ipv6(data, data_end, pkt);
+	}
 	else if (pkt->l3_proto == bpf_htons(ETH_P_ARP))
 		return handle_arp(c, data, data_end, pkt);
 	else

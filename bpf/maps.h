@@ -41,6 +41,14 @@ struct {
 	__uint(max_entries, WEIR_MAX_VIPS);
 } vip_arp SEC(".maps");
 
+/* IPv6 VIP addresses this interface answers neighbour solicitations for. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct in6_key);
+	__type(value, __u32);
+	__uint(max_entries, WEIR_MAX_VIPS);
+} vip_nd SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);

@@ -75,6 +75,10 @@ struct backend {
 	__u16 generation;
 };
 
+struct in6_key {
+	__u32 addr[4];
+};
+
 /* Connection-tracking key: the client's 5-tuple as it reaches the VIP. */
 struct flow_key {
 	__u32 src[4];
@@ -138,6 +142,8 @@ enum weir_stat {
 	WEIR_STAT_SHIELD_NO_CHALLENGE,
 	WEIR_STAT_SHIELD_DRY_RUN,
 	WEIR_STAT_SHIELD_FLOW_GUARD,
+	/* neighbour advertisements sent for IPv6 VIPs */
+	WEIR_STAT_NDP_REPLY,
 	WEIR_STAT_MAX,
 };
 

@@ -16,7 +16,7 @@ use crate::shield::{policy, ShieldLoad, ShieldMaps};
 use crate::plan::Plan;
 use crate::skel::lb::{LbSkel, LbSkelBuilder};
 use crate::skel::{
-    bytes_of, from_bytes, weir_backend_flags, Backend, StatBlock, Traffic, VipKey, VipMeta, FAMILY_V4, FAMILY_V6, MAX_TX_PORTS,
+    bytes_of, from_bytes, weir_backend_flags, Backend, In6Key, StatBlock, Traffic, VipKey, VipMeta, FAMILY_V4, FAMILY_V6, MAX_TX_PORTS,
     RR_SLOTS, STAT_COUNT,
 };
 
@@ -253,6 +253,8 @@ impl Dataplane {
         self.skel.maps.vips.update(bytes_of(&key), bytes_of(&meta), MapFlags::ANY).context("writing the VIP")?;
         if family == FAMILY_V4 {
             self.skel.maps.vip_arp.update(&addr[0].to_ne_bytes(), &key32(vip.id), MapFlags::ANY)?;
+        } else {
+            self.skel.maps.vip_nd.update(bytes_of(&In6Key { addr }), &key32(vip.id), MapFlags::ANY)?;
         }
         self.live.borrow_mut().insert(vip.id, (key, meta));
         Ok(())
@@ -264,6 +266,8 @@ impl Dataplane {
         self.skel.maps.vips.delete(bytes_of(&key)).context("deleting the VIP")?;
         if key.family == FAMILY_V4 && !keep_arp {
             let _ = self.skel.maps.vip_arp.delete(&key.addr[0].to_ne_bytes());
+        } else if !keep_arp {
+            let _ = self.skel.maps.vip_nd.delete(bytes_of(&In6Key { addr: key.addr }));
         }
         Ok(())
     }

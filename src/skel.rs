@@ -19,7 +19,7 @@ pub mod trivial {
 }
 
 pub use lb::types::{
-    backend as Backend, flow as Flow, stat_block as StatBlock, lpm_v4 as LpmV4, lpm_v6 as LpmV6,
+    backend as Backend, flow as Flow, in6_key as In6Key, stat_block as StatBlock, lpm_v4 as LpmV4, lpm_v6 as LpmV6,
     shield_policy as ShieldPolicy, shield_state as ShieldState, trace_event as TraceEvent, weir_attack_mode, weir_shield_flags, flow_key as FlowKey, traffic as Traffic, vip_key as VipKey,
     vip_meta as VipMeta, weir_backend_flags, weir_const, weir_fwd_mode, weir_sched, weir_stat,
 };
@@ -28,6 +28,7 @@ pub use lb::types::{
 // that carries meaning; any byte pattern is a valid value.
 unsafe impl plain::Plain for Backend {}
 unsafe impl plain::Plain for Flow {}
+unsafe impl plain::Plain for In6Key {}
 unsafe impl plain::Plain for StatBlock {}
 unsafe impl plain::Plain for LpmV4 {}
 unsafe impl plain::Plain for LpmV6 {}
@@ -95,6 +96,7 @@ pub fn stat_name(idx: usize) -> &'static str {
         "shield_no_challenge",
         "shield_dry_run",
         "shield_flow_guard",
+        "ndp_reply",
     ];
     NAMES.get(idx).copied().unwrap_or("unknown")
 }

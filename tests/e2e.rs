@@ -165,3 +165,29 @@ fn bad_config_or_interface_leaves_nothing_attached() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn dual_stack_dsr_with_curl_over_ipv6() {
+    if !require_root("netns end-to-end test") {
+        return;
+    }
+    let mut lab = Lab::up(&format!("w6{}", std::process::id()));
+    lab.start_weir(&format!(
+        "{CONFIG}\n[[vip]]\nname = \"web6\"\naddress = \"2001:2::100\"\nport = 80\nprotocol = \"tcp\"\n\
+         [[vip.backend]]\naddress = \"2001:2::11\"\n[[vip.backend]]\naddress = \"2001:2::12\"\n[[vip.backend]]\naddress = \"2001:2::13\"\n"
+    ));
+    let out = lab.sh(
+        "client",
+        "for i in $(seq 40); do curl -6 -s --max-time 3 'http://[2001:2::100]/' || echo FAILED; done; \
+         for i in $(seq 10); do curl -4 -s --max-time 3 http://198.18.0.100/ || echo FAILED; done",
+    );
+    let body = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = body.lines().collect();
+    assert_eq!(lines.len(), 50);
+    assert!(!lines.contains(&"FAILED"), "every request over both families succeeds: {lines:?}");
+    let v6: std::collections::BTreeSet<&str> = lines[..40].iter().copied().collect();
+    assert!(v6.len() >= 2, "IPv6 flows spread over backends: {v6:?}");
+    let s = lab.stats().unwrap();
+    assert!(s["counters"]["ndp_reply"].as_u64().unwrap() >= 1, "the VIP's neighbour solicitation was answered by XDP");
+    assert_eq!(s["vips"][1]["new_flows"].as_u64().unwrap(), 40, "{s}");
+}
