@@ -296,6 +296,7 @@ fn run(o: &RunOpts) -> Result<()> {
         }
         // Nothing is attached before this point; the link detaches when dropped.
         None => {
+            // An unusable /run/weir fails here, before anything is attached.
             let control_probe = ControlSocket::bind(iface_name)?;
             drop(control_probe);
             attach(dp.prog_fd(), &iface, mode)?
