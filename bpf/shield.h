@@ -206,6 +206,17 @@ static __always_inline int is_verified(const struct flow_key *k, __u64 now)
  * skb-backed veth frame fails, FACTS): swap addresses and ports, drop the
  * SYN's options and payload, fresh checksums.
  */
+static __always_inline __u32 csum_u32(__u32 v)
+{
+	return (v & 0xffff) + (v >> 16);
+}
+
+/*
+ * Every checksum below is summed from values held in registers (what was
+ * written, and the parsed addresses), never by re-reading the packet: a
+ * re-read pointer rebuilt from a spilled offset loses the verifier's range
+ * (seen on this kernel whenever the surrounding code grew).
+ */
 static __always_inline int send_challenge(struct xdp_md *ctx, struct packet *pkt, __u64 now)
 {
 	void *data = (void *)(long)ctx->data;
@@ -215,8 +226,9 @@ static __always_inline int send_challenge(struct xdp_md *ctx, struct packet *pkt
 	struct challenge ch = { .sent_ns = now };
 	__u8 mac[ETH_ALEN];
 	struct tcphdr *th;
-	__u32 sum, isn;
-	__u16 port;
+	__u32 sum, isn, seq, addrs = 0;
+	__u16 sport, dport;
+	int i;
 
 	if ((void *)(eth + 1) > data_end || l3 > 18 || l4 > 18 + 40)
 		return XDP_DROP;
@@ -226,10 +238,12 @@ static __always_inline int send_challenge(struct xdp_md *ctx, struct packet *pkt
 
 	isn = bpf_ntohl(th->seq);
 	ch.expect_seq = isn - ((bpf_get_prandom_u32() & 0x7fff) + 1);
-	port = th->source;
-	th->source = th->dest;
-	th->dest = port;
-	th->seq = bpf_htonl(bpf_get_prandom_u32());
+	seq = bpf_htonl(bpf_get_prandom_u32());
+	sport = th->dest;
+	dport = th->source;
+	th->source = sport;
+	th->dest = dport;
+	th->seq = seq;
 	th->ack_seq = bpf_htonl(ch.expect_seq);
 	((__u8 *)th)[12] = 5 << 4; /* data offset 5: no options */
 	((__u8 *)th)[13] = TCP_SYN | TCP_ACK;
@@ -237,22 +251,26 @@ static __always_inline int send_challenge(struct xdp_md *ctx, struct packet *pkt
 	th->check = 0;
 	th->urg_ptr = 0;
 
+	/* Both addresses: their sum does not depend on which is the source. */
+#pragma unroll
+	for (i = 0; i < 4; i++)
+		addrs += csum_u32(pkt->key.src[i]) + csum_u32(pkt->key.dst[i]);
+
 	if (pkt->key.family == WEIR_FAMILY_V4) {
 		struct iphdr *iph = data + l3;
-		__be32 a;
 
 		if ((void *)(iph + 1) > data_end)
 			return XDP_DROP;
-		a = iph->saddr;
-		iph->saddr = iph->daddr;
-		iph->daddr = a;
+		iph->saddr = pkt->key.dst[0];
+		iph->daddr = pkt->key.src[0];
 		iph->tos = 0;
 		iph->tot_len = bpf_htons(sizeof(*iph) + sizeof(*th));
 		iph->id = 0;
 		iph->frag_off = bpf_htons(0x4000); /* DF */
 		iph->ttl = 64;
-		iph->check = 0;
-		iph->check = csum_fold(csum_words(iph, sizeof(*iph) / 2));
+		/* version 4, IHL 5 (no options: checked by the caller) */
+		iph->check = csum_fold(bpf_htons(0x4500) + bpf_htons(sizeof(*iph) + sizeof(*th)) +
+				       bpf_htons(0x4000) + bpf_htons((64 << 8) | IPPROTO_TCP) + addrs);
 	} else {
 		struct ipv6hdr *ip6 = data + l3;
 		struct in6_addr a;
@@ -265,27 +283,10 @@ static __always_inline int send_challenge(struct xdp_md *ctx, struct packet *pkt
 		ip6->payload_len = bpf_htons(sizeof(*th));
 		ip6->hop_limit = 64;
 	}
-	/*
-	 * Pseudo-header: both addresses (their sum does not depend on which is
-	 * source), protocol and TCP length. From the parsed copies: re-reading
-	 * the packet here loses the verifier's range on the pointer.
-	 */
-	sum = bpf_htons(IPPROTO_TCP) + bpf_htons(sizeof(*th));
-	{
-		int i;
-
-#pragma unroll
-		for (i = 0; i < 4; i++) {
-			sum += (pkt->key.src[i] & 0xffff) + (pkt->key.src[i] >> 16);
-			sum += (pkt->key.dst[i] & 0xffff) + (pkt->key.dst[i] >> 16);
-		}
-	}
-	data = (void *)(long)ctx->data;
-	data_end = (void *)(long)ctx->data_end;
-	th = data + l4;
-	if ((void *)(th + 1) > data_end)
-		return XDP_DROP;
-	sum += csum_words(th, sizeof(*th) / 2);
+	/* Pseudo-header, then the 20 bytes just written. */
+	sum = addrs + bpf_htons(IPPROTO_TCP) + bpf_htons(sizeof(*th));
+	sum += sport + dport + csum_u32(seq) + csum_u32(bpf_htonl(ch.expect_seq));
+	sum += bpf_htons(((5 << 4) << 8) | TCP_SYN | TCP_ACK) + bpf_htons(65535);
 	th->check = csum_fold(sum);
 
 	__builtin_memcpy(mac, eth->h_dest, ETH_ALEN);
