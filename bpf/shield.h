@@ -310,12 +310,19 @@ static __always_inline int send_challenge(struct xdp_md *ctx, struct packet *pkt
  */
 static __always_inline int shield_tcp(struct stat_block *c, struct xdp_md *ctx, struct packet *pkt, __u32 pid)
 {
-	struct shield_policy *pol = bpf_map_lookup_elem(&shield_pol, &pid);
-	struct shield_state *st;
 	__u8 fl = pkt->tcp_flags;
+	int is_syn = (fl & (TCP_SYN | TCP_ACK)) == TCP_SYN;
+	int is_rst = (fl & (TCP_RST | TCP_ACK)) == TCP_RST;
+	struct shield_policy *pol;
+	struct shield_state *st;
 	__u64 now;
 	int dry;
 
+	/* Established traffic (most packets) has nothing to check without
+	 * prefix lists: no policy lookup, no clock read. */
+	if (!is_syn && !is_rst && !has_deny && !has_allow)
+		return SHIELD_CONTINUE;
+	pol = bpf_map_lookup_elem(&shield_pol, &pid);
 	if (!pol || !pol->enabled)
 		return SHIELD_CONTINUE;
 	dry = pol->flags & WEIR_SHIELD_DRY_RUN;
@@ -331,8 +338,10 @@ static __always_inline int shield_tcp(struct stat_block *c, struct xdp_md *ctx, 
 		return SHIELD_CONTINUE;
 	}
 
+	if (!is_syn && !is_rst)
+		return SHIELD_CONTINUE;
 	now = bpf_ktime_get_ns();
-	if ((fl & (TCP_RST | TCP_ACK)) == TCP_RST) {
+	if (is_rst) {
 		struct challenge *ch = bpf_map_lookup_elem(&syn_challenge, &pkt->key);
 		int ok;
 
@@ -353,9 +362,6 @@ static __always_inline int shield_tcp(struct stat_block *c, struct xdp_md *ctx, 
 		}
 		return verdict(c, XDP_DROP);
 	}
-	if ((fl & (TCP_SYN | TCP_ACK)) != TCP_SYN)
-		return SHIELD_CONTINUE;
-
 	st = syn_rate(pid, pol, now);
 	if (st && st->attack && !is_verified(&pkt->key, now)) {
 		/*

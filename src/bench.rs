@@ -236,6 +236,10 @@ fn run_once(calls: usize) -> Result<Report> {
     };
     let within = shield_dp("attack = \"off\"\nrate = 1000000\nburst = 1000000")?;
     let syn_ok = sample(&within.skel.progs.weir_lb, &mut |i| frame_v4(Ipv4Addr::new(10, 9, 0, 1), vip, port(i), 80, true), 3)?;
+    // Established traffic with the shield on: an ACK of a tracked flow.
+    let mut est_ack = frame_v4(Ipv4Addr::new(10, 9, 0, 1), vip, port(0), 80, true);
+    est_ack[47] = 0x10;
+    let shield_est = sample(&within.skel.progs.weir_lb, &mut |_| est_ack.clone(), 3)?;
     let over = shield_dp("attack = \"off\"\nrate = 1\nburst = 1")?;
     let _ = test_run(&over.skel.progs.weir_lb, &one, 1)?;
     let syn_over = sample(&over.skel.progs.weir_lb, &mut |i| frame_v4(Ipv4Addr::new(10, 0, 0, 1), vip, port(i), 80, true), 1)?;
@@ -272,6 +276,7 @@ fn run_once(calls: usize) -> Result<Report> {
         make_row("weir: new flow (SYN, distinct tuples)", "TX", &new_flow, &base_s),
         make_row("weir: established flow (1 flow)", "TX", &est, &base_s),
         make_row(&format!("weir: established ({many} flows)"), "TX", &est_many, &base_s),
+        make_row("shield on: established ACK", "TX", &shield_est, &base_s),
         make_row("shield: SYN within budget (new flow)", "TX", &syn_ok, &base_s),
         make_row("shield: SYN over budget", "DROP", &syn_over, &base_s),
         make_row("shield: random-source SYN, challenge", "TX", &challenge, &base_s),
