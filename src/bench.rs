@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::dataplane::{self, test_run, Dataplane, Settings};
+use crate::net::Iface;
 use crate::plan::Plan;
 use crate::skel::trivial::TrivialSkelBuilder;
 
@@ -182,11 +183,8 @@ fn run_once(calls: usize) -> Result<Report> {
 
     let plan = Plan::build(&Config::from_toml(BENCH_CONFIG)?)?;
     let mac = [0x02, 0, 0, 0, 0, 0x0a];
-    let dp = Dataplane::load(Settings::for_plan(&plan, mac))?;
-    let (hops, tx) = dataplane::next_hops(&plan, &crate::net::Iface { name: "bench".into(), ifindex: 1, mac, mtu: 1500 }, &mut |_, _| {
-        anyhow::bail!("bench backends carry their MACs")
-    })?;
-    dp.apply(&plan, &hops, &tx)?;
+    let iface = Iface::unattached("bench", mac);
+    let dp = dataplane::load_configured(&plan, &iface)?;
     let prog = &dp.skel.progs.weir_lb;
 
     let vip = Ipv4Addr::new(198, 18, 0, 100);
@@ -227,12 +225,7 @@ fn run_once(calls: usize) -> Result<Report> {
     // The shield's verdicts, each in a data plane configured for it.
     let shield_dp = |shield: &str| -> Result<Dataplane> {
         let plan = Plan::build(&Config::from_toml(&format!("[shield]\n{shield}\n{BENCH_CONFIG}"))?)?;
-        let dp = Dataplane::load(Settings::for_plan(&plan, mac))?;
-        let (hops, tx) = dataplane::next_hops(&plan, &crate::net::Iface { name: "bench".into(), ifindex: 1, mac, mtu: 1500 }, &mut |_, _| {
-            anyhow::bail!("bench backends carry their MACs")
-        })?;
-        dp.apply(&plan, &hops, &tx)?;
-        Ok(dp)
+        dataplane::load_configured(&plan, &iface)
     };
     let within = shield_dp("attack = \"off\"\nrate = 1000000\nburst = 1000000")?;
     let syn_ok = sample(&within.skel.progs.weir_lb, &mut |i| frame_v4(Ipv4Addr::new(10, 9, 0, 1), vip, port(i), 80, true), 3)?;
@@ -381,8 +374,8 @@ pub fn control_plane(with_kernel: bool) -> Result<Vec<ControlRow>> {
         let t = std::time::Instant::now();
         let dp = Dataplane::load(Settings::for_plan(&plan, mac))?;
         rows.push(ControlRow { what: "load BPF program (verifier)".into(), ms: t.elapsed().as_secs_f64() * 1e3 });
-        let iface = crate::net::Iface { name: "bench".into(), ifindex: 1, mac, mtu: 1500 };
-        let (hops, tx) = dataplane::next_hops(&plan, &iface, &mut |_, _| anyhow::bail!("MACs given"))?;
+        let iface = Iface::unattached("bench", mac);
+        let (hops, tx) = dataplane::configured_hops(&plan, &iface)?;
         let t = std::time::Instant::now();
         dp.apply(&plan, &hops, &tx)?;
         rows.push(ControlRow { what: "write maps: 1000 backends / 10 VIPs".into(), ms: t.elapsed().as_secs_f64() * 1e3 });
@@ -390,7 +383,7 @@ pub fn control_plane(with_kernel: bool) -> Result<Vec<ControlRow>> {
         let cfg2 = cfg.replace("mac = ", "weight = 2\nmac = ");
         let t = std::time::Instant::now();
         let plan2 = Plan::build_after(&Config::from_toml(&cfg2)?, Some(&plan))?;
-        let (hops2, tx2) = dataplane::next_hops(&plan2, &iface, &mut |_, _| anyhow::bail!("MACs given"))?;
+        let (hops2, tx2) = dataplane::configured_hops(&plan2, &iface)?;
         dp.reload(&plan, &plan2, &hops2, &tx2, &Default::default())?;
         rows.push(ControlRow { what: "reload 1000 backends / 10 VIPs (all weights)".into(), ms: t.elapsed().as_secs_f64() * 1e3 });
         let t = std::time::Instant::now();

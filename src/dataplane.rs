@@ -522,6 +522,20 @@ pub fn test_run(prog: &libbpf_rs::ProgramMut<'_>, frame: &[u8], repeat: u32) -> 
     Ok((action, out, ns))
 }
 
+/// Next hops when every backend's MAC is in the config (bench, tests): no
+/// neighbour table is consulted.
+pub fn configured_hops(plan: &Plan, iface: &Iface) -> Result<(BTreeMap<u32, NextHop>, BTreeMap<u32, u32>)> {
+    next_hops(plan, iface, &mut |ip, _| bail!("backend {ip} has no `mac` in the config"))
+}
+
+/// Load and fill a data plane for a plan whose backends carry their MACs.
+pub fn load_configured(plan: &Plan, iface: &Iface) -> Result<Dataplane> {
+    let (hops, tx) = configured_hops(plan, iface)?;
+    let dp = Dataplane::load(Settings::for_plan(plan, iface.mac))?;
+    dp.apply(plan, &hops, &tx)?;
+    Ok(dp)
+}
+
 /// The next hop of every backend of `plan`: MACs resolved, redirect
 /// interfaces given DEVMAP slots.
 pub fn next_hops(

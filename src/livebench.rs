@@ -20,7 +20,7 @@ use serde::Serialize;
 use crate::attach::{attach, AttachMode};
 use crate::bench::{frame_v4, summarize};
 use crate::config::Config;
-use crate::dataplane::{self, Dataplane, Settings};
+use crate::dataplane;
 use crate::net::Iface;
 use crate::plan::Plan;
 use crate::skel::trivial::TrivialSkelBuilder;
@@ -167,9 +167,7 @@ pub fn run(packets: u32, runs: usize) -> Result<LiveReport> {
     let bl0 = Iface::lookup("bl0")?;
 
     let plan = Plan::build(&Config::from_toml(CONFIG)?)?;
-    let dp = Dataplane::load(Settings::for_plan(&plan, bl0.mac))?;
-    let (hops, tx) = dataplane::next_hops(&plan, &bl0, &mut |_, _| bail!("bench backends carry MACs"))?;
-    dp.apply(&plan, &hops, &tx)?;
+    let dp = dataplane::load_configured(&plan, &bl0)?;
 
     let mut frame = frame_v4("10.0.0.1".parse()?, "198.18.0.100".parse()?, 40000, 80, true);
     frame.resize(60, 0); // 64 bytes on the wire with the FCS

@@ -19,6 +19,12 @@ pub struct Iface {
 }
 
 impl Iface {
+    /// An interface that is never attached to (benchmarks and tests run the
+    /// program through BPF_PROG_TEST_RUN): only its MAC matters.
+    pub fn unattached(name: &str, mac: [u8; 6]) -> Iface {
+        Iface { name: name.to_string(), ifindex: 1, mac, mtu: 1500 }
+    }
+
     /// Ask the kernel through netlink (`ip -j link`), which answers for the
     /// caller's network namespace; /sys/class/net answers for whichever
     /// namespace mounted /sys, which under `nsenter` is not ours.

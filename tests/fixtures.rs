@@ -458,10 +458,10 @@ fn a_reused_backend_id_does_not_inherit_idle_flows() {
     let (_, out) = lb.dp.run(&syn).unwrap();
     let first = lb.plan.vips[0].backends.iter().find(|b| lb.hops[&b.id].mac[..] == out[0..6]).unwrap();
     let freed = first.id;
-    let iface = weir::net::Iface { name: "test0".into(), ifindex: 1, mac: LB_MAC, mtu: 1500 };
+    let iface = weir::net::Iface::unattached("test0", LB_MAC);
     let apply = |text: &str, prev: &Plan| {
         let p = Plan::build_after(&Config::from_toml(text).unwrap(), Some(prev)).unwrap();
-        let (hops, tx) = weir::dataplane::next_hops(&p, &iface, &mut |ip, _| panic!("MAC given ({ip})")).unwrap();
+        let (hops, tx) = weir::dataplane::configured_hops(&p, &iface).unwrap();
         lb.dp.reload(prev, &p, &hops, &tx, &BTreeSet::new()).unwrap();
         p
     };

@@ -23,6 +23,22 @@ fn reload(lab: &Lab, cfg: &str) -> std::process::Output {
     Command::new("ip").args(["netns", "exec", &lab.ns("lb"), WEIR, "reload", "--iface", "veth6"]).output().unwrap()
 }
 
+/// Which of `candidates` ("11", "12", ...) serves the download: its log names the request.
+fn serving_backend<'a>(lab: &Lab, candidates: &[&'a str]) -> &'a str {
+    let st = lab.state();
+    let t = Instant::now();
+    loop {
+        let hit = candidates.iter().find(|b| {
+            std::fs::read_to_string(format!("{st}/b{}.log", &b[1..])).unwrap_or_default().contains("big.bin")
+        });
+        if let Some(b) = hit {
+            return b;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "the download reached no backend");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Who answers 30 new connections.
 fn answers(lab: &Lab) -> Vec<String> {
     let o = lab.sh("client", "for i in $(seq 30); do curl -s --max-time 2 http://198.18.0.100/ || echo FAILED; done");
@@ -49,19 +65,7 @@ fn reloads_keep_a_download_and_refuse_bad_configs() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    // Which backend serves it: its log names the request.
-    let t = Instant::now();
-    let serving = loop {
-        let hit = ["11", "12"].into_iter().find(|b| {
-            let n = &b[1..];
-            std::fs::read_to_string(format!("{st}/b{n}.log")).unwrap_or_default().contains("big.bin")
-        });
-        if let Some(b) = hit {
-            break b;
-        }
-        assert!(t.elapsed() < Duration::from_secs(5), "the download reached no backend");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let serving = serving_backend(&lab, &["11", "12"]);
     let other = if serving == "11" { "12" } else { "11" };
     let name = |b: &str| format!("b{}", &b[1..]);
 
@@ -135,17 +139,7 @@ fn a_new_weir_run_takes_over_without_dropping_the_download() {
         .unwrap();
     // Which backend serves it; then a reload removes another one, so the
     // running ids are no longer what a fresh start would give.
-    let t = Instant::now();
-    let serving = loop {
-        let hit = ["11", "12", "13"].into_iter().find(|b| {
-            std::fs::read_to_string(format!("{st}/b{}.log", &b[1..])).unwrap_or_default().contains("big.bin")
-        });
-        if let Some(b) = hit {
-            break b;
-        }
-        assert!(t.elapsed() < Duration::from_secs(5), "the download reached no backend");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let serving = serving_backend(&lab, &["11", "12", "13"]);
     let gone = ["11", "12", "13"].into_iter().find(|b| *b != serving).unwrap();
     let rest: Vec<(&str, u32)> = ["11", "12", "13"].into_iter().filter(|b| *b != gone).map(|b| (b, 1)).collect();
     let o = reload(&lab, &config(&rest));

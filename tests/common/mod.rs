@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use etherparse::{IpHeaders, Ipv4Header, PacketBuilder};
 use weir::config::Config;
-use weir::dataplane::{next_hops, Dataplane, NextHop, Settings};
+use weir::dataplane::{configured_hops, load_configured, Dataplane, NextHop};
 use weir::net::Iface;
 use weir::plan::Plan;
 
@@ -41,10 +41,9 @@ pub struct Lb {
 pub fn load(config: &str) -> Lb {
     let cfg = Config::from_toml(config).expect("test config is valid");
     let plan = Plan::build(&cfg).expect("plan");
-    let iface = Iface { name: "test0".into(), ifindex: 1, mac: LB_MAC, mtu: 1500 };
-    let (hops, tx) = next_hops(&plan, &iface, &mut |ip, _| panic!("test backends carry MACs ({ip})")).expect("hops");
-    let dp = Dataplane::load(Settings::for_plan(&plan, LB_MAC)).expect("load BPF (root)");
-    dp.apply(&plan, &hops, &tx).expect("apply plan");
+    let iface = Iface::unattached("test0", LB_MAC);
+    let (hops, _) = configured_hops(&plan, &iface).expect("test backends carry MACs");
+    let dp = load_configured(&plan, &iface).expect("load BPF (root) and apply the plan");
     Lb { dp, plan, hops }
 }
 
