@@ -25,4 +25,26 @@ static __always_inline __u32 csum_words(const void *p, const int words)
 	return sum;
 }
 
+/*
+ * Incremental updates (RFC 1624, eqn. 3: HC' = ~(~HC + ~m + m')). Changes
+ * are summed into an accumulator, then applied to a checksum field once.
+ * Words are taken in memory order throughout, like the field itself.
+ */
+static __always_inline __u32 csum_diff32(__u32 acc, __u32 from, __u32 to)
+{
+	__u32 nf = ~from;
+
+	return acc + (nf & 0xffff) + (nf >> 16) + (to & 0xffff) + (to >> 16);
+}
+
+static __always_inline __u32 csum_diff16(__u32 acc, __u16 from, __u16 to)
+{
+	return acc + (__u16)~from + to;
+}
+
+static __always_inline __u16 csum_apply(__u16 check, __u32 acc)
+{
+	return csum_fold((__u16)~check + acc);
+}
+
 #endif

@@ -1,14 +1,15 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* L2 direct server return: only the MACs change, so no checksum moves. */
+/* Sending toward a backend; L2 direct server return only changes the MACs. */
 #ifndef WEIR_FORWARD_H
 #define WEIR_FORWARD_H
 
 #include "maps.h"
 #include "stats.h"
 
-static __always_inline int forward_dsr(struct stat_block *c, void *data, const struct backend *be)
+/* The frame's MACs say where it goes; out the same interface, or another. */
+static __always_inline int send_to_backend(struct stat_block *c, void *data, const struct backend *be)
 {
-	struct ethhdr *eth = data; /* bounds checked by parse_eth */
+	struct ethhdr *eth = data; /* bounds checked by the caller */
 	int action;
 
 	__builtin_memcpy(eth->h_dest, be->mac, ETH_ALEN);
@@ -20,6 +21,11 @@ static __always_inline int forward_dsr(struct stat_block *c, void *data, const s
 	if (action != XDP_REDIRECT)
 		return drop_because(c, WEIR_STAT_DROP_TX_PORT);
 	return verdict(c, action);
+}
+
+static __always_inline int forward_dsr(struct stat_block *c, void *data, const struct backend *be)
+{
+	return send_to_backend(c, data, be);
 }
 
 #endif

@@ -3,7 +3,9 @@
  * weir's load balancer: the packet's path, top to bottom.
  *   parse (Ethernet, 802.1Q, IPv4/IPv6, TCP/UDP) -> ARP for VIPs
  *   -> VIP lookup (port, then port 0) -> flow table (keep the backend)
- *   -> schedule a new flow -> rewrite and send (XDP_TX or DEVMAP redirect)
+ *   -> schedule a new flow -> rewrite and send (XDP_TX or DEVMAP redirect):
+ *      DSR (MACs), NAT (nat.h) or tunnel (tunnel.h)
+ *   Not a VIP: a NAT flow's reply, or an ICMP error about one (nat.h).
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -16,6 +18,8 @@
 #include "sched.h"
 #include "forward.h"
 #include "shield.h"
+#include "nat.h"
+#include "tunnel.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -66,12 +70,25 @@ static __always_inline int process(struct xdp_md *ctx, struct packet *pkt, __u32
 		return handle_arp(c, data, data_end, pkt);
 	else
 		rc = WEIR_STAT_PASS_NOT_IP;
-	if (rc)
+	if (rc) {
+		if (rc == WEIR_STAT_PASS_UNKNOWN_PROTO && nat_on) {
+			rc = nat_icmp(c, data, data_end, pkt);
+			if (rc >= 0)
+				return rc;
+			rc = WEIR_STAT_PASS_UNKNOWN_PROTO;
+		}
 		return pass_because(c, rc);
+	}
 
 	vip = find_vip(&pkt->key);
-	if (!vip)
+	if (!vip) {
+		if (nat_on) {
+			rc = nat_return(c, data, data_end, pkt, bid_out, vip_out);
+			if (rc >= 0)
+				return rc;
+		}
 		return pass_because(c, WEIR_STAT_PASS_NOT_VIP);
+	}
 	*vip_out = vip->vip_id;
 
 	/* The shield sits before the flow table: what it stops never gets state. */
@@ -85,6 +102,9 @@ static __always_inline int process(struct xdp_md *ctx, struct packet *pkt, __u32
 		if (data + sizeof(struct ethhdr) > data_end)
 			return verdict(c, XDP_DROP);
 	}
+
+	if (vip->mode == WEIR_MODE_NAT)
+		return nat_forward(c, data, data_end, pkt, vip, bid_out, bytes);
 
 	f = bpf_map_lookup_elem(&flows, &pkt->key);
 	if (f) {
@@ -127,6 +147,8 @@ send:
 	*bid_out = bid;
 	traffic_add(&vip_stats, vip->vip_id, bytes, new_flow);
 	traffic_add(&backend_stats, bid, bytes, new_flow);
+	if (vip->mode == WEIR_MODE_TUNNEL)
+		return tunnel_encap(c, ctx, pkt, vip, be);
 	return forward_dsr(c, data, be);
 }
 

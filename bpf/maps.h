@@ -10,6 +10,13 @@
 /* Set by the control plane before load. */
 const volatile __u32 ring_size = 65537;
 const volatile __u8 iface_mac[6] = {};
+/* Largest IP packet the interface sends: tunnel encapsulation checks it. */
+const volatile __u32 iface_mtu = 1500;
+/* NAT flow idle timeouts, seconds (docs/nat-tunnel.md). */
+const volatile __u32 nat_tcp_timeout = 900;
+const volatile __u32 nat_syn_timeout = 30;
+const volatile __u32 nat_fin_timeout = 120;
+const volatile __u32 nat_udp_timeout = 60;
 
 /*
  * Never read by the program: it puts the shared enums into the object's BTF
@@ -23,6 +30,8 @@ const volatile struct {
 	enum weir_const limits;
 	enum weir_attack_mode attack_mode;
 	enum weir_shield_flags shield_flags;
+	enum weir_vip_flags vip_flags;
+	enum weir_nat_state nat_state;
 	struct trace_event trace; /* ring buffer records carry no BTF otherwise */
 } weir_abi = { .stat = WEIR_STAT_MAX };
 
@@ -87,6 +96,21 @@ struct {
 	__type(value, struct flow);
 	__uint(max_entries, 65536);
 } flows SEC(".maps");
+
+/* Full NAT, both directions of each flow (see struct nat_rev); sized with flows. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct flow_key);
+	__type(value, struct nat_fwd);
+	__uint(max_entries, 65536);
+} nat_fwd SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct flow_key);
+	__type(value, struct nat_rev);
+	__uint(max_entries, 65536);
+} nat_rev SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_DEVMAP);

@@ -123,17 +123,18 @@ static __always_inline int parse_ipv4(void *data, void *data_end, struct packet 
 	 */
 	if (iph->frag_off & bpf_htons(IP_MF | IP_OFFSET))
 		return WEIR_STAT_PASS_FRAGMENT;
-	if (iph->protocol != IPPROTO_TCP && iph->protocol != IPPROTO_UDP)
-		return WEIR_STAT_PASS_UNKNOWN_PROTO;
 	ihl_len = iph->ihl * 4;
 	if ((void *)iph + ihl_len > data_end)
 		return WEIR_STAT_PASS_TRUNCATED;
+	/* Filled for ICMP too: NAT translates errors about its flows. */
 	pkt->key.family = WEIR_FAMILY_V4;
 	pkt->key.proto = iph->protocol;
 	pkt->key.src[0] = iph->saddr;
 	pkt->key.dst[0] = iph->daddr;
 	pkt->l4_off = pkt->l3_off + ihl_len;
 	pkt->ip_opts = ihl_len > 20;
+	if (iph->protocol != IPPROTO_TCP && iph->protocol != IPPROTO_UDP)
+		return WEIR_STAT_PASS_UNKNOWN_PROTO;
 	return parse_l4((void *)iph + ihl_len, data_end, pkt);
 }
 
@@ -164,13 +165,13 @@ static __always_inline int parse_ipv6(void *data, void *data_end, struct packet 
 		return WEIR_STAT_PASS_MALFORMED;
 	if (is_ipv6_ext(ip6->nexthdr))
 		return WEIR_STAT_PASS_IPV6_EXT;
-	if (ip6->nexthdr != IPPROTO_TCP && ip6->nexthdr != IPPROTO_UDP)
-		return WEIR_STAT_PASS_UNKNOWN_PROTO;
 	pkt->key.family = WEIR_FAMILY_V6;
 	pkt->key.proto = ip6->nexthdr;
 	__builtin_memcpy(pkt->key.src, &ip6->saddr, 16);
 	__builtin_memcpy(pkt->key.dst, &ip6->daddr, 16);
 	pkt->l4_off = pkt->l3_off + sizeof(*ip6);
+	if (ip6->nexthdr != IPPROTO_TCP && ip6->nexthdr != IPPROTO_UDP)
+		return WEIR_STAT_PASS_UNKNOWN_PROTO;
 	return parse_l4(ip6 + 1, data_end, pkt);
 }
 

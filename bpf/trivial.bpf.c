@@ -37,3 +37,66 @@ int xdp_reflect(struct xdp_md *ctx)
 	__builtin_memcpy(eth->h_source, tmp, ETH_ALEN);
 	return XDP_TX;
 }
+
+/*
+ * Backend side of tunnel mode (`weir decap`): strip an outer IPv4 (protocol
+ * 4 or 41) or IPv6 (next header 41 or 4) header and hand the inner packet
+ * to the stack, as an ipip / ip6tnl device would (this kernel has neither).
+ * Katran's decap program does the same for its backends.
+ */
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/in.h>
+#include <bpf/bpf_endian.h>
+
+static __always_inline int decap(struct xdp_md *ctx, int outer, int inner_v6)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr eth, *e = data;
+
+	if ((void *)(e + 1) > data_end)
+		return XDP_PASS;
+	__builtin_memcpy(&eth, e, sizeof(eth));
+	eth.h_proto = inner_v6 ? bpf_htons(ETH_P_IPV6) : bpf_htons(ETH_P_IP);
+	if (bpf_xdp_adjust_head(ctx, outer))
+		return XDP_DROP;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	e = data;
+	if ((void *)(e + 1) > data_end)
+		return XDP_DROP;
+	__builtin_memcpy(e, &eth, sizeof(eth));
+	return XDP_PASS;
+}
+
+SEC("xdp")
+int xdp_decap(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > data_end)
+		return XDP_PASS;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *iph = (void *)(eth + 1);
+
+		if ((void *)(iph + 1) > data_end || iph->ihl != 5 || (iph->frag_off & bpf_htons(0x3fff)))
+			return XDP_PASS;
+		if (iph->protocol == IPPROTO_IPIP)
+			return decap(ctx, sizeof(*iph), 0);
+		if (iph->protocol == IPPROTO_IPV6)
+			return decap(ctx, sizeof(*iph), 1);
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+
+		if ((void *)(ip6 + 1) > data_end)
+			return XDP_PASS;
+		if (ip6->nexthdr == IPPROTO_IPV6)
+			return decap(ctx, sizeof(*ip6), 1);
+		if (ip6->nexthdr == IPPROTO_IPIP)
+			return decap(ctx, sizeof(*ip6), 0);
+	}
+	return XDP_PASS;
+}

@@ -33,7 +33,21 @@ enum weir_sched {
 };
 
 enum weir_fwd_mode {
-	WEIR_MODE_DSR = 0,
+	WEIR_MODE_DSR = 0,    /* L2 direct server return: MACs only */
+	WEIR_MODE_NAT = 1,    /* full NAT: DNAT + SNAT, replies come back through weir */
+	WEIR_MODE_TUNNEL = 2, /* L3 DSR: IPIP / IP6IP6 to the backend */
+};
+
+enum weir_vip_flags {
+	/* tunnel: answer an encapsulation above the MTU with ICMP too-big */
+	WEIR_VIP_ICMP_TOO_BIG = 1,
+};
+
+/* NAT flow states (struct nat_rev.state). */
+enum weir_nat_state {
+	WEIR_NAT_SYN = 0,         /* TCP: only the client's SYN seen */
+	WEIR_NAT_ESTABLISHED = 1, /* TCP past the handshake; every UDP flow */
+	WEIR_NAT_CLOSING = 2,     /* a FIN or RST seen */
 };
 
 enum weir_backend_flags {
@@ -59,6 +73,12 @@ struct vip_meta {
 	 * map update: a packet never sees a half-written table.
 	 */
 	__u32 half;
+	/* nat: SNAT address; tunnel: outer source. Network order. */
+	__u32 source[4];
+	__u16 port_lo;   /* nat: SNAT ports port_lo .. port_lo + port_span - 1 (host order) */
+	__u16 port_span;
+	__u8 flags;      /* enum weir_vip_flags */
+	__u8 pad[3];
 };
 
 struct backend {
@@ -73,6 +93,8 @@ struct backend {
 	 * to the id's previous owner then no longer match and are rescheduled.
 	 */
 	__u16 generation;
+	__u16 port;      /* nat: backend port, network order; 0: the VIP's */
+	__u16 pad;
 };
 
 struct in6_key {
@@ -94,6 +116,36 @@ struct flow {
 	__u32 backend_id;
 	__u16 vip_id;
 	__u16 generation; /* the backend's when the flow was scheduled */
+};
+
+/*
+ * Full NAT: two entries per flow, written together. The forward one is
+ * keyed by the client's 5-tuple, the reverse one by the backend's reply
+ * 5-tuple (backend -> SNAT address). The reverse entry is the flow's
+ * authority: it owns the SNAT port, holds the state and the clock; a
+ * forward entry is only believed while its reverse entry points back at it.
+ */
+struct nat_fwd {
+	__u32 backend_id;
+	__u16 vip_id;
+	__u16 generation;
+	__u32 source[4]; /* SNAT address */
+	__u16 sport;     /* SNAT port, network order */
+	__u16 dport;     /* backend port, network order */
+};
+
+struct nat_rev {
+	__u32 client[4];
+	__u32 vip[4];
+	__u16 client_port; /* network order */
+	__u16 vip_port;
+	__u8 client_mac[6]; /* the client frame's source ... */
+	__u8 lb_mac[6];     /* ... and destination MAC */
+	__u32 backend_id;
+	__u32 last_seen;    /* seconds, coarse monotonic clock */
+	__u16 vip_id;
+	__u8 state;         /* enum weir_nat_state */
+	__u8 pad;
 };
 
 /* Per VIP and per backend, per CPU. */
@@ -144,6 +196,13 @@ enum weir_stat {
 	WEIR_STAT_SHIELD_FLOW_GUARD,
 	/* neighbour advertisements sent for IPv6 VIPs */
 	WEIR_STAT_NDP_REPLY,
+	/* full NAT and tunnels */
+	WEIR_STAT_NAT_REPLY,       /* a backend's packet translated back to its client */
+	WEIR_STAT_NAT_ICMP,        /* an ICMP error about a NAT flow translated back */
+	WEIR_STAT_DROP_NAT_PORTS,  /* no free SNAT port: dropped, never mis-translated */
+	WEIR_STAT_DROP_TUNNEL_MTU, /* encapsulated frame above the MTU, no ICMP sent */
+	WEIR_STAT_ICMP_TOO_BIG,    /* frag-needed / packet-too-big sent to a client */
+	WEIR_STAT_DROP_ENCAP,      /* the frame could not be grown or shrunk */
 	WEIR_STAT_MAX,
 };
 

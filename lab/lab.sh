@@ -2,7 +2,7 @@
 # weir lab: a switch namespace with a bridge, one client, one balancer and
 # three HTTP backends, all in network namespaces of their own.
 #
-#   usage: lab/lab.sh up|down|status
+#   usage: [LAB_MODE=dsr|nat|tunnel] lab/lab.sh up|down|status
 #   env:   PREFIX  namespace prefix (default: weir) -> ${PREFIX}-sw, -client, -lb, -b1..-b3
 #          WEIR    path to the weir binary; if set, `weir xdp-stub --iface p-lb`
 #                  is run inside ${PREFIX}-sw after the links are built
@@ -11,7 +11,13 @@
 #                  discarding `sink0` default route (dummy, else ifb) in every
 #                  backend. `down` always removes these if present; it does
 #                  not need the variable.
-#   state: /run/weir-lab/${PREFIX}  (pid files, logs, web roots)
+#          LAB_MODE (at `up` only) dsr (default) | nat | tunnel: how the
+#                  backends are set up for weir's forwarding mode (see
+#                  lab/README-lab.md). Stored in the state directory, so
+#                  `down`/`status` do not need it. tunnel needs WEIR: each
+#                  backend runs `weir decap --iface b0` (PID recorded).
+#   state: /run/weir-lab/${PREFIX}  (pid files, logs, web roots, mode,
+#          big.sha256: sha256 of the 50 MB big.bin in every web root)
 #
 # Safety: nothing is ever created in, attached to or sent through the root
 # network namespace. Every veth is created inside the switch namespace with its
@@ -23,6 +29,8 @@ set -Eeuo pipefail
 PREFIX="${PREFIX:-weir}"
 WEIR="${WEIR:-}"
 SHIELD=0 # set from SHIELD_LAB by `up` only
+MODE=dsr # set from LAB_MODE by `up` only; `status` reads $STATE/mode
+BIG_MB=50 # size of big.bin in every web root
 BACKENDS=(b1 b2 b3)
 HOSTS=(client lb b1 b2 b3)
 # SHIELD_LAB=1 extras; `down`/`status` always look for them
@@ -139,6 +147,10 @@ do_down() {
 			kill_recorded "$STATE/$b.pid" "http.server"
 		done
 		kill_recorded "$STATE/xdp-stub.pid" "xdp-stub"
+		# tunnel mode: the decapsulators detach themselves on SIGTERM
+		for b in "${BACKENDS[@]}"; do
+			kill_recorded "$STATE/$b-decap.pid" "decap"
+		done
 	fi
 	for h in "${SHIELD_HOSTS[@]}" "${HOSTS[@]}" sw; do
 		n="$(ns "$h")"
@@ -208,10 +220,36 @@ build_host() {
 
 build_backend() {
 	local b="$1"
+	# nat: the backends only ever see the balancer's address; no VIP here.
+	[[ "$MODE" == nat ]] && return 0
+	# dsr, tunnel: the VIP on lo, never answered for on b0
 	ip -n "$(ns "$b")" addr add "$VIP4/32" dev lo
 	ip -n "$(ns "$b")" -6 addr add "$VIP6/128" dev lo nodad
 	sysctl_ns "$b" net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2 \
 		net.ipv4.conf.b0.arp_ignore=1 net.ipv4.conf.b0.arp_announce=2
+	if [[ "$MODE" == tunnel ]]; then
+		# decapsulated packets carry the client's address and arrive on b0
+		# (after the XDP decapsulator): no reverse-path filtering at all
+		sysctl_ns "$b" net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0 \
+			net.ipv4.conf.b0.rp_filter=0
+	fi
+}
+
+# big.bin: one 50 MB random file, copied (not linked: tests may overwrite a
+# backend's copy) into every web root; its sha256 goes to $STATE/big.sha256.
+make_big() {
+	local b first=""
+	for b in "${BACKENDS[@]}"; do
+		mkdir -p "$STATE/www-$b"
+		if [[ -z "$first" ]]; then
+			first="$STATE/www-$b/big.bin"
+			head -c "${BIG_MB}M" /dev/urandom >"$first"
+		else
+			cp -- "$first" "$STATE/www-$b/big.bin"
+		fi
+	done
+	sha256sum "$first" | cut -d' ' -f1 >"$STATE/big.sha256"
+	[[ -s "$STATE/big.sha256" ]] || die "could not record the sha256 of big.bin"
 }
 
 # ------------------------------------------------- SHIELD_LAB=1 extras ---
@@ -384,6 +422,36 @@ start_stub() {
 	die "'$WEIR xdp-stub' neither exited nor attached within 10 s (log: $STATE/xdp-stub.log)"
 }
 
+decap_attached() { ip -n "$(ns "$1")" -d link show dev b0 2>/dev/null | grep -q 'prog/xdp'; }
+
+# tunnel mode: `weir decap --iface b0` in each backend, running until SIGTERM
+start_decap() {
+	local b="$1" pid rc i cmd
+	[[ -n "$WEIR" ]] || die "LAB_MODE=tunnel needs WEIR (the backends run '\$WEIR decap --iface b0')"
+	ip netns exec "$(ns "$b")" "${SETSID[@]}" "$WEIR" decap --iface b0 \
+		</dev/null >"$STATE/$b-decap.log" 2>&1 &
+	pid=$!
+	# recorded at once, so a failure below still has `down` stop it
+	echo "$pid" >"$STATE/$b-decap.pid"
+	for ((i = 0; i < 100; i++)); do
+		if ! kill -0 "$pid" 2>/dev/null; then
+			rc=0
+			wait "$pid" || rc=$?
+			rm -f "$STATE/$b-decap.pid"
+			cat "$STATE/$b-decap.log" >&2 || true
+			die "'$WEIR decap --iface b0' in $(ns "$b") exited (status $rc) instead of running (log: $STATE/$b-decap.log)"
+		fi
+		if decap_attached "$b"; then
+			cmd="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || true)"
+			[[ "$cmd" == *decap* ]] || log "warning: decap pid $pid runs '$cmd'; down will not kill it"
+			log "decapsulator attached to $(ns "$b")/b0 (running as pid $pid)"
+			return 0
+		fi
+		sleep 0.1
+	done
+	die "'$WEIR decap --iface b0' in $(ns "$b") did not attach within 10 s (log: $STATE/$b-decap.log)"
+}
+
 UP_BUILDING=0
 on_up_err() { # ERR during up: say where; the EXIT trap does the teardown
 	echo "lab.sh: up failed at line $1: $2" >&2
@@ -408,6 +476,8 @@ do_up() {
 		[[ "$w" == /* ]] || w="$PWD/$w"
 		WEIR="$w"
 	fi
+	[[ "$MODE" != tunnel || -n "$WEIR" ]] ||
+		die "LAB_MODE=tunnel needs WEIR (every backend runs '\$WEIR decap --iface b0')"
 	if lab_exists; then
 		log "lab '$PREFIX' already exists; tearing it down first"
 		do_down
@@ -424,6 +494,7 @@ do_up() {
 
 	mkdir -p "$STATE"
 	chmod 755 "$STATE_ROOT" "$STATE"
+	echo "$MODE" >"$STATE/mode"
 	build_switch
 	local h
 	for h in "${HOSTS[@]}"; do
@@ -441,6 +512,12 @@ do_up() {
 		: >"$STATE/shield"
 	fi
 	start_stub
+	if [[ "$MODE" == tunnel ]]; then
+		for h in "${BACKENDS[@]}"; do
+			start_decap "$h"
+		done
+	fi
+	make_big
 	for h in "${BACKENDS[@]}"; do
 		start_server "$h"
 	done
@@ -448,7 +525,7 @@ do_up() {
 	trap - ERR INT TERM EXIT
 	local extra=""
 	((SHIELD)) && extra=" $(ns atk) $(ns nat) $(ns client2) (SHIELD_LAB)"
-	log "lab '$PREFIX' is up: namespaces $(ns sw) $(ns client) $(ns lb) $(ns b1) $(ns b2) $(ns b3)$extra; state in $STATE"
+	log "lab '$PREFIX' is up (mode $MODE): namespaces $(ns sw) $(ns client) $(ns lb) $(ns b1) $(ns b2) $(ns b3)$extra; state in $STATE"
 }
 
 # ---------------------------------------------------------------- status ---
@@ -462,8 +539,9 @@ probe() { # probe BACKEND -> prints body, fails if no answer
 }
 
 do_status() {
-	local h n ok=0 body pid state
-	echo "lab '$PREFIX' (state: $STATE$([[ -d "$STATE" ]] || echo ', missing'))"
+	local h n ok=0 body pid state mode
+	mode="$(cat "$STATE/mode" 2>/dev/null || echo dsr)"
+	echo "lab '$PREFIX' (mode: $mode; state: $STATE$([[ -d "$STATE" ]] || echo ', missing'))"
 	for h in sw "${HOSTS[@]}"; do
 		n="$(ns "$h")"
 		if ns_exists "$n"; then
@@ -503,6 +581,15 @@ do_status() {
 			echo "  backend $h ($V4NET.$(addr_of "$h")): NO ANSWER ($state)"
 			ok=1
 		fi
+		if [[ "$mode" == tunnel ]]; then
+			pid="$(cat "$STATE/$h-decap.pid" 2>/dev/null || true)"
+			if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null && ns_exists "$(ns "$h")" && decap_attached "$h"; then
+				echo "  backend $h: decapsulator attached to b0 (pid $pid)"
+			else
+				echo "  backend $h: decapsulator NOT RUNNING (pid ${pid:-?})"
+				ok=1
+			fi
+		fi
 	done
 	return "$ok"
 }
@@ -514,6 +601,11 @@ up)
 	1) SHIELD=1 ;;
 	"" | 0) SHIELD=0 ;;
 	*) die "SHIELD_LAB must be 1 (or unset/0), got '${SHIELD_LAB}'" ;;
+	esac
+	case "${LAB_MODE:-}" in
+	"" | dsr) MODE=dsr ;;
+	nat | tunnel) MODE="$LAB_MODE" ;;
+	*) die "LAB_MODE must be dsr, nat or tunnel (or unset), got '${LAB_MODE}'" ;;
 	esac
 	need_root
 	need_tools
@@ -535,7 +627,7 @@ status)
 	do_status
 	;;
 *)
-	echo "usage: [PREFIX=weir] [WEIR=/path/to/weir] [SHIELD_LAB=1] $0 up|down|status" >&2
+	echo "usage: [PREFIX=weir] [WEIR=/path/to/weir] [SHIELD_LAB=1] [LAB_MODE=dsr|nat|tunnel] $0 up|down|status" >&2
 	exit 2
 	;;
 esac

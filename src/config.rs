@@ -136,10 +136,39 @@ pub fn parse_prefix(s: &str) -> Option<(IpAddr, u8)> {
 #[serde(deny_unknown_fields)]
 pub struct Conntrack {
     /// Flows remembered (LRU): an established flow keeps its backend while
-    /// it is in this table.
+    /// it is in this table. NAT flows have a table of their own of this size.
     #[serde(default = "default_flows")]
     pub size: u32,
+    /// NAT: idle timeout of an established TCP flow, seconds.
+    #[serde(default = "default_tcp_timeout")]
+    pub tcp_timeout: u32,
+    /// NAT: idle timeout of a TCP flow whose client has not yet ACKed.
+    #[serde(default = "default_tcp_syn_timeout")]
+    pub tcp_syn_timeout: u32,
+    /// NAT: idle timeout after a FIN or RST. Above the backends' TIME_WAIT
+    /// (60 s on Linux) so a port still in TIME_WAIT there is not reused.
+    #[serde(default = "default_tcp_fin_timeout")]
+    pub tcp_fin_timeout: u32,
+    /// NAT: idle timeout of a UDP flow.
+    #[serde(default = "default_udp_timeout")]
+    pub udp_timeout: u32,
 }
+
+fn default_tcp_timeout() -> u32 {
+    900
+}
+fn default_tcp_syn_timeout() -> u32 {
+    30
+}
+fn default_tcp_fin_timeout() -> u32 {
+    120
+}
+fn default_udp_timeout() -> u32 {
+    60
+}
+/// SNAT ports: below Linux's ephemeral range (32768-60999), so the
+/// balancer's own connections (health checks) never take a NAT flow's tuple.
+pub const DEFAULT_SOURCE_PORTS: [u16; 2] = [1024, 32767];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -160,7 +189,13 @@ fn default_weight() -> u32 {
 }
 impl Default for Conntrack {
     fn default() -> Self {
-        Self { size: default_flows() }
+        Self {
+            size: default_flows(),
+            tcp_timeout: default_tcp_timeout(),
+            tcp_syn_timeout: default_tcp_syn_timeout(),
+            tcp_fin_timeout: default_tcp_fin_timeout(),
+            udp_timeout: default_udp_timeout(),
+        }
     }
 }
 impl Default for Maglev {
@@ -197,8 +232,13 @@ pub enum Scheduler {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
+    /// L2 direct server return: backends on the balancer's segment, VIP on lo.
     #[default]
     Dsr,
+    /// Full NAT: backends need no VIP; replies come back through weir.
+    Nat,
+    /// L3 direct server return: IPIP / IP6IP6 to backends in any subnet.
+    Tunnel,
 }
 
 impl fmt::Display for Protocol {
@@ -220,7 +260,11 @@ impl fmt::Display for Scheduler {
 }
 impl fmt::Display for Mode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("dsr")
+        f.write_str(match self {
+            Mode::Dsr => "dsr",
+            Mode::Nat => "nat",
+            Mode::Tunnel => "tunnel",
+        })
     }
 }
 
@@ -246,6 +290,14 @@ pub struct Vip {
     /// What happens to tracked flows of a backend that fails its checks.
     #[serde(default)]
     pub on_down: OnDown,
+    /// nat: the SNAT address; tunnel: the outer source. Default: the
+    /// interface's first global address of the VIP's family.
+    pub source_address: Option<String>,
+    /// nat: SNAT port range [first, last].
+    pub source_ports: Option<[u16; 2]>,
+    /// tunnel: answer packets too big to encapsulate with ICMP
+    /// frag-needed / packet-too-big (default true).
+    pub icmp_too_big: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -343,6 +395,8 @@ pub struct Backend {
     pub iface: Option<String>,
     /// Overrides of the VIP's health check for this backend.
     pub health: Option<HealthCheck>,
+    /// nat: the port the backend serves on (default: the VIP's port).
+    pub port: Option<u16>,
 }
 
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
@@ -371,6 +425,9 @@ impl Vip {
     pub fn ip(&self) -> IpAddr {
         // Validated in Config::validate.
         self.address.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))
+    }
+    pub fn source_ip(&self) -> Option<IpAddr> {
+        self.source_address.as_deref().and_then(|a| a.parse().ok())
     }
 }
 
@@ -402,6 +459,17 @@ impl Config {
                 "conntrack.size: {} is out of range: 1 to {MAX_FLOWS} flows (the LRU table is preallocated, ~100 bytes per flow)",
                 self.conntrack.size
             );
+        }
+        let ct = &self.conntrack;
+        for (name, v) in [
+            ("tcp_timeout", ct.tcp_timeout),
+            ("tcp_syn_timeout", ct.tcp_syn_timeout),
+            ("tcp_fin_timeout", ct.tcp_fin_timeout),
+            ("udp_timeout", ct.udp_timeout),
+        ] {
+            if v == 0 || v > 7 * 86400 {
+                bail!("conntrack.{name}: {v} is out of range: 1 to 604800 seconds");
+            }
         }
         let m = self.maglev.table_size;
         if !is_prime(m) {
@@ -468,6 +536,7 @@ impl Config {
                     bail!("{at}.shield: rate and burst must be at least 1");
                 }
             }
+            vip.validate_mode(&at, addr)?;
             let active = vip.backends.iter().filter(|b| b.weight > 0).count();
             if vip.scheduler == Scheduler::RoundRobin && active > RR_SLOTS as usize {
                 bail!(
@@ -481,7 +550,24 @@ impl Config {
                     anyhow::anyhow!("{bat}.address: '{}' is not an IPv4 or IPv6 address", b.address)
                 })?;
                 if ip.is_ipv4() != addr.is_ipv4() {
-                    bail!("{bat}.address: {ip} is not of the VIP's family ({addr}); direct server return keeps the IP header as it is");
+                    bail!(
+                        "{bat}.address: {ip} is not of the VIP's family ({addr}); weir does not translate between IPv4 and IPv6 (mode {})",
+                        vip.mode
+                    );
+                }
+                if let Some(p) = b.port {
+                    if vip.mode != Mode::Nat {
+                        bail!("{bat}.port: only mode = \"nat\" can change the destination port ({} keeps the client's packet as it is)", vip.mode);
+                    }
+                    if p == 0 {
+                        bail!("{bat}.port: 0 is not a port");
+                    }
+                    if vip.port == 0 {
+                        bail!("{bat}.port: the VIP balances every port (port 0), so each flow keeps its own port; remove backend port or give the VIP a port");
+                    }
+                }
+                if b.iface.is_some() && vip.mode == Mode::Nat {
+                    bail!("{bat}.iface: mode = \"nat\" sends backends out of the interface weir runs on (replies must come back through it); remove iface");
                 }
                 if !bseen.insert(ip) {
                     bail!("{bat}.address: {ip} is listed twice for this VIP; use weight to give it a larger share");
@@ -516,6 +602,37 @@ impl Config {
                     }
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+impl Vip {
+    fn validate_mode(&self, at: &str, addr: IpAddr) -> Result<()> {
+        if let Some(src) = &self.source_address {
+            if self.mode == Mode::Dsr {
+                bail!("{at}.source_address: only mode = \"nat\" or \"tunnel\" sends from the balancer's own address");
+            }
+            let ip: IpAddr = src
+                .parse()
+                .map_err(|_| anyhow::anyhow!("{at}.source_address: '{src}' is not an IPv4 or IPv6 address"))?;
+            if ip.is_ipv4() != addr.is_ipv4() {
+                bail!("{at}.source_address: {ip} is not of the VIP's family ({addr})");
+            }
+            if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() {
+                bail!("{at}.source_address: {ip} cannot be a source address (unspecified, multicast or loopback)");
+            }
+        }
+        if let Some([lo, hi]) = self.source_ports {
+            if self.mode != Mode::Nat {
+                bail!("{at}.source_ports: only mode = \"nat\" allocates source ports");
+            }
+            if lo == 0 || lo > hi {
+                bail!("{at}.source_ports: [{lo}, {hi}] is not a range of ports: need 1 <= first <= last");
+            }
+        }
+        if self.icmp_too_big.is_some() && self.mode != Mode::Tunnel {
+            bail!("{at}.icmp_too_big: only mode = \"tunnel\" makes packets bigger");
         }
         Ok(())
     }

@@ -16,7 +16,7 @@ use crate::shield::{policy, ShieldLoad, ShieldMaps};
 use crate::plan::Plan;
 use crate::skel::lb::{LbSkel, LbSkelBuilder};
 use crate::skel::{
-    bytes_of, from_bytes, weir_backend_flags, Backend, In6Key, StatBlock, Traffic, VipKey, VipMeta, FAMILY_V4, FAMILY_V6, MAX_TX_PORTS,
+    bytes_of, from_bytes, weir_backend_flags, weir_vip_flags, Backend, In6Key, StatBlock, Traffic, VipKey, VipMeta, FAMILY_V4, FAMILY_V6, MAX_TX_PORTS,
     RR_SLOTS, STAT_COUNT,
 };
 
@@ -31,16 +31,26 @@ pub struct Settings {
     pub iface_mac: [u8; 6],
     /// The SYN-flood shield in the same program; None: compiled out at load.
     pub shield: Option<ShieldLoad>,
+    /// Largest IP packet the interface sends (tunnel encapsulation).
+    pub iface_mtu: u32,
+    /// The interface's global addresses: the default source of NAT and
+    /// tunnel VIPs.
+    pub iface_addrs: Vec<IpAddr>,
+    /// NAT idle timeouts, seconds: tcp, tcp_syn, tcp_fin, udp.
+    pub nat_timeouts: [u32; 4],
 }
 
 impl Settings {
-    pub fn for_plan(plan: &Plan, iface_mac: [u8; 6]) -> Settings {
+    pub fn for_plan(plan: &Plan, iface: &Iface) -> Settings {
         Settings {
+            iface_mtu: iface.mtu,
+            iface_addrs: iface.addrs.clone(),
+            nat_timeouts: plan.nat_timeouts,
             ring_size: plan.table_size,
             conntrack_size: plan.conntrack_size,
             // Room for VIPs added by a reload (each costs two tables).
             max_vips: (plan.vips.len() as u32).max(16).min(crate::skel::MAX_VIPS),
-            iface_mac,
+            iface_mac: iface.mac,
             shield: plan.shield.as_ref().map(ShieldLoad::from_config),
         }
     }
@@ -105,9 +115,17 @@ impl Dataplane {
         let ring_entries = u32::try_from(ring_entries).context("maglev.table_size x VIPs exceeds 2^32 slots")?;
         open.maps.maglev_ring.set_max_entries(ring_entries)?;
         open.maps.flows.set_max_entries(settings.conntrack_size)?;
+        open.maps.nat_fwd.set_max_entries(settings.conntrack_size)?;
+        open.maps.nat_rev.set_max_entries(settings.conntrack_size)?;
         let ro = open.maps.rodata_data.as_deref_mut().context("the BPF object has no .rodata")?;
         ro.ring_size = settings.ring_size;
         ro.iface_mac = settings.iface_mac;
+        ro.iface_mtu = settings.iface_mtu;
+        let [tcp, syn, fin, udp] = settings.nat_timeouts;
+        ro.nat_tcp_timeout = tcp;
+        ro.nat_syn_timeout = syn;
+        ro.nat_fin_timeout = fin;
+        ro.nat_udp_timeout = udp;
         if let Some(sh) = &settings.shield {
             ro.shield_on = 1;
             ro.has_deny = u32::from(sh.has_deny);
@@ -123,7 +141,12 @@ impl Dataplane {
         if !reuse.is_empty() {
             // Sizes first: libbpf would take the old maps' sizes silently, and
             // a mismatch found while writing would corrupt the running tables.
-            for (name, want) in [("maglev_ring", ring_entries), ("flows", settings.conntrack_size)] {
+            for (name, want) in [
+                ("maglev_ring", ring_entries),
+                ("flows", settings.conntrack_size),
+                ("nat_fwd", settings.conntrack_size),
+                ("nat_rev", settings.conntrack_size),
+            ] {
                 let fd = reuse.iter().find(|(n, _)| n == name).map(|(_, f)| f).with_context(|| format!("no map {name} handed over"))?;
                 let have = crate::handoff::max_entries(fd)?;
                 if have != want {
@@ -154,8 +177,40 @@ impl Dataplane {
 
     /// Sample one packet in `every` into the trace ring buffer (0: off).
     pub fn set_trace(&self, every: u32) -> Result<()> {
-        self.skel.maps.bss.update(&key32(0), &every.to_ne_bytes(), MapFlags::ANY).context("switching the trace")?;
+        self.set_bss_u32(std::mem::offset_of!(crate::skel::lb::types::bss, trace_every), every).context("switching the trace")
+    }
+
+    /// One u32 of the program's .bss (read, patch, write: the map is one value).
+    fn set_bss_u32(&self, offset: usize, v: u32) -> Result<()> {
+        let mut cur = self.skel.maps.bss.lookup(&key32(0), MapFlags::ANY)?.context("the program has no .bss value")?;
+        cur.get_mut(offset..offset + 4).context(".bss is smaller than expected")?.copy_from_slice(&v.to_ne_bytes());
+        self.skel.maps.bss.update(&key32(0), &cur, MapFlags::ANY)?;
         Ok(())
+    }
+
+    /// Non-VIP packets look for a NAT flow only while some VIP uses NAT.
+    fn set_nat_on(&self, plan: &Plan) -> Result<()> {
+        let on = plan.vips.iter().any(|v| v.mode == crate::config::Mode::Nat);
+        self.set_bss_u32(std::mem::offset_of!(crate::skel::lb::types::bss, nat_on), u32::from(on))
+            .context("switching NAT reply handling")
+    }
+
+    /// The source address a NAT or tunnel VIP sends from: its own, or the
+    /// interface's first global address of its family.
+    fn source_of(&self, vip: &crate::plan::PlannedVip) -> Result<[u32; 4]> {
+        if vip.mode == crate::config::Mode::Dsr {
+            return Ok([0; 4]);
+        }
+        let src = vip.source.or_else(|| self.settings.iface_addrs.iter().copied().find(|a| a.is_ipv4() == vip.addr.is_ipv4()));
+        let Some(src) = src else {
+            bail!(
+                "VIP {} (mode {}): the interface has no global {} address to send from: add one, or set source_address",
+                vip.name,
+                vip.mode,
+                if vip.addr.is_ipv4() { "IPv4" } else { "IPv6" }
+            );
+        };
+        Ok(addr_words(src).0)
     }
 
     pub fn trace_ring_fd(&self) -> std::os::fd::RawFd {
@@ -212,7 +267,7 @@ impl Dataplane {
             }
             self.publish(vip, &vip.ring, &vip.rr)?;
         }
-        Ok(())
+        self.set_nat_on(plan)
     }
 
     /// After a hand-over: learn which table half each running VIP uses, so
@@ -249,7 +304,20 @@ impl Dataplane {
             None => 0,
         };
         self.write_block(vip.id, half, ring, rr)?;
-        let meta = VipMeta { vip_id: vip.id, sched: vip.sched as u8, mode: vip.mode as u8, rr_len: rr.len() as u16, half };
+        let [lo, hi] = vip.source_ports;
+        let meta = VipMeta {
+            vip_id: vip.id,
+            sched: vip.sched as u8,
+            mode: vip.mode as u8,
+            rr_len: rr.len() as u16,
+            half,
+            source: self.source_of(vip)?,
+            port_lo: lo,
+            // hi - lo + 1 ports; a full 1-65535 range is one short of 65535 + 1.
+            port_span: (u32::from(hi) - u32::from(lo) + 1).min(65535) as u16,
+            flags: if vip.icmp_too_big { weir_vip_flags::WEIR_VIP_ICMP_TOO_BIG.0 as u8 } else { 0 },
+            ..Default::default()
+        };
         self.skel.maps.vips.update(bytes_of(&key), bytes_of(&meta), MapFlags::ANY).context("writing the VIP")?;
         if family == FAMILY_V4 {
             self.skel.maps.vip_arp.update(&addr[0].to_ne_bytes(), &key32(vip.id), MapFlags::ANY)?;
@@ -290,6 +358,8 @@ impl Dataplane {
             family,
             flags: weir_backend_flags::WEIR_BACKEND_ACTIVE.0 as u8,
             generation,
+            port: b.port.map(u16::to_be).unwrap_or(0),
+            ..Default::default()
         };
         if fresh {
             let cpus = libbpf_rs::num_possible_cpus()?;
@@ -323,6 +393,12 @@ impl Dataplane {
         }
         if new.conntrack_size != old.conntrack_size {
             bail!("conntrack.size changed ({} -> {}): restart weir to apply it", old.conntrack_size, new.conntrack_size);
+        }
+        if new.nat_timeouts != self.settings.nat_timeouts {
+            bail!("a conntrack timeout changed: restart weir to apply it (they are constants of the loaded program)");
+        }
+        for v in &new.vips {
+            self.source_of(v)?;
         }
         let lists = |p: &Plan| p.shield.as_ref().map(|s| (!s.deny.is_empty(), !s.allow.is_empty()));
         if lists(new) != lists(old) {
@@ -367,6 +443,7 @@ impl Dataplane {
             self.remove_backend(*id)?;
             self.backend_entries.borrow_mut().remove(id);
         }
+        self.set_nat_on(new)?;
         Ok(format!(
             "{} VIPs (+{} -{}), {} backends (+{} -{})",
             new.vips.len(),
@@ -531,7 +608,7 @@ pub fn configured_hops(plan: &Plan, iface: &Iface) -> Result<(BTreeMap<u32, Next
 /// Load and fill a data plane for a plan whose backends carry their MACs.
 pub fn load_configured(plan: &Plan, iface: &Iface) -> Result<Dataplane> {
     let (hops, tx) = configured_hops(plan, iface)?;
-    let dp = Dataplane::load(Settings::for_plan(plan, iface.mac))?;
+    let dp = Dataplane::load(Settings::for_plan(plan, iface))?;
     dp.apply(plan, &hops, &tx)?;
     Ok(dp)
 }

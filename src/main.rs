@@ -143,6 +143,16 @@ enum Cmd {
         #[arg(long)]
         detach: bool,
     },
+    /// Backend side of mode = "tunnel": strip IPIP / IP6IP6 headers in XDP
+    /// on IFACE and pass the inner packet to the stack (for kernels without
+    /// ipip / ip6tnl devices). Runs until Ctrl-C / SIGTERM, then detaches.
+    Decap {
+        #[arg(long)]
+        iface: String,
+        /// Permit attaching in the host's own network namespace.
+        #[arg(long)]
+        allow_host_netns: bool,
+    },
 }
 
 fn main() {
@@ -226,6 +236,7 @@ fn real_main() -> Result<()> {
             Ok(())
         }
         Cmd::XdpStub { iface, detach } => xdp_stub(&iface, detach),
+        Cmd::Decap { iface, allow_host_netns } => decap(&iface, allow_host_netns),
         Cmd::Man => {
             use clap::CommandFactory;
             let cmd = Cli::command();
@@ -268,7 +279,7 @@ fn run(o: &RunOpts) -> Result<()> {
     let plan = Plan::build_after(&cfg, prev.as_ref())?;
     let (hops, tx) = next_hops(&plan, &iface, &mut |ip, via| resolve_mac(ip, &via.name, Duration::from_secs(3)))?;
     let reuse = handoff.as_ref().map(|h| h.maps.as_slice()).unwrap_or(&[]);
-    let dp = Dataplane::load_reusing(Settings::for_plan(&plan, iface.mac), reuse)?;
+    let dp = Dataplane::load_reusing(Settings::for_plan(&plan, &iface), reuse)?;
     let inherited_down: BTreeSet<u32> = handoff.as_ref().map(|h| h.ids.down.iter().copied().collect()).unwrap_or_default();
     match &prev {
         Some(prev) => {
@@ -600,6 +611,35 @@ fn stats(iface: &str, json: bool, once: bool, interval: u64) -> Result<()> {
         prev = Some(s);
         std::thread::sleep(Duration::from_secs(interval.max(1)));
     }
+}
+
+fn decap(iface_name: &str, allow_host_netns: bool) -> Result<()> {
+    if !allow_host_netns {
+        refuse_host_netns(&format!("attach the decapsulator to {iface_name}"))?;
+    }
+    let iface = Iface::lookup(iface_name)?;
+    let holder = Box::leak(Box::new(std::mem::MaybeUninit::uninit()));
+    let skel = weir::skel::trivial::TrivialSkelBuilder::default()
+        .open(holder)
+        .context("opening the decapsulator")?
+        .load()
+        .context("loading the decapsulator (run as root)")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    ctrlc::set_handler(move || {
+        let _ = tx.send(());
+    })
+    .context("installing the signal handler")?;
+    // A bpf_link: detached when it drops, on every exit path.
+    let link = skel
+        .progs
+        .xdp_decap
+        .attach_xdp(iface.ifindex as i32)
+        .with_context(|| format!("attaching the decapsulator to {iface_name} (another XDP program there?)"))?;
+    eprintln!("weir decap: stripping IPIP / IP6IP6 on {iface_name}; Ctrl-C or SIGTERM detaches");
+    let _ = rx.recv();
+    drop(link);
+    eprintln!("weir decap: detached from {iface_name}");
+    Ok(())
 }
 
 fn xdp_stub(iface_name: &str, detach: bool) -> Result<()> {

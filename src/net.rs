@@ -16,13 +16,15 @@ pub struct Iface {
     pub ifindex: u32,
     pub mac: [u8; 6],
     pub mtu: u32,
+    /// Global (scope global) addresses, in the kernel's order.
+    pub addrs: Vec<IpAddr>,
 }
 
 impl Iface {
     /// An interface that is never attached to (benchmarks and tests run the
     /// program through BPF_PROG_TEST_RUN): only its MAC matters.
     pub fn unattached(name: &str, mac: [u8; 6]) -> Iface {
-        Iface { name: name.to_string(), ifindex: 1, mac, mtu: 1500 }
+        Iface { name: name.to_string(), ifindex: 1, mac, mtu: 1500, addrs: Vec::new() }
     }
 
     /// Ask the kernel through netlink (`ip -j link`), which answers for the
@@ -48,8 +50,41 @@ impl Iface {
         let mtu = l["mtu"].as_u64().unwrap_or(1500) as u32;
         let mac_s = l["address"].as_str().unwrap_or("");
         let mac = parse_mac(mac_s).with_context(|| format!("interface {name} has no Ethernet address ('{mac_s}')"))?;
-        Ok(Iface { name: name.to_string(), ifindex, mac, mtu })
+        Ok(Iface { name: name.to_string(), ifindex, mac, mtu, addrs: global_addrs(name)? })
     }
+}
+
+/// The interface's global addresses (`ip -j addr`), IPv4 and IPv6.
+fn global_addrs(name: &str) -> Result<Vec<IpAddr>> {
+    let out = Command::new("ip")
+        .args(["-j", "addr", "show", "dev", name])
+        .output()
+        .context("running `ip addr` (install iproute2)")?;
+    if !out.status.success() {
+        bail!("`ip addr show dev {name}` failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("parsing `ip -j addr` output")?;
+    Ok(v[0]["addr_info"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["scope"].as_str() == Some("global"))
+        .filter_map(|a| a["local"].as_str().and_then(|s| s.parse().ok()))
+        .collect())
+}
+
+/// The neighbour a packet to `ip` is handed to: `ip` itself when on-link,
+/// else the gateway of its route (`ip route get`).
+pub fn next_hop_of(ip: IpAddr) -> Result<IpAddr> {
+    let out = Command::new("ip")
+        .args(["-j", "route", "get", &ip.to_string()])
+        .output()
+        .context("running `ip route get` (install iproute2)")?;
+    if !out.status.success() {
+        bail!("no route to {ip}: {} (add one, or set the backend's `mac`)", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("parsing `ip -j route get` output")?;
+    Ok(v[0]["gateway"].as_str().and_then(|g| g.parse().ok()).unwrap_or(ip))
 }
 
 /// True unless this process runs in a named network namespace (one of
@@ -103,7 +138,9 @@ fn neighbour(ip: IpAddr, iface: &str) -> Result<Option<[u8; 6]>> {
 /// Resolve a backend's MAC from the kernel's neighbour table, probing it
 /// (one UDP datagram to the discard port makes the kernel ARP / NDP) when
 /// the entry is missing.
-pub fn resolve_mac(ip: IpAddr, iface: &str, timeout: Duration) -> Result<[u8; 6]> {
+pub fn resolve_mac(backend: IpAddr, iface: &str, timeout: Duration) -> Result<[u8; 6]> {
+    // An off-link backend (tunnel or NAT mode) is reached through its gateway.
+    let ip = next_hop_of(backend).unwrap_or(backend);
     if let Some(m) = neighbour(ip, iface)? {
         return Ok(m);
     }

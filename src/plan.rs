@@ -24,6 +24,8 @@ pub struct PlannedBackend {
     /// Slots of the VIP's Maglev table it owns.
     pub slots: u32,
     pub check: Option<crate::config::Check>,
+    /// nat: the backend's port (None: the VIP's).
+    pub port: Option<u16>,
 }
 
 #[derive(Debug, Clone)]
@@ -42,6 +44,12 @@ pub struct PlannedVip {
     pub rr: Vec<u32>,
     pub shield: Option<crate::config::VipShield>,
     pub on_down: crate::config::OnDown,
+    /// nat / tunnel: the configured source address (None: the interface's).
+    pub source: Option<IpAddr>,
+    /// nat: SNAT ports [first, last].
+    pub source_ports: [u16; 2],
+    /// tunnel: answer too-big packets with ICMP.
+    pub icmp_too_big: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -50,6 +58,8 @@ pub struct Plan {
     pub conntrack_size: u32,
     pub vips: Vec<PlannedVip>,
     pub shield: Option<crate::config::Shield>,
+    /// NAT idle timeouts, seconds: tcp, tcp_syn, tcp_fin, udp.
+    pub nat_timeouts: [u32; 4],
 }
 
 /// The identity Maglev hashes: the backend's address bytes.
@@ -108,6 +118,7 @@ impl Plan {
                         iface: b.iface.clone(),
                         slots: 0,
                         check: crate::config::HealthCheck::resolve(b.health.as_ref(), v.health.as_ref(), v.port),
+                        port: b.port,
                     }
                 });
             }
@@ -128,9 +139,19 @@ impl Plan {
                 rr,
                 shield: v.shield.clone(),
                 on_down: v.on_down,
+                source: v.source_ip(),
+                source_ports: v.source_ports.unwrap_or(crate::config::DEFAULT_SOURCE_PORTS),
+                icmp_too_big: v.icmp_too_big.unwrap_or(true),
             });
         }
-        Ok(Plan { table_size: m, conntrack_size: cfg.conntrack.size, vips, shield: cfg.shield.clone() })
+        let ct = &cfg.conntrack;
+        Ok(Plan {
+            table_size: m,
+            conntrack_size: ct.size,
+            vips,
+            shield: cfg.shield.clone(),
+            nat_timeouts: [ct.tcp_timeout, ct.tcp_syn_timeout, ct.tcp_fin_timeout, ct.udp_timeout],
+        })
     }
 
     pub fn backend_count(&self) -> usize {
@@ -157,10 +178,27 @@ impl Plan {
                 v.sched,
                 v.mode
             );
+            match v.mode {
+                Mode::Nat => {
+                    let src = v.source.map(|a| a.to_string()).unwrap_or_else(|| "the interface's address".into());
+                    let _ = writeln!(s, "  nat: source {src}, ports {}-{}", v.source_ports[0], v.source_ports[1]);
+                }
+                Mode::Tunnel => {
+                    let src = v.source.map(|a| a.to_string()).unwrap_or_else(|| "the interface's address".into());
+                    let kind = if v.addr.is_ipv4() { "ipip" } else { "ip6ip6" };
+                    let icmp = if v.icmp_too_big { "ICMP too-big on" } else { "ICMP too-big off" };
+                    let _ = writeln!(s, "  tunnel: {kind} from {src}, {icmp}");
+                }
+                Mode::Dsr => {}
+            }
             for b in &v.backends {
                 let share = 100.0 * f64::from(b.slots) / f64::from(self.table_size);
                 let mac = b.mac.map(|m| format_mac(&m)).unwrap_or_else(|| "(from neighbour table)".into());
                 let via = b.iface.as_deref().map(|i| format!(" via {i}")).unwrap_or_default();
+                let via = match b.port {
+                    Some(p) => format!(" port {p}{via}"),
+                    None => via,
+                };
                 let via = match &b.check {
                     Some(c) => format!(
                         "{via}  check {}:{} every {} ms",
@@ -373,6 +411,7 @@ impl PlanIds {
             table_size: self.table_size,
             conntrack_size: self.conntrack_size,
             shield,
+            nat_timeouts: [0; 4],
             vips: self
                 .vips
                 .iter()
@@ -395,12 +434,16 @@ impl PlanIds {
                             iface: None,
                             slots: 0,
                             check: None,
+                            port: None,
                         })
                         .collect(),
                     ring: Vec::new(),
                     rr: Vec::new(),
                     shield: None,
                     on_down: Default::default(),
+                    source: None,
+                    source_ports: crate::config::DEFAULT_SOURCE_PORTS,
+                    icmp_too_big: true,
                 })
                 .collect(),
         })

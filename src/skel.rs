@@ -21,7 +21,7 @@ pub mod trivial {
 pub use lb::types::{
     backend as Backend, flow as Flow, in6_key as In6Key, stat_block as StatBlock, lpm_v4 as LpmV4, lpm_v6 as LpmV6,
     shield_policy as ShieldPolicy, shield_state as ShieldState, trace_event as TraceEvent, weir_attack_mode, weir_shield_flags, flow_key as FlowKey, traffic as Traffic, vip_key as VipKey,
-    vip_meta as VipMeta, weir_backend_flags, weir_const, weir_fwd_mode, weir_sched, weir_stat,
+    vip_meta as VipMeta, nat_fwd as NatFwd, nat_rev as NatRev, weir_nat_state, weir_vip_flags, weir_backend_flags, weir_const, weir_fwd_mode, weir_sched, weir_stat,
 };
 
 // SAFETY: plain C structs of integers and byte arrays, no pointers, no padding
@@ -39,12 +39,16 @@ unsafe impl plain::Plain for FlowKey {}
 unsafe impl plain::Plain for Traffic {}
 unsafe impl plain::Plain for VipKey {}
 unsafe impl plain::Plain for VipMeta {}
+unsafe impl plain::Plain for NatFwd {}
+unsafe impl plain::Plain for NatRev {}
 
 const _: () = assert!(std::mem::size_of::<VipKey>() == 20);
-const _: () = assert!(std::mem::size_of::<VipMeta>() == 12);
-const _: () = assert!(std::mem::size_of::<Backend>() == 36);
+const _: () = assert!(std::mem::size_of::<VipMeta>() == 36);
+const _: () = assert!(std::mem::size_of::<Backend>() == 40);
 const _: () = assert!(std::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(std::mem::size_of::<Flow>() == 8);
+const _: () = assert!(std::mem::size_of::<NatFwd>() == 28);
+const _: () = assert!(std::mem::size_of::<NatRev>() == 60);
 const _: () = assert!(std::mem::size_of::<Traffic>() == 24);
 const _: () = assert!(std::mem::size_of::<StatBlock>() == 8 * STAT_COUNT);
 const _: () = assert!(std::mem::size_of::<ShieldPolicy>() == 40);
@@ -97,6 +101,12 @@ pub fn stat_name(idx: usize) -> &'static str {
         "shield_dry_run",
         "shield_flow_guard",
         "ndp_reply",
+        "nat_reply",
+        "nat_icmp",
+        "drop_nat_ports",
+        "drop_tunnel_mtu",
+        "icmp_too_big",
+        "drop_encap",
     ];
     NAMES.get(idx).copied().unwrap_or("unknown")
 }

@@ -1,0 +1,459 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * Full NAT (docs/nat-tunnel.md): client -> VIP becomes SNAT address:port ->
+ * backend:port, the backend's reply is translated back, and so are ICMP
+ * errors about a flow. Two entries per flow; the reverse one owns the SNAT
+ * port, so claiming it with BPF_NOEXIST is the port allocation, and a
+ * forward entry is only believed while the reverse entry points back at it:
+ * a port that changed hands is never used for its old flow.
+ */
+#ifndef WEIR_NAT_H
+#define WEIR_NAT_H
+
+#include "maps.h"
+#include "parse.h"
+#include "stats.h"
+#include "csum.h"
+#include "sched.h"
+
+/* Set by the control plane while some VIP is in NAT mode: only then do
+ * non-VIP packets pay the reverse lookup. */
+__u32 nat_on = 0;
+
+/* SNAT ports probed for a new flow before it is dropped as "pool full". */
+#define NAT_PROBES 16
+
+#define ICMP_DEST_UNREACH 3
+#define ICMP_TIME_EXCEEDED 11
+#define ICMPV6_DEST_UNREACH 1
+#define ICMPV6_PKT_TOOBIG 2
+#define ICMPV6_TIME_EXCEED 3
+
+static __always_inline __u32 nat_now(void)
+{
+	return bpf_ktime_get_coarse_ns() / 1000000000ULL;
+}
+
+static __always_inline int nat_live(const struct nat_rev *r, __u8 proto, __u32 now)
+{
+	__u32 t;
+
+	if (proto == IPPROTO_UDP)
+		t = nat_udp_timeout;
+	else if (r->state == WEIR_NAT_ESTABLISHED)
+		t = nat_tcp_timeout;
+	else if (r->state == WEIR_NAT_SYN)
+		t = nat_syn_timeout;
+	else
+		t = nat_fin_timeout;
+	return now - r->last_seen <= t;
+}
+
+/* A packet of the flow went by: refresh its clock (written only when the
+ * second changed: no cache-line bounce per packet) and follow FIN / RST and
+ * the client's first ACK. */
+static __always_inline void nat_touch(struct nat_rev *r, const struct packet *pkt, __u32 now, int from_client)
+{
+	if (r->last_seen != now)
+		r->last_seen = now;
+	if (pkt->key.proto != IPPROTO_TCP)
+		return;
+	if (pkt->tcp_flags & (TCP_FIN | TCP_RST)) {
+		if (r->state != WEIR_NAT_CLOSING)
+			r->state = WEIR_NAT_CLOSING;
+	} else if (from_client && r->state == WEIR_NAT_SYN && !(pkt->tcp_flags & TCP_SYN)) {
+		r->state = WEIR_NAT_ESTABLISHED;
+	}
+}
+
+static __always_inline int addr_eq(const __u32 *a, const __u32 *b)
+{
+	return !((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]));
+}
+
+/*
+ * Give the parsed packet new addresses and ports, checksums updated
+ * incrementally from the parsed (register) values. 0, or -1 when the
+ * headers are not where the parser left them.
+ */
+static __always_inline int l34_rewrite(void *data, void *data_end, const struct packet *pkt, const __u32 *nsrc,
+				       const __u32 *ndst, __u16 nsport, __u16 ndport)
+{
+	__u32 l3 = pkt->l3_off, l4 = pkt->l4_off;
+	__u32 acc = 0;
+	int i;
+
+	if (l3 > 18 || l4 > 18 + 60)
+		return -1;
+	if (pkt->key.family == WEIR_FAMILY_V4) {
+		struct iphdr *iph = data + l3;
+
+		if ((void *)(iph + 1) > data_end)
+			return -1;
+		acc = csum_diff32(acc, pkt->key.src[0], nsrc[0]);
+		acc = csum_diff32(acc, pkt->key.dst[0], ndst[0]);
+		iph->saddr = nsrc[0];
+		iph->daddr = ndst[0];
+		iph->check = csum_apply(iph->check, acc);
+	} else {
+		struct ipv6hdr *ip6 = data + l3;
+
+		if ((void *)(ip6 + 1) > data_end)
+			return -1;
+#pragma unroll
+		for (i = 0; i < 4; i++) {
+			acc = csum_diff32(acc, pkt->key.src[i], nsrc[i]);
+			acc = csum_diff32(acc, pkt->key.dst[i], ndst[i]);
+		}
+		__builtin_memcpy(&ip6->saddr, nsrc, 16);
+		__builtin_memcpy(&ip6->daddr, ndst, 16);
+	}
+	/* The L4 checksum covers the addresses (pseudo-header) and the ports. */
+	acc = csum_diff16(acc, pkt->key.sport, nsport);
+	acc = csum_diff16(acc, pkt->key.dport, ndport);
+	if (pkt->key.proto == IPPROTO_TCP) {
+		struct tcphdr *th = data + l4;
+
+		if ((void *)(th + 1) > data_end)
+			return -1;
+		th->source = nsport;
+		th->dest = ndport;
+		th->check = csum_apply(th->check, acc);
+	} else {
+		struct udphdr *uh = data + l4;
+
+		if ((void *)(uh + 1) > data_end)
+			return -1;
+		uh->source = nsport;
+		uh->dest = ndport;
+		/* 0: the sender did not checksum (IPv4); it stays so. */
+		if (uh->check) {
+			__u16 c = csum_apply(uh->check, acc);
+
+			uh->check = c ? c : 0xffff;
+		}
+	}
+	return 0;
+}
+
+static __always_inline void nat_rev_key(struct flow_key *rk, const struct packet *pkt, const struct backend *be,
+					const __u32 *source, __u16 bport, __u16 sport)
+{
+	__builtin_memcpy(rk->src, be->addr, sizeof(rk->src));
+	__builtin_memcpy(rk->dst, source, sizeof(rk->dst));
+	rk->sport = bport;
+	rk->dport = sport;
+	rk->proto = pkt->key.proto;
+	rk->family = pkt->key.family;
+	rk->pad = 0;
+}
+
+/* Claim a free SNAT port for a new flow; 0, or -1 when the probes found none. */
+static __always_inline int nat_claim(struct flow_key *rk, const struct nat_rev *nr, const struct vip_meta *vip,
+				     __u32 hash, __u32 now)
+{
+	__u32 span = vip->port_span, lo = vip->port_lo, i;
+
+	if (span == 0)
+		return -1;
+#pragma clang loop unroll(disable)
+	for (i = 0; i < NAT_PROBES && i < span; i++) {
+		struct nat_rev *old;
+
+		rk->dport = bpf_htons((__u16)(lo + (hash + i) % span));
+		if (!bpf_map_update_elem(&nat_rev, rk, nr, BPF_NOEXIST))
+			return 0;
+		old = bpf_map_lookup_elem(&nat_rev, rk);
+		if (old && !nat_live(old, rk->proto, now)) {
+			/* Expired: free it, then claim it like any free port (two
+			 * CPUs racing for it: one wins, the other probes on). */
+			bpf_map_delete_elem(&nat_rev, rk);
+			if (!bpf_map_update_elem(&nat_rev, rk, nr, BPF_NOEXIST))
+				return 0;
+		}
+	}
+	return -1;
+}
+
+/*
+ * A client packet to a NAT VIP: find its flow or make one, then translate.
+ * The XDP action; *bid_out gets the backend.
+ */
+static __always_inline int nat_forward(struct stat_block *c, void *data, void *data_end, struct packet *pkt,
+				       const struct vip_meta *vip, __u32 *bid_out, __u64 bytes)
+{
+	struct ethhdr *eth = data;
+	__u32 now = nat_now();
+	struct flow_key rk = {};
+	struct nat_fwd *f;
+	struct nat_rev *r;
+	struct backend *be;
+	__u32 bid;
+	__u16 sport, dport;
+	__u32 source[4];
+	int new_flow = 0;
+
+	if ((void *)(eth + 1) > data_end)
+		return verdict(c, XDP_DROP);
+	f = bpf_map_lookup_elem(&nat_fwd, &pkt->key);
+	if (f) {
+		bid = f->backend_id;
+		be = bpf_map_lookup_elem(&backends, &bid);
+		if (be && (be->flags & WEIR_BACKEND_ACTIVE) && be->generation == f->generation) {
+			nat_rev_key(&rk, pkt, be, f->source, f->dport, f->sport);
+			r = bpf_map_lookup_elem(&nat_rev, &rk);
+			if (r && r->client_port == pkt->key.sport && r->vip_port == pkt->key.dport &&
+			    addr_eq(r->client, pkt->key.src) && addr_eq(r->vip, pkt->key.dst) &&
+			    nat_live(r, pkt->key.proto, now)) {
+				nat_touch(r, pkt, now, 1);
+				__builtin_memcpy(source, f->source, sizeof(source));
+				sport = f->sport;
+				dport = f->dport;
+				stat_inc(c, WEIR_STAT_FLOW_HIT);
+				goto send;
+			}
+		}
+		/* Backend gone, flow expired, or its port now another flow's. */
+		stat_inc(c, WEIR_STAT_FLOW_RESCHEDULED);
+	} else if (shield_on && pkt->key.proto == IPPROTO_TCP && !(pkt->tcp_flags & TCP_SYN)) {
+		int dry = 0;
+
+		if (shield_untracked(vip->vip_id, &dry)) {
+			if (!dry)
+				return drop_because(c, WEIR_STAT_SHIELD_OUT_OF_STATE);
+			stat_inc(c, WEIR_STAT_SHIELD_OUT_OF_STATE);
+			stat_inc(c, WEIR_STAT_SHIELD_DRY_RUN);
+		}
+	}
+
+	bid = schedule(vip, &pkt->key);
+	be = bpf_map_lookup_elem(&backends, &bid);
+	if (!be || !(be->flags & WEIR_BACKEND_ACTIVE)) {
+		traffic_add(&vip_stats, vip->vip_id, bytes, 0);
+		return drop_because(c, WEIR_STAT_DROP_NO_BACKEND);
+	}
+	if (shield_on && !flow_guard_take())
+		return drop_because(c, WEIR_STAT_SHIELD_FLOW_GUARD);
+	{
+		struct nat_rev nr = {
+			.client_port = pkt->key.sport,
+			.vip_port = pkt->key.dport,
+			.backend_id = bid,
+			.last_seen = now,
+			.vip_id = vip->vip_id,
+			.state = WEIR_NAT_ESTABLISHED,
+		};
+		struct nat_fwd nf = { .backend_id = bid, .vip_id = vip->vip_id, .generation = be->generation };
+
+		__builtin_memcpy(nr.client, pkt->key.src, sizeof(nr.client));
+		__builtin_memcpy(nr.vip, pkt->key.dst, sizeof(nr.vip));
+		__builtin_memcpy(nr.client_mac, eth->h_source, ETH_ALEN);
+		__builtin_memcpy(nr.lb_mac, eth->h_dest, ETH_ALEN);
+		if (pkt->key.proto == IPPROTO_TCP) {
+			if (pkt->tcp_flags & (TCP_FIN | TCP_RST))
+				nr.state = WEIR_NAT_CLOSING;
+			else if (pkt->tcp_flags & TCP_SYN)
+				nr.state = WEIR_NAT_SYN;
+		}
+		dport = be->port ? be->port : pkt->key.dport;
+		nat_rev_key(&rk, pkt, be, vip->source, dport, 0);
+		if (nat_claim(&rk, &nr, vip, flow_hash(&pkt->key), now))
+			return drop_because(c, WEIR_STAT_DROP_NAT_PORTS);
+		sport = rk.dport;
+		__builtin_memcpy(nf.source, vip->source, sizeof(nf.source));
+		nf.sport = sport;
+		nf.dport = dport;
+		bpf_map_update_elem(&nat_fwd, &pkt->key, &nf, BPF_ANY);
+		__builtin_memcpy(source, vip->source, sizeof(source));
+	}
+	new_flow = 1;
+	stat_inc(c, WEIR_STAT_FLOW_NEW);
+send:
+	*bid_out = bid;
+	traffic_add(&vip_stats, vip->vip_id, bytes, new_flow);
+	traffic_add(&backend_stats, bid, bytes, new_flow);
+	if (l34_rewrite(data, data_end, pkt, source, be->addr, sport, dport))
+		return drop_because(c, WEIR_STAT_DROP_ENCAP);
+	return send_to_backend(c, data, be);
+}
+
+/* A backend's reply to the SNAT address: the XDP action, or -1 (not ours). */
+static __always_inline int nat_return(struct stat_block *c, void *data, void *data_end, struct packet *pkt,
+				      __u32 *bid_out, __u32 *vip_out)
+{
+	struct ethhdr *eth = data;
+	__u32 now = nat_now();
+	struct nat_rev *r;
+
+	r = bpf_map_lookup_elem(&nat_rev, &pkt->key);
+	if (!r || !nat_live(r, pkt->key.proto, now))
+		return -1;
+	if ((void *)(eth + 1) > data_end)
+		return -1;
+	nat_touch(r, pkt, now, 0);
+	*bid_out = r->backend_id;
+	*vip_out = r->vip_id;
+	if (l34_rewrite(data, data_end, pkt, r->vip, r->client, r->vip_port, r->client_port))
+		return drop_because(c, WEIR_STAT_DROP_ENCAP);
+	__builtin_memcpy(eth->h_dest, r->client_mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, r->lb_mac, ETH_ALEN);
+	stat_inc(c, WEIR_STAT_NAT_REPLY);
+	return verdict(c, XDP_TX);
+}
+
+/*
+ * An ICMP error addressed to a SNAT address, quoting a packet we sent for a
+ * live flow (source -> backend): translated so the client sees an error
+ * about its own packet (client -> VIP), from the VIP. -1: not ours.
+ */
+static __always_inline int nat_icmp(struct stat_block *c, void *data, void *data_end, struct packet *pkt)
+{
+	struct ethhdr *eth = data;
+	__u32 l3 = pkt->l3_off, l4 = pkt->l4_off;
+	struct flow_key rk = {};
+	struct nat_rev *r;
+	__u32 acc = 0, outer = 0, inner_l4;
+	__u8 *icmp;
+	__u16 *ports, old_sport, old_dport, *check = 0;
+	__u32 isrc[4] = {}, idst[4] = {};
+	int v4 = pkt->key.family == WEIR_FAMILY_V4;
+	int i;
+
+	if ((void *)(eth + 1) > data_end || l3 > 18 || l4 > 18 + 60)
+		return -1;
+	icmp = data + l4;
+	if ((void *)(icmp + 8) > data_end)
+		return -1;
+	if (v4) {
+		struct iphdr *in = (void *)(icmp + 8);
+
+		if (pkt->key.proto != IPPROTO_ICMP || (icmp[0] != ICMP_DEST_UNREACH && icmp[0] != ICMP_TIME_EXCEEDED))
+			return -1;
+		if ((void *)(in + 1) > data_end || in->ihl != 5 ||
+		    (in->protocol != IPPROTO_TCP && in->protocol != IPPROTO_UDP))
+			return -1;
+		rk.proto = in->protocol;
+		isrc[0] = in->saddr;
+		idst[0] = in->daddr;
+		inner_l4 = l4 + 8 + sizeof(*in);
+	} else {
+		struct ipv6hdr *in = (void *)(icmp + 8);
+
+		if (pkt->key.proto != IPPROTO_ICMPV6 ||
+		    (icmp[0] != ICMPV6_DEST_UNREACH && icmp[0] != ICMPV6_PKT_TOOBIG && icmp[0] != ICMPV6_TIME_EXCEED))
+			return -1;
+		if ((void *)(in + 1) > data_end || (in->nexthdr != IPPROTO_TCP && in->nexthdr != IPPROTO_UDP))
+			return -1;
+		rk.proto = in->nexthdr;
+		__builtin_memcpy(isrc, &in->saddr, 16);
+		__builtin_memcpy(idst, &in->daddr, 16);
+		inner_l4 = l4 + 8 + sizeof(*in);
+	}
+	if (inner_l4 > 18 + 60 + 8 + 40)
+		return -1;
+	ports = data + inner_l4;
+	if ((void *)(ports + 2) > data_end)
+		return -1;
+	old_sport = ports[0];
+	old_dport = ports[1];
+	/* The quoted packet went source -> backend; its flow's reverse key is
+	 * the other way round. */
+	__builtin_memcpy(rk.src, idst, sizeof(rk.src));
+	__builtin_memcpy(rk.dst, isrc, sizeof(rk.dst));
+	rk.sport = old_dport;
+	rk.dport = old_sport;
+	rk.family = pkt->key.family;
+	r = bpf_map_lookup_elem(&nat_rev, &rk);
+	if (!r || !nat_live(r, rk.proto, nat_now()))
+		return -1;
+
+	/* Quoted packet: client:port -> VIP:port. `acc` collects its address
+	 * changes (its L4 pseudo-header), `outer` every word of the ICMP body
+	 * that changes, for the ICMP checksum. */
+	if (v4) {
+		struct iphdr *in = (void *)(icmp + 8);
+		__u16 oc;
+
+		if ((void *)(in + 1) > data_end)
+			return -1;
+		acc = csum_diff32(acc, isrc[0], r->client[0]);
+		acc = csum_diff32(acc, idst[0], r->vip[0]);
+		in->saddr = r->client[0];
+		in->daddr = r->vip[0];
+		oc = in->check;
+		in->check = csum_apply(oc, acc);
+		outer = csum_diff16(acc, oc, in->check);
+	} else {
+		struct ipv6hdr *in = (void *)(icmp + 8);
+
+		if ((void *)(in + 1) > data_end)
+			return -1;
+#pragma unroll
+		for (i = 0; i < 4; i++) {
+			acc = csum_diff32(acc, isrc[i], r->client[i]);
+			acc = csum_diff32(acc, idst[i], r->vip[i]);
+		}
+		__builtin_memcpy(&in->saddr, r->client, 16);
+		__builtin_memcpy(&in->daddr, r->vip, 16);
+		outer = acc;
+	}
+	ports = data + inner_l4;
+	if ((void *)(ports + 4) <= data_end && rk.proto == IPPROTO_UDP)
+		check = ports + 3;
+	else if ((void *)(ports + 9) <= data_end && rk.proto == IPPROTO_TCP)
+		check = ports + 8;
+	if ((void *)(ports + 2) > data_end)
+		return -1;
+	ports[0] = r->client_port;
+	ports[1] = r->vip_port;
+	outer = csum_diff16(outer, old_sport, r->client_port);
+	outer = csum_diff16(outer, old_dport, r->vip_port);
+	if (check && (*check || rk.proto == IPPROTO_TCP)) {
+		__u16 oc = *check, nc;
+
+		acc = csum_diff16(acc, old_sport, r->client_port);
+		acc = csum_diff16(acc, old_dport, r->vip_port);
+		nc = csum_apply(oc, acc);
+		if (!nc && rk.proto == IPPROTO_UDP)
+			nc = 0xffff;
+		*check = nc;
+		outer = csum_diff16(outer, oc, nc);
+	}
+
+	/* Outer header: VIP -> client. */
+	if (v4) {
+		struct iphdr *iph = data + l3;
+		__u32 a = 0;
+
+		if ((void *)(iph + 1) > data_end)
+			return -1;
+		a = csum_diff32(a, pkt->key.src[0], r->vip[0]);
+		a = csum_diff32(a, pkt->key.dst[0], r->client[0]);
+		iph->saddr = r->vip[0];
+		iph->daddr = r->client[0];
+		iph->check = csum_apply(iph->check, a);
+	} else {
+		struct ipv6hdr *iph = data + l3;
+
+		if ((void *)(iph + 1) > data_end)
+			return -1;
+		/* ICMPv6 sums the pseudo-header too. */
+#pragma unroll
+		for (i = 0; i < 4; i++) {
+			outer = csum_diff32(outer, pkt->key.src[i], r->vip[i]);
+			outer = csum_diff32(outer, pkt->key.dst[i], r->client[i]);
+		}
+		__builtin_memcpy(&iph->saddr, r->vip, 16);
+		__builtin_memcpy(&iph->daddr, r->client, 16);
+	}
+	icmp = data + l4;
+	if ((void *)(icmp + 8) > data_end)
+		return -1;
+	*(__u16 *)(icmp + 2) = csum_apply(*(__u16 *)(icmp + 2), outer);
+	__builtin_memcpy(eth->h_dest, r->client_mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, r->lb_mac, ETH_ALEN);
+	stat_inc(c, WEIR_STAT_NAT_ICMP);
+	return verdict(c, XDP_TX);
+}
+
+#endif

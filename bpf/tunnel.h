@@ -1,0 +1,200 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * L3 direct server return (docs/nat-tunnel.md): the client's IP packet goes
+ * to the backend unchanged inside IPv4-in-IPv4 (RFC 2003) or IPv6-in-IPv6
+ * (RFC 2473), so backends may sit in any subnet. The frame grows at its
+ * head (bpf_xdp_adjust_head: growing the tail fails on skb-backed veth
+ * frames, see FACTS). A packet that would not fit the MTU once wrapped is
+ * answered with ICMP too-big, built in the same frame, when the VIP asks
+ * for it.
+ */
+#ifndef WEIR_TUNNEL_H
+#define WEIR_TUNNEL_H
+
+#include "maps.h"
+#include "parse.h"
+#include "stats.h"
+#include "csum.h"
+#include "forward.h"
+
+#ifndef IPPROTO_IPIP
+#define IPPROTO_IPIP 4
+#endif
+#define ICMP_FRAG_NEEDED 4
+
+static __always_inline __u32 addr_sum(const __u32 *a, int words)
+{
+	__u32 s = 0;
+	int i;
+
+#pragma unroll
+	for (i = 0; i < 4; i++)
+		if (i < words)
+			s += (a[i] & 0xffff) + (a[i] >> 16);
+	return s;
+}
+
+/*
+ * ICMP frag-needed (IPv4) / packet-too-big (IPv6) to the client, quoting its
+ * IP header and 8 bytes, in its own frame: the quote stays where it is, the
+ * new headers go in front of it and the rest is cut.
+ */
+static __always_inline int send_too_big(struct stat_block *c, struct xdp_md *ctx, struct packet *pkt)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	__u8 client_mac[ETH_ALEN], lb_mac[ETH_ALEN];
+	int v4 = pkt->key.family == WEIR_FAMILY_V4;
+	/* new Ethernet + IP + ICMP header in front of the quote */
+	int front = v4 ? ETH_HLEN + 20 + 8 : ETH_HLEN + 40 + 8;
+	int quote = v4 ? 20 + 8 : 40 + 8;
+	__u32 l3 = pkt->l3_off;
+	__u32 sum;
+
+	if ((void *)(eth + 1) > data_end || l3 > 18 || data + l3 + quote > data_end)
+		return drop_because(c, WEIR_STAT_DROP_TUNNEL_MTU);
+	__builtin_memcpy(client_mac, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(lb_mac, eth->h_dest, ETH_ALEN);
+	if (bpf_xdp_adjust_head(ctx, (int)l3 - front))
+		return drop_because(c, WEIR_STAT_DROP_ENCAP);
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	/* The length as a scalar from the helper: pointer differences here get
+	 * folded by clang into 32-bit pointer arithmetic the verifier refuses. */
+	if (bpf_xdp_adjust_tail(ctx, (int)(front + quote) - (int)bpf_xdp_get_buff_len(ctx)))
+		return drop_because(c, WEIR_STAT_DROP_ENCAP);
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	eth = data;
+	if (v4) {
+		struct iphdr *iph = data + ETH_HLEN;
+		__u8 *icmp = data + ETH_HLEN + 20;
+		__u16 len = 20 + 8 + 20 + 8;
+
+		if ((void *)(icmp + 8 + 28) > data_end)
+			return verdict(c, XDP_ABORTED);
+		eth->h_proto = bpf_htons(ETH_P_IP);
+		*(__u16 *)iph = bpf_htons(0x4500);
+		iph->tot_len = bpf_htons(len);
+		iph->id = 0;
+		iph->frag_off = 0;
+		iph->ttl = 64;
+		iph->protocol = IPPROTO_ICMP;
+		iph->saddr = pkt->key.dst[0];
+		iph->daddr = pkt->key.src[0];
+		iph->check = csum_fold(bpf_htons(0x4500) + bpf_htons(len) + bpf_htons((64 << 8) | IPPROTO_ICMP) +
+				       addr_sum(pkt->key.src, 1) + addr_sum(pkt->key.dst, 1));
+		icmp[0] = ICMP_DEST_UNREACH;
+		icmp[1] = ICMP_FRAG_NEEDED;
+		*(__u16 *)(icmp + 2) = 0;
+		*(__u16 *)(icmp + 4) = 0;
+		*(__u16 *)(icmp + 6) = bpf_htons(iface_mtu - 20);
+		*(__u16 *)(icmp + 2) = csum_fold(csum_words(icmp, (8 + 28) / 2));
+	} else {
+		struct ipv6hdr *ip6 = data + ETH_HLEN;
+		__u8 *icmp = data + ETH_HLEN + 40;
+		__u16 len = 8 + 40 + 8;
+
+		if ((void *)(icmp + 8 + 48) > data_end)
+			return verdict(c, XDP_ABORTED);
+		eth->h_proto = bpf_htons(ETH_P_IPV6);
+		*(__u32 *)ip6 = bpf_htonl(0x60000000);
+		ip6->payload_len = bpf_htons(len);
+		ip6->nexthdr = IPPROTO_ICMPV6;
+		ip6->hop_limit = 64;
+		__builtin_memcpy(&ip6->saddr, pkt->key.dst, 16);
+		__builtin_memcpy(&ip6->daddr, pkt->key.src, 16);
+		icmp[0] = ICMPV6_PKT_TOOBIG;
+		icmp[1] = 0;
+		*(__u16 *)(icmp + 2) = 0;
+		*(__u32 *)(icmp + 4) = bpf_htonl(iface_mtu - 40);
+		sum = addr_sum(pkt->key.src, 4) + addr_sum(pkt->key.dst, 4) + bpf_htons(len) + bpf_htons(IPPROTO_ICMPV6);
+		sum += csum_words(icmp, (8 + 48) / 2);
+		*(__u16 *)(icmp + 2) = csum_fold(sum);
+	}
+	__builtin_memcpy(eth->h_dest, client_mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, lb_mac, ETH_ALEN);
+	stat_inc(c, WEIR_STAT_ICMP_TOO_BIG);
+	return verdict(c, XDP_TX);
+}
+
+static __always_inline int tunnel_encap(struct stat_block *c, struct xdp_md *ctx, struct packet *pkt,
+					const struct vip_meta *vip, const struct backend *be)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	int v4 = pkt->key.family == WEIR_FAMILY_V4;
+	__u32 l3 = pkt->l3_off;
+	int outer = v4 ? 20 : 40;
+	__u32 inner_len, word0 = 0;
+	__u16 df = 0;
+	__u8 tos = 0;
+
+	if (l3 > 18)
+		return drop_because(c, WEIR_STAT_DROP_ENCAP);
+	if (v4) {
+		struct iphdr *iph = data + l3;
+
+		if ((void *)(iph + 1) > data_end)
+			return drop_because(c, WEIR_STAT_DROP_ENCAP);
+		inner_len = bpf_ntohs(iph->tot_len);
+		tos = iph->tos;
+		df = iph->frag_off & bpf_htons(0x4000);
+	} else {
+		struct ipv6hdr *ip6 = data + l3;
+
+		if ((void *)(ip6 + 1) > data_end)
+			return drop_because(c, WEIR_STAT_DROP_ENCAP);
+		inner_len = bpf_ntohs(ip6->payload_len) + 40;
+		word0 = bpf_ntohl(*(__u32 *)ip6);
+	}
+	if (inner_len + outer > iface_mtu) {
+		/* IPv4 without DF may be fragmented by routers, not by us. */
+		if ((vip->flags & WEIR_VIP_ICMP_TOO_BIG) && (!v4 || df) && !pkt->ip_opts)
+			return send_too_big(c, ctx, pkt);
+		return drop_because(c, WEIR_STAT_DROP_TUNNEL_MTU);
+	}
+	/* Ethernet (+ tag) becomes Ethernet + outer header. */
+	if (bpf_xdp_adjust_head(ctx, (int)l3 - (ETH_HLEN + outer)))
+		return drop_because(c, WEIR_STAT_DROP_ENCAP);
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	if (v4) {
+		struct ethhdr *eth = data;
+		struct iphdr *iph = data + ETH_HLEN;
+		__u16 len = inner_len + 20;
+
+		if ((void *)(iph + 1) > data_end)
+			return verdict(c, XDP_ABORTED);
+		eth->h_proto = bpf_htons(ETH_P_IP);
+		*(__u16 *)iph = bpf_htons(0x4500 | tos);
+		iph->tot_len = bpf_htons(len);
+		iph->id = 0;
+		iph->frag_off = df;
+		iph->ttl = 64;
+		iph->protocol = IPPROTO_IPIP;
+		iph->saddr = vip->source[0];
+		iph->daddr = be->addr[0];
+		iph->check = csum_fold(bpf_htons(0x4500 | tos) + bpf_htons(len) + df +
+				       bpf_htons((64 << 8) | IPPROTO_IPIP) + addr_sum(vip->source, 1) +
+				       addr_sum(be->addr, 1));
+	} else {
+		struct ethhdr *eth = data;
+		struct ipv6hdr *ip6 = data + ETH_HLEN;
+
+		if ((void *)(ip6 + 1) > data_end)
+			return verdict(c, XDP_ABORTED);
+		eth->h_proto = bpf_htons(ETH_P_IPV6);
+		/* version 6, the inner traffic class, flow label 0 */
+		*(__u32 *)ip6 = bpf_htonl(0x60000000 | (word0 & 0x0ff00000));
+		ip6->payload_len = bpf_htons(inner_len);
+		ip6->nexthdr = IPPROTO_IPV6;
+		ip6->hop_limit = 64;
+		__builtin_memcpy(&ip6->saddr, vip->source, 16);
+		__builtin_memcpy(&ip6->daddr, be->addr, 16);
+	}
+	return send_to_backend(c, data, be);
+}
+
+#endif
