@@ -43,6 +43,13 @@ ip netns exec "${PREFIX}-client" bash -c "
 	for i in \$(seq $REQUESTS); do curl -s --max-time 2 http://198.18.0.100/ || echo FAILED; done" |
 	sort | uniq -c | awk '{printf "  %-8s %4d requests\n", $2, $1}'
 
+echo "== $REQUESTS requests: client 198.18.0.1 -> VIP 198.18.0.101:80 (full NAT)"
+ip netns exec "${PREFIX}-client" bash -c "
+	for i in \$(seq $REQUESTS); do curl -s --max-time 2 http://198.18.0.101/ || echo FAILED; done" |
+	sort | uniq -c | awk '{printf "  %-8s %4d requests\n", $2, $1}'
+echo "   client addresses in the backends' logs (DSR keeps 198.18.0.1; NAT shows weir's 198.18.0.10):"
+cat /run/weir-lab/"$PREFIX"/b*.log 2>/dev/null | awk '/GET/ {print $1}' | sort | uniq -c | awk '{printf "  %-14s %4d requests\n", $2, $1}'
+
 echo "== weir stats"
 ip netns exec "${PREFIX}-lb" "$WEIR" stats --iface veth6 --once
 

@@ -262,6 +262,31 @@ fn run_once(calls: usize) -> Result<Report> {
     let proven = attack.global_counters()?[crate::skel::weir_stat::WEIR_STAT_SHIELD_PROVEN.0 as usize];
     anyhow::ensure!(proven as usize == calls, "{proven} of {calls} proving RSTs were accepted");
 
+    // Full NAT and tunnel: the same VIP and backends in those modes.
+    let mode_dp = |mode: &str| -> Result<Dataplane> {
+        let cfg = BENCH_CONFIG.replace("protocol = \"tcp\"\n", &format!("protocol = \"tcp\"\nmode = \"{mode}\"\nsource_address = \"198.18.0.10\"\n"));
+        dataplane::load_configured(&Plan::build(&Config::from_toml(&cfg)?)?, &iface)
+    };
+    let nat = mode_dp("nat")?;
+    let nat_prog = &nat.skel.progs.weir_lb;
+    let nat_new = sample(nat_prog, &mut |i| frame_v4(client(i), vip, port(i), 80, true), 3)?;
+    let mut nat_ack = frame_v4(Ipv4Addr::new(10, 7, 0, 1), vip, 40000, 80, true);
+    let (_, fwd, _) = test_run(nat_prog, &nat_ack, 1)?;
+    nat_ack[47] = 0x10;
+    let nat_est = sample(nat_prog, &mut |_| nat_ack.clone(), 3)?;
+    // The backend's answer to the port the SYN above was given.
+    let backend = Ipv4Addr::new(fwd[30], fwd[31], fwd[32], fwd[33]);
+    let snat_port = u16::from_be_bytes([fwd[34], fwd[35]]);
+    let mut reply = frame_v4(backend, Ipv4Addr::new(198, 18, 0, 10), 80, snat_port, true);
+    reply[47] = 0x10;
+    let (_, back, _) = test_run(nat_prog, &reply, 1)?;
+    anyhow::ensure!(back.get(30..34) == Some(&[10, 7, 0, 1][..]), "the NAT reply did not go back to the client");
+    let nat_ret = sample(nat_prog, &mut |_| reply.clone(), 3)?;
+    let tunnel = mode_dp("tunnel")?;
+    let tun_prog = &tunnel.skel.progs.weir_lb;
+    let _ = test_run(tun_prog, &one, 1)?;
+    let tun_est = sample(tun_prog, &mut |_| one.clone(), 3)?;
+
     let rows = vec![
         make_row("trivial XDP_PASS (baseline)", "PASS", &base, &base_s),
         make_row("trivial XDP_DROP", "DROP", &drop, &base_s),
@@ -275,6 +300,10 @@ fn run_once(calls: usize) -> Result<Report> {
         make_row("shield: random-source SYN, challenge", "TX", &challenge, &base_s),
         make_row("shield: proving RST", "DROP", &prove, &base_s),
         make_row("shield: out-of-state ACK", "DROP", &out_of_state, &base_s),
+        make_row("nat: new flow (SYN, port claimed)", "TX", &nat_new, &base_s),
+        make_row("nat: forward, established", "TX", &nat_est, &base_s),
+        make_row("nat: return (backend -> client)", "TX", &nat_ret, &base_s),
+        make_row("tunnel: IPIP encap, established", "TX", &tun_est, &base_s),
     ];
     Ok(Report {
         calls_per_path: calls,

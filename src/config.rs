@@ -852,6 +852,40 @@ weight = 3
     }
 
     #[test]
+    fn nat_and_tunnel_settings() {
+        let nat = GOOD.replace("scheduler = \"round-robin\"", "scheduler = \"round-robin\"\nmode = \"nat\"\nsource_address = \"198.18.0.10\"\nsource_ports = [2000, 2999]")
+            .replace("weight = 3", "weight = 3\nport = 8080");
+        let c = Config::from_toml(&nat).unwrap();
+        assert_eq!(c.vips[0].mode, Mode::Nat);
+        assert_eq!(c.vips[0].source_ports, Some([2000, 2999]));
+        assert_eq!(c.vips[0].backends[1].port, Some(8080));
+        assert_eq!((c.conntrack.tcp_timeout, c.conntrack.tcp_fin_timeout, c.conntrack.udp_timeout), (900, 120, 60));
+        let e = err(&nat.replace("[2000, 2999]", "[2999, 2000]"));
+        assert!(e.contains("vip[0].source_ports: [2999, 2000] is not a range of ports"), "{e}");
+        let e = err(&nat.replace("198.18.0.10", "2001:2::10"));
+        assert!(e.contains("vip[0].source_address: 2001:2::10 is not of the VIP's family"), "{e}");
+        let e = err(&nat.replace("198.18.0.10", "localhost"));
+        assert!(e.contains("vip[0].source_address: 'localhost' is not an IPv4 or IPv6 address"), "{e}");
+        let e = err(&nat.replace("port = 8080", "port = 8080\niface = \"veth7\""));
+        assert!(e.contains("vip[0].backend[1].iface: mode = \"nat\" sends backends out of the interface weir runs on"), "{e}");
+        let e = err(&nat.replace("port = 80\n", ""));
+        assert!(e.contains("vip[0].backend[1].port: the VIP balances every port"), "{e}");
+        // DSR and tunnel keep the client's packet: no port change, no SNAT.
+        let e = err(&GOOD.replace("weight = 3", "weight = 3\nport = 8080"));
+        assert!(e.contains("vip[0].backend[1].port: only mode = \"nat\" can change the destination port (dsr keeps"), "{e}");
+        let e = err(&nat.replace("mode = \"nat\"", "mode = \"tunnel\"").replace("port = 8080", ""));
+        assert!(e.contains("vip[0].source_ports: only mode = \"nat\" allocates source ports"), "{e}");
+        let e = err(&GOOD.replace("scheduler = \"round-robin\"", "scheduler = \"round-robin\"\nsource_address = \"198.18.0.10\""));
+        assert!(e.contains("vip[0].source_address: only mode = \"nat\" or \"tunnel\""), "{e}");
+        let e = err(&GOOD.replace("scheduler = \"round-robin\"", "scheduler = \"round-robin\"\nicmp_too_big = false"));
+        assert!(e.contains("vip[0].icmp_too_big: only mode = \"tunnel\""), "{e}");
+        let e = err(&GOOD.replace("size = 1024", "size = 1024\nudp_timeout = 0"));
+        assert!(e.contains("conntrack.udp_timeout: 0 is out of range"), "{e}");
+        let e = err(&GOOD.replace("round-robin", "round-robin\"\nmode = \"masquerade"));
+        assert!(e.contains("unknown variant `masquerade`"), "{e}");
+    }
+
+    #[test]
     fn no_vips() {
         let e = err("[conntrack]\nsize = 10\n");
         assert!(e.contains("no [[vip]] defined"), "{e}");

@@ -16,6 +16,8 @@ fn check_prints_the_plan_with_maglev_shares() {
     assert!(ok, "{err}");
     assert!(out.contains("vip web 198.18.0.100:80 tcp scheduler=maglev mode=dsr"), "{out}");
     assert!(out.contains("backend 198.18.0.13") && out.contains("(50.00%)"), "weight 2 of 4: {out}");
+    assert!(out.contains("vip web-nat 198.18.0.101:80 tcp scheduler=maglev mode=nat"), "{out}");
+    assert!(out.contains("nat: source the interface's address, ports 1024-32767"), "{out}");
     assert!(out.trim_end().ends_with("config OK"));
 }
 

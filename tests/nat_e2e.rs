@@ -89,10 +89,18 @@ fn nat_ipv4_and_ipv6_through_the_vips() {
     let mut lab = Lab::up_mode(&format!("wnat{}", std::process::id()), "nat");
     lab.start_weir(&config("nat"));
 
+    let sniffer = lab.sniff(&["p-b1", "p-b2", "p-b3"], 120);
     let a4 = lab.curls(N, "-4", URL4, "nat4");
     let a6 = lab.curls(N, "-6", URL6, "nat6");
+    let seen = sniffer.finish();
+    eprintln!("NAT: frames towards the backends during the requests: {seen}");
     spread("NAT IPv4", &a4, &lab);
     spread("NAT IPv6", &a6, &lab);
+    // Translated: addressed to the backends, not to the VIP, not encapsulated.
+    for k in ["ipip", "ip6ip6", "vip4_plain", "vip6_plain"] {
+        assert_eq!(seen[k].as_u64(), Some(0), "{k}: {seen}");
+    }
+    assert!(seen["frames"].as_u64().unwrap() >= 6 * N as u64, "{seen}");
 
     // The backends only ever saw the balancer's own address (the default
     // source_address), never the client's.
@@ -139,10 +147,21 @@ fn tunnel_ipv4_and_ipv6_through_the_vips() {
     );
     lab.start_weir(&config("tunnel"));
 
+    // What the switch hands the backends while the requests run: the
+    // client's packets inside IPIP / IP6IP6, never bare packets to the VIP
+    // (which the backends would accept too, as in DSR).
+    let sniffer = lab.sniff(&["p-b1", "p-b2", "p-b3"], 120);
     let a4 = lab.curls(N, "-4", URL4, "tun4");
     let a6 = lab.curls(N, "-6", URL6, "tun6");
+    let seen = sniffer.finish();
+    eprintln!("tunnel: frames towards the backends during the requests: {seen}");
     spread("tunnel IPv4", &a4, &lab);
     spread("tunnel IPv6", &a6, &lab);
+    let n = |k: &str| seen[k].as_u64().unwrap();
+    // at least SYN, ACK and the request per connection
+    assert!(n("ipip") >= 3 * N as u64, "IPv4 connections reach the backends in IPIP: {seen}");
+    assert!(n("ip6ip6") >= 3 * N as u64, "IPv6 connections reach the backends in IP6IP6: {seen}");
+    assert_eq!(n("vip4_plain") + n("vip6_plain"), 0, "nothing reaches a backend addressed to the VIP unencapsulated: {seen}");
 
     // The backends saw the client itself: the tunnel keeps the client's packet.
     let reqs = lab.requests();

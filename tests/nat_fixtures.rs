@@ -124,6 +124,30 @@ address = "198.18.0.31"
 mac = "02:00:00:00:00:1f"
 
 [[vip]]
+name = "nat-dns6"
+address = "2001:2::100"
+port = 53
+protocol = "udp"
+mode = "nat"
+source_address = "2001:2::20"
+source_ports = [30000, 30999]
+[[vip.backend]]
+address = "2001:2::21"
+port = 5353
+mac = "02:00:00:00:06:15"
+
+# Port 0 (every port), default source_ports, backend port = the client's.
+[[vip]]
+name = "nat-allports"
+address = "198.18.0.104"
+protocol = "tcp"
+mode = "nat"
+source_address = "198.18.0.60"
+[[vip.backend]]
+address = "198.18.0.61"
+mac = "02:00:00:00:00:3d"
+
+[[vip]]
 name = "tun4"
 address = "198.18.0.110"
 port = 80
@@ -1356,4 +1380,80 @@ fn tunnel_mtu() {
         Some(&want.frame()),
         &["xdp_tx"],
     );
+}
+
+/// The output checker itself (no root): clean frames pass, and one flipped
+/// bit in any checksummed header is reported.
+#[test]
+fn checksum_verifier_catches_corruption() {
+    let tcp4 = Pkt::new(C4, WEB, syn_opts(1, 80), REQ).frame();
+    let udp4 = Pkt::new(C4, WEB, udp_l4(1, 53, true), b"q").frame();
+    let tcp6 = Pkt::new(C6, WEB6, syn_opts(1, 443), REQ).frame();
+    let icmp4 = Pkt::new(
+        WEB,
+        C4,
+        L4::Icmp4(Icmpv4Type::DestinationUnreachable(icmpv4::DestUnreachableHeader::FragmentationNeeded {
+            next_hop_mtu: 1400,
+        })),
+        &tcp4[14..14 + 28],
+    )
+    .frame();
+    let icmp6 = Pkt::new(WEB6, C6, L4::Icmp6(Icmpv6Type::PacketTooBig { mtu: 1280 }), &tcp6[14..14 + 48]).frame();
+    let inner = Pkt::new(C4, TUN, syn(1, 80), b"x");
+    let tun4 = ipip(&inner, TUN_S, TUN_B, TUN_BMAC).frame();
+    // (frame, byte offsets whose corruption must be caught)
+    let table: [(&str, &Vec<u8>, Vec<usize>); 6] = [
+        ("IPv4/TCP", &tcp4, vec![14 + 10, 14 + 20 + 16, 14 + 20 + 40 + 3]),
+        ("IPv4/UDP", &udp4, vec![14 + 10, 14 + 20 + 6, 14 + 28]),
+        ("IPv6/TCP", &tcp6, vec![14 + 8, 14 + 40 + 16, 14 + 40 + 40 + 3]),
+        ("ICMP", &icmp4, vec![14 + 10, 14 + 20 + 2, 14 + 20 + 8 + 10, 14 + 20 + 8 + 12]),
+        ("ICMPv6", &icmp6, vec![14 + 8, 14 + 40 + 2, 14 + 40 + 8 + 8]),
+        ("IPIP", &tun4, vec![14 + 10, 14 + 20 + 10, 14 + 20 + 20 + 16]),
+    ];
+    for (name, f, offsets) in table {
+        let mut p = Vec::new();
+        verify_frame(name, f, &mut p);
+        assert!(p.is_empty(), "{name}: clean frame reported {p:?}");
+        for off in offsets {
+            let mut bad = f.clone();
+            bad[off] ^= 0x01;
+            let mut p = Vec::new();
+            verify_frame(name, &bad, &mut p);
+            assert!(!p.is_empty(), "{name}: a flipped bit at {off} went unnoticed");
+        }
+    }
+}
+
+/// NAT IPv6 UDP forward and return.
+#[test]
+fn nat_ipv6_udp_forward_and_return() {
+    let Some(lb) = load_lb(CONFIG) else { return };
+    const S: &str = "2001:2::20";
+    const B: &str = "2001:2::21";
+    const BMAC: [u8; 6] = [0x02, 0, 0, 0, 0x06, 0x15];
+    let mut q = Pkt::new(C6, WEB6, udp_l4(5353, 53, true), b"query over IPv6").macs(LB_MAC, C6_MAC);
+    q.flow = 0x2468a;
+    let port = nat_forward(&lb, "NAT IPv6 UDP forward", &q, S, B, 5353, BMAC, (30000, 30999), &["xdp_tx", "flow_new"]);
+    let a = Pkt::new(B, S, udp_l4(5353, port, true), b"answer over IPv6").macs(LB_MAC, BMAC);
+    let want = a.clone().macs(C6_MAC, LB_MAC).addrs(WEB6, C6).ports(53, 5353);
+    check(&lb, "NAT IPv6 UDP return", &a.frame(), XDP_TX, Some(&want.frame()), &["xdp_tx", "nat_reply"]);
+}
+
+/// A port-0 NAT VIP: the backend port is the client's destination port, and
+/// the SNAT port comes from the default range [1024, 32767].
+#[test]
+fn nat_port_zero_vip_keeps_the_client_port() {
+    let Some(lb) = load_lb(CONFIG) else { return };
+    const VIP: &str = "198.18.0.104";
+    const S: &str = "198.18.0.60";
+    const B: &str = "198.18.0.61";
+    const BMAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x3d];
+    for (cport, vport) in [(40060u16, 8443u16), (40061, 22)] {
+        let c = Pkt::new(C4, VIP, syn_opts(cport, vport), REQ).ip_fields(0, 0x0606, true, 64);
+        let name = format!("port-0 NAT VIP, port {vport}");
+        let port = nat_forward(&lb, &name, &c, S, B, vport, BMAC, (1024, 32767), &["xdp_tx", "flow_new"]);
+        let r = Pkt::new(B, S, synack_opts(vport, port), b"").macs(LB_MAC, BMAC);
+        let want = r.clone().macs(CLIENT_MAC, LB_MAC).addrs(VIP, C4).ports(vport, cport);
+        check(&lb, &format!("{name}: return"), &r.frame(), XDP_TX, Some(&want.frame()), &["xdp_tx", "nat_reply"]);
+    }
 }

@@ -235,6 +235,94 @@ impl Lab {
     }
 }
 
+/// Counts the frames the switch sends towards some of its ports, by kind:
+/// "ipip" (IPv4 proto 4), "ip6ip6" (IPv6 next header 41), "vip4_plain" /
+/// "vip6_plain" (addressed to the VIP, not encapsulated), "frames" (all).
+/// A passive AF_PACKET reader inside the lab's switch namespace, bounded in
+/// time; stopped by SIGTERM to its own PID.
+pub struct Sniffer {
+    child: Option<Child>,
+}
+
+const SNIFF_PY: &str = r#"
+import json, select, signal, socket, sys, time
+deadline = time.time() + float(sys.argv[1])
+stop = False
+def on_term(*_):
+    global stop
+    stop = True
+signal.signal(signal.SIGTERM, on_term)
+socks = []
+for i in sys.argv[2:]:
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+    s.bind((i, 0))
+    socks.append(s)
+VIP4 = socket.inet_aton("198.18.0.100")
+VIP6 = socket.inet_pton(socket.AF_INET6, "2001:2::100")
+c = dict(frames=0, ipip=0, ip6ip6=0, vip4_plain=0, vip6_plain=0)
+print("ready", flush=True)
+while not stop and time.time() < deadline:
+    r, _, _ = select.select(socks, [], [], 0.1)
+    for s in r:
+        f, a = s.recvfrom(65535)
+        if a[2] != socket.PACKET_OUTGOING or len(f) < 54:
+            continue
+        c["frames"] += 1
+        if f[12:14] == b"\x08\x00":
+            if f[23] == 4:
+                c["ipip"] += 1
+            elif f[30:34] == VIP4:
+                c["vip4_plain"] += 1
+        elif f[12:14] == b"\x86\xdd":
+            if f[20] == 41:
+                c["ip6ip6"] += 1
+            elif f[38:54] == VIP6:
+                c["vip6_plain"] += 1
+print(json.dumps(c), flush=True)
+"#;
+
+impl Lab {
+    /// Start counting what the switch sends out of `ports` (e.g. "p-b1");
+    /// returns once the sockets are open. Stops by itself after `max_secs`.
+    pub fn sniff(&self, ports: &[&str], max_secs: u32) -> Sniffer {
+        use std::io::BufRead;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.ns("sw"), "python3", "-c", SNIFF_PY, &max_secs.to_string()])
+            .args(ports)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting the sniffer");
+        let mut first = String::new();
+        let mut r = std::io::BufReader::new(child.stdout.as_mut().unwrap());
+        r.read_line(&mut first).expect("sniffer output");
+        assert_eq!(first.trim(), "ready", "sniffer did not start");
+        Sniffer { child: Some(child) }
+    }
+}
+
+impl Sniffer {
+    /// Stop (SIGTERM to its own PID) and return the counts.
+    pub fn finish(mut self) -> serde_json::Value {
+        let child = self.child.take().expect("sniffer running");
+        // SAFETY: signalling our own child by PID.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let out = child.wait_with_output().expect("sniffer");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        serde_json::from_str(text.lines().last().unwrap_or(""))
+            .unwrap_or_else(|e| panic!("sniffer output {text:?}: {e}"))
+    }
+}
+
+impl Drop for Sniffer {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill(); // our own child, by PID (no-op if it exited)
+            let _ = c.wait();
+        }
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         self.stop_weir();
