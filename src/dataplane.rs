@@ -562,8 +562,11 @@ impl Dataplane {
 
     /// Entries in the flow table, counted up to `cap` (a walk is one
     /// syscall per entry: stats must not stall the control loop).
+    /// NAT flows count once (their forward entries), expired ones included
+    /// until the LRU reuses them.
     pub fn flow_count(&self, cap: usize) -> usize {
-        self.skel.maps.flows.keys().take(cap).count()
+        let dsr = self.skel.maps.flows.keys().take(cap).count();
+        dsr + self.skel.maps.nat_fwd.keys().take(cap - dsr).count()
     }
 
     /// Run the program once on `frame` through BPF_PROG_TEST_RUN: the XDP
