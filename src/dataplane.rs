@@ -147,7 +147,8 @@ impl Dataplane {
                 ("nat_fwd", settings.conntrack_size),
                 ("nat_rev", settings.conntrack_size),
             ] {
-                let fd = reuse.iter().find(|(n, _)| n == name).map(|(_, f)| f).with_context(|| format!("no map {name} handed over"))?;
+                // A map the running instance does not have (an older weir) is made anew.
+                let Some(fd) = reuse.iter().find(|(n, _)| n == name).map(|(_, f)| f) else { continue };
                 let have = crate::handoff::max_entries(fd)?;
                 if have != want {
                     bail!(
@@ -160,7 +161,12 @@ impl Dataplane {
             for mut m in open.open_object_mut().maps_mut() {
                 let name = m.name().to_string_lossy().to_string();
                 if let Some((_, fd)) = reuse.iter().find(|(n, _)| *n == name) {
-                    m.reuse_fd(fd.as_fd()).with_context(|| format!("adopting map {name} of the running instance"))?;
+                    m.reuse_fd(fd.as_fd()).with_context(|| {
+                        format!(
+                            "adopting map {name} of the running instance (a weir whose maps have another layout \
+                             cannot be taken over: weir stop, then start this one)"
+                        )
+                    })?;
                 }
             }
         }

@@ -1,0 +1,388 @@
+//! Reloads that add, change and remove a full-NAT VIP, through the
+//! Dataplane API and BPF_PROG_TEST_RUN (root; no lab): the `nat_on` switch
+//! follows the running plan (non-VIP packets look for NAT replies only while
+//! some VIP uses NAT), a conntrack-timeout change is refused and leaves the
+//! running config translating, and a new `source_address` applies to new
+//! flows. The contract is docs/nat-tunnel.md.
+//!
+//! Expected frames are built here from scratch with etherparse (checksums
+//! computed by etherparse); the only value read back from an output is the
+//! SNAT port the program chose, first checked against `source_ports`.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use common::*;
+use etherparse::{EtherType, Ethernet2Header, IpNumber, Ipv4Header, TcpHeader};
+use weir::config::Config;
+use weir::dataplane::configured_hops;
+use weir::net::Iface;
+use weir::plan::Plan;
+use weir::skel::{stat_name, STAT_COUNT};
+
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+
+const CLIENT: &str = "10.9.8.7";
+/// The DSR VIP (present in every config).
+const DSR_VIP: &str = "198.18.0.100";
+/// The NAT VIP the reloads add and remove.
+const NAT_VIP: &str = "198.18.0.101";
+const NAT_VPORT: u16 = 80;
+/// The NAT VIP's source_address, before and after the change.
+const SNAT: &str = "198.18.0.10";
+const SNAT2: &str = "198.18.0.30";
+const NAT_B: &str = "198.18.0.11";
+const NAT_BPORT: u16 = 8080;
+const NAT_BMAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
+const RANGE: (u16, u16) = (20000, 29999);
+
+const DSR_ONLY: &str = r#"
+[conntrack]
+size = 4096
+[maglev]
+table_size = 65537
+
+[[vip]]
+name = "dsr-web"
+address = "198.18.0.100"
+port = 80
+protocol = "tcp"
+[[vip.backend]]
+address = "198.18.0.21"
+mac = "02:00:00:00:00:15"
+[[vip.backend]]
+address = "198.18.0.22"
+mac = "02:00:00:00:00:16"
+"#;
+
+/// DSR_ONLY plus a NAT VIP with `source_address` (and, optionally, extra
+/// `[conntrack]` lines).
+fn with_nat(source: &str, conntrack_extra: &str) -> String {
+    let base = DSR_ONLY.replace("size = 4096\n", &format!("size = 4096\n{conntrack_extra}"));
+    format!(
+        r#"{base}
+[[vip]]
+name = "nat-web"
+address = "{NAT_VIP}"
+port = {NAT_VPORT}
+protocol = "tcp"
+mode = "nat"
+source_address = "{source}"
+source_ports = [{}, {}]
+[[vip.backend]]
+address = "{NAT_B}"
+port = {NAT_BPORT}
+mac = "02:00:00:00:00:0b"
+"#,
+        RANGE.0, RANGE.1
+    )
+}
+
+// ---------------------------------------------------------------- frames ---
+
+fn v4(s: &str) -> [u8; 4] {
+    s.parse::<Ipv4Addr>().unwrap().octets()
+}
+
+/// eth / IPv4 (id, DF, ttl 64) / TCP, every checksum computed by etherparse.
+fn frame(eth_dst: [u8; 6], eth_src: [u8; 6], src: &str, dst: &str, tcp: &TcpHeader, payload: &[u8]) -> Vec<u8> {
+    let mut tcp = tcp.clone();
+    let l4_len = (tcp.header_len() + payload.len()) as u16;
+    let mut ip = Ipv4Header::new(l4_len, 64, IpNumber::TCP, v4(src), v4(dst)).unwrap();
+    ip.identification = 0x4242;
+    ip.dont_fragment = true;
+    ip.header_checksum = ip.calc_header_checksum();
+    tcp.checksum = tcp.calc_checksum_ipv4(&ip, payload).unwrap();
+    let mut f = Ethernet2Header { source: eth_src, destination: eth_dst, ether_type: EtherType::IPV4 }.to_bytes().to_vec();
+    f.extend_from_slice(&ip.to_bytes());
+    f.extend_from_slice(&tcp.to_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+fn syn(sport: u16, dport: u16) -> TcpHeader {
+    let mut h = TcpHeader::new(sport, dport, 0x1000_0000, 64240);
+    h.syn = true;
+    h
+}
+
+fn synack(sport: u16, dport: u16) -> TcpHeader {
+    let mut h = TcpHeader::new(sport, dport, 0x2000_0000, 65160);
+    h.syn = true;
+    h.ack = true;
+    h.acknowledgment_number = 0x1000_0001;
+    h
+}
+
+fn ack(sport: u16, dport: u16) -> TcpHeader {
+    let mut h = TcpHeader::new(sport, dport, 0x1000_0001, 502);
+    h.ack = true;
+    h.psh = true;
+    h.acknowledgment_number = 0x2000_0001;
+    h
+}
+
+/// Client -> NAT VIP.
+fn client_frame(cport: u16, tcp: fn(u16, u16) -> TcpHeader, payload: &[u8]) -> Vec<u8> {
+    frame(LB_MAC, CLIENT_MAC, CLIENT, NAT_VIP, &tcp(cport, NAT_VPORT), payload)
+}
+
+/// What the client frame must become: to the backend, from `snat`:`port`.
+fn forwarded(cport: u16, tcp: fn(u16, u16) -> TcpHeader, payload: &[u8], snat: &str, port: u16) -> Vec<u8> {
+    let mut h = tcp(cport, NAT_VPORT);
+    h.source_port = port;
+    h.destination_port = NAT_BPORT;
+    frame(NAT_BMAC, LB_MAC, snat, NAT_B, &h, payload)
+}
+
+/// Backend -> `snat`:`port` (the reply to a forwarded packet).
+fn reply_frame(snat: &str, port: u16) -> Vec<u8> {
+    frame(LB_MAC, NAT_BMAC, NAT_B, snat, &synack(NAT_BPORT, port), b"")
+}
+
+/// What the reply must become: VIP -> client.
+fn reply_translated(cport: u16) -> Vec<u8> {
+    frame(CLIENT_MAC, LB_MAC, NAT_VIP, CLIENT, &synack(NAT_VPORT, cport), b"")
+}
+
+// ------------------------------------------------------------- checking ---
+
+fn stat(name: &str) -> usize {
+    (0..STAT_COUNT).find(|i| stat_name(*i) == name).unwrap_or_else(|| panic!("no counter named {name}"))
+}
+
+fn action_name(a: u32) -> String {
+    match a {
+        0 => "XDP_ABORTED".into(),
+        1 => "XDP_DROP".into(),
+        XDP_PASS => "XDP_PASS".into(),
+        XDP_TX => "XDP_TX".into(),
+        4 => "XDP_REDIRECT".into(),
+        n => format!("action {n}"),
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" ")
+}
+
+/// Run `f` once; returns action, output and the counters that changed.
+fn run(lb: &Lb, name: &str, f: &[u8]) -> (u32, Vec<u8>, BTreeMap<&'static str, u64>) {
+    let before = lb.counters();
+    let (a, out) = lb.dp.run(f).unwrap_or_else(|e| panic!("{name}: test_run: {e:#}"));
+    let after = lb.counters();
+    let rose = (0..STAT_COUNT)
+        .filter(|i| after[*i] != before[*i])
+        .map(|i| (stat_name(i), after[i].wrapping_sub(before[i])))
+        .collect();
+    (a, out, rose)
+}
+
+/// Exactly `counters` rose, each by one; every other counter stayed.
+fn want_counters(name: &str, rose: &BTreeMap<&'static str, u64>, counters: &[&str]) {
+    for c in counters {
+        stat(c);
+    }
+    let want: BTreeMap<&str, u64> = counters.iter().map(|c| (*c, 1)).collect();
+    let got: BTreeMap<&str, u64> = rose.iter().map(|(k, v)| (*k, *v)).collect();
+    assert_eq!(got, want, "{name}: counters that rose (left) differ from the contract (right)");
+}
+
+/// Action, exact output bytes (None: the input unchanged) and counters.
+fn check(lb: &Lb, name: &str, f: &[u8], action: u32, want: Option<&[u8]>, counters: &[&str]) -> Vec<u8> {
+    let (a, out, rose) = run(lb, name, f);
+    assert_eq!(action_name(a), action_name(action), "{name}: XDP action (counters that rose: {rose:?})");
+    let want = want.unwrap_or(f);
+    assert!(out == want, "{name}: output bytes\n  want {}\n  got  {}", hex(want), hex(&out));
+    want_counters(name, &rose, counters);
+    if action == XDP_TX {
+        verify_v4_tcp(name, &out);
+    }
+    out
+}
+
+/// Independent of the expected frame: the IPv4 header and TCP checksums of
+/// an output verify (etherparse recomputes both).
+fn verify_v4_tcp(name: &str, f: &[u8]) {
+    assert_eq!(&f[12..14], &[0x08, 0x00], "{name}: IPv4 ethertype");
+    let (ip, rest) = Ipv4Header::from_slice(&f[14..]).unwrap_or_else(|e| panic!("{name}: IPv4 header: {e:?}"));
+    assert_eq!(ip.header_checksum, ip.calc_header_checksum(), "{name}: IPv4 header checksum");
+    let (tcp, payload) = TcpHeader::from_slice(rest).unwrap_or_else(|e| panic!("{name}: TCP header: {e:?}"));
+    assert_eq!(tcp.checksum, tcp.calc_checksum_ipv4(&ip, payload).unwrap(), "{name}: TCP checksum");
+}
+
+/// A new NAT flow from `cport`: XDP_TX to the backend from `snat` with a
+/// port in `source_ports`, the rest of the frame exactly the client's.
+/// Returns the SNAT port.
+fn nat_new_flow(lb: &Lb, name: &str, cport: u16, snat: &str) -> u16 {
+    let f = client_frame(cport, syn, b"");
+    let (a, out, rose) = run(lb, name, &f);
+    assert_eq!(action_name(a), "XDP_TX", "{name}: XDP action (counters that rose: {rose:?})\n  output {}", hex(&out));
+    assert!(out.len() >= 14 + 20 + 20, "{name}: short output {}", hex(&out));
+    let port = u16::from_be_bytes([out[34], out[35]]);
+    assert!((RANGE.0..=RANGE.1).contains(&port), "{name}: SNAT port {port} outside source_ports {RANGE:?}");
+    // The rewritten IPv4 source, byte by byte, then the whole frame.
+    assert_eq!(out[26..30], v4(snat), "{name}: IPv4 source is the VIP's source_address {snat}");
+    assert_eq!(out[30..34], v4(NAT_B), "{name}: IPv4 destination is the backend");
+    let want = forwarded(cport, syn, b"", snat, port);
+    assert!(out == want, "{name}: output bytes\n  want {}\n  got  {}", hex(&want), hex(&out));
+    want_counters(name, &rose, &["xdp_tx", "flow_new"]);
+    verify_v4_tcp(name, &out);
+    port
+}
+
+/// The backend's reply to `snat`:`port` goes back to the client's `cport`.
+fn nat_reply(lb: &Lb, name: &str, snat: &str, port: u16, cport: u16) {
+    check(lb, name, &reply_frame(snat, port), XDP_TX, Some(&reply_translated(cport)), &["xdp_tx", "nat_reply"]);
+}
+
+fn plan_after(text: &str, prev: &Plan) -> Plan {
+    Plan::build_after(&Config::from_toml(text).expect("test config is valid"), Some(prev)).expect("plan")
+}
+
+/// `Dataplane::reload(old, new, hops, {}, {})` as `weir reload` calls it.
+fn reload(lb: &Lb, old: &Plan, new: &Plan) -> anyhow::Result<String> {
+    let iface = Iface::unattached("test0", LB_MAC);
+    let (hops, _) = configured_hops(new, &iface).expect("test backends carry MACs");
+    lb.dp.reload(old, new, &hops, &BTreeMap::new(), &BTreeSet::new())
+}
+
+// ----------------------------------------------------------------- tests ---
+
+/// DSR only -> + NAT VIP -> DSR only: NAT replies are looked for exactly
+/// while a NAT VIP is configured.
+#[test]
+fn nat_on_follows_reloads() {
+    if !require_root("NAT reload fixtures") {
+        return;
+    }
+    let lb = load(DSR_ONLY);
+    let dsr = lb.plan.clone();
+    // A "backend" frame to the would-be SNAT address, before any NAT VIP.
+    let stray = reply_frame(SNAT, 25000);
+    check(&lb, "DSR only: frame to the would-be SNAT address", &stray, XDP_PASS, None, &["xdp_pass", "pass_not_vip"]);
+    // The DSR VIP works (sanity: the program is live).
+    let dsr_syn = tcp_syn(CLIENT, DSR_VIP, 40000, 80);
+    let (a, _, _) = run(&lb, "DSR SYN", &dsr_syn);
+    assert_eq!(action_name(a), "XDP_TX", "DSR VIP forwards");
+
+    // + NAT VIP.
+    let nat = plan_after(&with_nat(SNAT, ""), &dsr);
+    let said = reload(&lb, &dsr, &nat).expect("reload adding a NAT VIP");
+    assert!(said.contains("2 VIPs (+1 -0)"), "{said}");
+    let port = nat_new_flow(&lb, "after adding the NAT VIP: client SYN", 40001, SNAT);
+    let reply = reply_frame(SNAT, port);
+    nat_reply(&lb, "after adding the NAT VIP: backend's reply", SNAT, port, 40001);
+    // The client's ACK on the tracked flow: same port, flow_hit.
+    check(
+        &lb,
+        "after adding the NAT VIP: client ACK on the tracked flow",
+        &client_frame(40001, ack, b"GET / HTTP/1.1\r\n\r\n"),
+        XDP_TX,
+        Some(&forwarded(40001, ack, b"GET / HTTP/1.1\r\n\r\n", SNAT, port)),
+        &["xdp_tx", "flow_hit"],
+    );
+    // The stray frame still passes (no flow on that port).
+    if port != 25000 {
+        check(&lb, "NAT on: frame to an unused SNAT port", &stray, XDP_PASS, None, &["xdp_pass", "pass_not_vip"]);
+    }
+
+    // Back to DSR only: the same reply, with its flow still in the table,
+    // is the kernel's again (nat_on off).
+    let back = plan_after(DSR_ONLY, &nat);
+    let said = reload(&lb, &nat, &back).expect("reload removing the NAT VIP");
+    assert!(said.contains("1 VIPs (+0 -1)"), "{said}");
+    check(&lb, "back to DSR only: the reply of a live NAT flow", &reply, XDP_PASS, None, &["xdp_pass", "pass_not_vip"]);
+    // The client's packets to the removed VIP are not translated either.
+    check(
+        &lb,
+        "back to DSR only: client to the removed NAT VIP",
+        &client_frame(40001, ack, b"late"),
+        XDP_PASS,
+        None,
+        &["xdp_pass", "pass_not_vip"],
+    );
+    let (a, _, _) = run(&lb, "DSR SYN after the reloads", &dsr_syn);
+    assert_eq!(action_name(a), "XDP_TX", "the DSR VIP still forwards");
+}
+
+/// A conntrack-timeout change is a restart: refused with the reason,
+/// nothing written, the running NAT VIP keeps translating.
+#[test]
+fn a_conntrack_timeout_change_is_refused_and_nat_keeps_working() {
+    if !require_root("NAT reload fixtures") {
+        return;
+    }
+    let lb = load(DSR_ONLY);
+    let dsr = lb.plan.clone();
+    let nat = plan_after(&with_nat(SNAT, ""), &dsr);
+    reload(&lb, &dsr, &nat).expect("reload adding a NAT VIP");
+    let port = nat_new_flow(&lb, "before the refused reload", 41001, SNAT);
+
+    for extra in ["tcp_timeout = 300\n", "tcp_syn_timeout = 5\n", "tcp_fin_timeout = 61\n", "udp_timeout = 30\n"] {
+        // The new config also moves the source address: were anything
+        // written before the refusal, the next new flow would show it.
+        let bad = plan_after(&with_nat(SNAT2, extra), &nat);
+        let e = reload(&lb, &nat, &bad).expect_err(&format!("a reload changing {} is refused", extra.trim()));
+        let text = format!("{e:#}");
+        assert!(text.contains("restart weir"), "{}: the refusal says to restart weir: {text}", extra.trim());
+        assert!(text.contains("timeout"), "{}: the refusal names the timeout: {text}", extra.trim());
+    }
+
+    // The running config translates on: the old flow both ways, and a new one
+    // still from the old source address.
+    check(
+        &lb,
+        "after the refusals: tracked flow, client side",
+        &client_frame(41001, ack, b"x"),
+        XDP_TX,
+        Some(&forwarded(41001, ack, b"x", SNAT, port)),
+        &["xdp_tx", "flow_hit"],
+    );
+    nat_reply(&lb, "after the refusals: tracked flow, reply", SNAT, port, 41001);
+    let port2 = nat_new_flow(&lb, "after the refusals: a new flow", 41002, SNAT);
+    nat_reply(&lb, "after the refusals: the new flow's reply", SNAT, port2, 41002);
+    // Nothing to the would-be new address is translated.
+    check(&lb, "after the refusals: reply to the refused source", &reply_frame(SNAT2, port2), XDP_PASS, None, &["xdp_pass", "pass_not_vip"]);
+}
+
+/// A new source_address: new flows leave from it; a flow tracked before
+/// keeps the address its backend knows.
+#[test]
+fn a_new_source_address_applies_to_new_flows() {
+    if !require_root("NAT reload fixtures") {
+        return;
+    }
+    let lb = load(DSR_ONLY);
+    let dsr = lb.plan.clone();
+    let nat = plan_after(&with_nat(SNAT, ""), &dsr);
+    reload(&lb, &dsr, &nat).expect("reload adding a NAT VIP");
+    let old_port = nat_new_flow(&lb, "old source: new flow", 42001, SNAT);
+
+    let moved = plan_after(&with_nat(SNAT2, ""), &nat);
+    assert_eq!(moved.vips[1].id, nat.vips[1].id, "the NAT VIP keeps its id across the reload");
+    let said = reload(&lb, &nat, &moved).expect("reload changing source_address");
+    assert!(said.contains("2 VIPs (+0 -0)"), "{said}");
+
+    for (i, cport) in [42002u16, 42003, 42004].into_iter().enumerate() {
+        let name = format!("new source: new flow {i}");
+        let port = nat_new_flow(&lb, &name, cport, SNAT2);
+        nat_reply(&lb, &format!("{name}: reply to the new source"), SNAT2, port, cport);
+        // Its reply to the old address is no flow of ours.
+        check(&lb, &format!("{name}: reply to the old source"), &reply_frame(SNAT, port), XDP_PASS, None, &["xdp_pass", "pass_not_vip"]);
+    }
+
+    // The flow tracked before the change keeps its address both ways.
+    check(
+        &lb,
+        "old flow after the change: client side",
+        &client_frame(42001, ack, b"y"),
+        XDP_TX,
+        Some(&forwarded(42001, ack, b"y", SNAT, old_port)),
+        &["xdp_tx", "flow_hit"],
+    );
+    nat_reply(&lb, "old flow after the change: reply", SNAT, old_port, 42001);
+}
