@@ -853,7 +853,7 @@ weight = 3
 
     #[test]
     fn nat_and_tunnel_settings() {
-        let nat = GOOD.replace("scheduler = \"round-robin\"", "scheduler = \"round-robin\"\nmode = \"nat\"\nsource_address = \"198.18.0.10\"\nsource_ports = [2000, 2999]")
+        let nat = GOOD.replace("scheduler = \"round-robin\"", "scheduler = \"round-robin\"\nmode = \"nat\"\nsource_address = \"198.18.0.9\"\nsource_ports = [2000, 2999]")
             .replace("weight = 3", "weight = 3\nport = 8080");
         let c = Config::from_toml(&nat).unwrap();
         assert_eq!(c.vips[0].mode, Mode::Nat);
@@ -862,9 +862,9 @@ weight = 3
         assert_eq!((c.conntrack.tcp_timeout, c.conntrack.tcp_fin_timeout, c.conntrack.udp_timeout), (900, 120, 60));
         let e = err(&nat.replace("[2000, 2999]", "[2999, 2000]"));
         assert!(e.contains("vip[0].source_ports: [2999, 2000] is not a range of ports"), "{e}");
-        let e = err(&nat.replace("198.18.0.10", "2001:2::10"));
+        let e = err(&nat.replace("198.18.0.9", "2001:2::10"));
         assert!(e.contains("vip[0].source_address: 2001:2::10 is not of the VIP's family"), "{e}");
-        let e = err(&nat.replace("198.18.0.10", "localhost"));
+        let e = err(&nat.replace("198.18.0.9", "localhost"));
         assert!(e.contains("vip[0].source_address: 'localhost' is not an IPv4 or IPv6 address"), "{e}");
         let e = err(&nat.replace("port = 8080", "port = 8080\niface = \"veth7\""));
         assert!(e.contains("vip[0].backend[1].iface: mode = \"nat\" sends backends out of the interface weir runs on"), "{e}");

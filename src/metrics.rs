@@ -142,6 +142,7 @@ mod tests {
                 port: 80,
                 protocol: "tcp".into(),
                 scheduler: "maglev".into(),
+                mode: "dsr".into(),
                 packets: 9,
                 bytes: 900,
                 new_flows: 3,

@@ -43,6 +43,9 @@ pub struct VipStats {
     pub port: u16,
     pub protocol: String,
     pub scheduler: String,
+    /// dsr | nat | tunnel (absent in snapshots of older instances).
+    #[serde(default)]
+    pub mode: String,
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
@@ -93,6 +96,7 @@ impl Snapshot {
                 port: v.port,
                 protocol: v.proto.to_string(),
                 scheduler: v.sched.to_string(),
+                mode: v.mode.to_string(),
                 packets: t.packets,
                 bytes: t.bytes,
                 new_flows: t.new_flows,
@@ -165,7 +169,10 @@ impl Snapshot {
             let pv = prev.and_then(|p| p.vips.get(vi));
             let addr = fmt_addr(v.address.parse().unwrap_or(std::net::IpAddr::from([0, 0, 0, 0])));
             let port = if v.port == 0 { "*".into() } else { v.port.to_string() };
-            let label = format!("{} {}:{}/{} ({})", v.name, addr, port, v.protocol, v.scheduler);
+            let label = match v.mode.as_str() {
+                "" | "dsr" => format!("{} {}:{}/{} ({})", v.name, addr, port, v.protocol, v.scheduler),
+                m => format!("{} {}:{}/{} ({}, {m})", v.name, addr, port, v.protocol, v.scheduler),
+            };
             let _ = writeln!(
                 s,
                 "{:<44} {:>12} {:>10} {:>14} {:>10}",
@@ -225,6 +232,7 @@ mod tests {
                 port: 80,
                 protocol: "tcp".into(),
                 scheduler: "maglev".into(),
+                mode: "dsr".into(),
                 packets: pkts,
                 bytes: pkts * 60,
                 new_flows: 1,
