@@ -16,6 +16,12 @@
 #                  lab/README-lab.md). Stored in the state directory, so
 #                  `down`/`status` do not need it. tunnel needs WEIR: each
 #                  backend runs `weir decap --iface b0` (PID recorded).
+#          ROUTED_LAB=1 (at `up` only) also builds a router ${PREFIX}-rt on the
+#                  bridge (198.18.0.254, 2001:2::254) and behind it, in another
+#                  subnet, a fourth backend ${PREFIX}-b4 (198.20.0.14,
+#                  2001:20::14) set up like the others for LAB_MODE; the
+#                  balancer gets routes to 198.20.0.0/24 and 2001:20::/64 via
+#                  the router. `down` always removes these if present.
 #   state: /run/weir-lab/${PREFIX}  (pid files, logs, web roots, mode,
 #          big.sha256: sha256 of the 50 MB big.bin in every web root)
 #
@@ -29,12 +35,17 @@ set -Eeuo pipefail
 PREFIX="${PREFIX:-weir}"
 WEIR="${WEIR:-}"
 SHIELD=0 # set from SHIELD_LAB by `up` only
+ROUTED=0 # set from ROUTED_LAB by `up` only
 MODE=dsr # set from LAB_MODE by `up` only; `status` reads $STATE/mode
 BIG_MB=50 # size of big.bin in every web root
 BACKENDS=(b1 b2 b3)
 HOSTS=(client lb b1 b2 b3)
 # SHIELD_LAB=1 extras; `down`/`status` always look for them
 SHIELD_HOSTS=(atk nat client2)
+# ROUTED_LAB=1 extras (router, off-link backend); `down`/`status` always look for them
+ROUTED_HOSTS=(rt b4)
+# every backend with a web server: BACKENDS, plus b4 in a routed lab
+ALL_BACKENDS=("${BACKENDS[@]}")
 
 die() { echo "lab.sh: error: $*" >&2; exit 1; }
 log() { echo "lab.sh: $*"; }
@@ -68,6 +79,7 @@ addr_of() {
 	b1) echo 11 ;;
 	b2) echo 12 ;;
 	b3) echo 13 ;;
+	b4) echo 14 ;;
 	atk) echo 66 ;;
 	nat) echo 70 ;;
 	esac
@@ -78,6 +90,11 @@ VIP4=198.18.0.100
 VIP6=2001:2::100
 # behind the NAT box (still inside RFC 2544's 198.18.0.0/15)
 NATNET=198.19.0
+# ROUTED_LAB=1: the router's side of the bridge, and the subnet behind it
+RT4=198.18.0.254
+RT6=2001:2::254
+ROUTED4=198.20.0
+ROUTED6=2001:20:
 
 # ---------------------------------------------------------------- checks ---
 need_root() {
@@ -103,7 +120,7 @@ ns_exists() { [[ -e "/run/netns/$1" ]] || ip netns list 2>/dev/null | awk '{prin
 lab_exists() {
 	[[ -d "$STATE" ]] && return 0
 	local h
-	for h in sw "${HOSTS[@]}" "${SHIELD_HOSTS[@]}"; do
+	for h in sw "${HOSTS[@]}" "${SHIELD_HOSTS[@]}" "${ROUTED_HOSTS[@]}"; do
 		ns_exists "$(ns "$h")" && return 0
 	done
 	return 1
@@ -143,16 +160,17 @@ kill_recorded() {
 do_down() {
 	local b h n pids
 	if [[ -d "$STATE" ]]; then
-		for b in "${BACKENDS[@]}"; do
+		# b4: the routed lab's backend (ROUTED_LAB=1), if it was built
+		for b in "${BACKENDS[@]}" b4; do
 			kill_recorded "$STATE/$b.pid" "http.server"
 		done
 		kill_recorded "$STATE/xdp-stub.pid" "xdp-stub"
 		# tunnel mode: the decapsulators detach themselves on SIGTERM
-		for b in "${BACKENDS[@]}"; do
+		for b in "${BACKENDS[@]}" b4; do
 			kill_recorded "$STATE/$b-decap.pid" "decap"
 		done
 	fi
-	for h in "${SHIELD_HOSTS[@]}" "${HOSTS[@]}" sw; do
+	for h in "${ROUTED_HOSTS[@]}" "${SHIELD_HOSTS[@]}" "${HOSTS[@]}" sw; do
 		n="$(ns "$h")"
 		ns_exists "$n" || continue
 		pids="$(ip netns pids "$n" 2>/dev/null | tr '\n' ' ' || true)"
@@ -239,7 +257,7 @@ build_backend() {
 # backend's copy) into every web root; its sha256 goes to $STATE/big.sha256.
 make_big() {
 	local b first=""
-	for b in "${BACKENDS[@]}"; do
+	for b in "${ALL_BACKENDS[@]}"; do
 		mkdir -p "$STATE/www-$b"
 		if [[ -z "$first" ]]; then
 			first="$STATE/www-$b/big.bin"
@@ -330,6 +348,59 @@ build_nat() {
 		    {"drop": null}]}}
 		]}
 	EOF
+}
+
+# --------------------------------------------------- ROUTED_LAB=1 extras ---
+# A router on the bridge and, behind it in 198.20.0.0/24 / 2001:20::/64, a
+# fourth backend: weir must reach it through the router's MAC (`ip route
+# get`'s gateway), in nat and tunnel modes.
+#
+#   br0 ... p-rt --- r0 [rt] r1 --- b0 [b4]
+#                .254 ::254    .20.0.254 / 2001:20::254   .20.0.14 / 2001:20::14
+build_routed() {
+	local rt b4
+	rt="$(ns rt)"
+	b4="$(ns b4)"
+	new_ns rt
+	# Forwarding on; no reverse-path filtering: in tunnel mode b4 answers the
+	# client from the VIP (198.18.0.100, on-link behind r0) and that packet
+	# arrives on r1. rp_filter is max(all, iface): clear default before the
+	# interfaces exist, all, and each interface.
+	sysctl_ns rt net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
+	# switch port p-rt <-> the router's r0: created in the switch namespace,
+	# peer placed straight into the router's (never in the root namespace)
+	ip -n "$SW" link add p-rt type veth peer name r0 netns "$rt"
+	ip -n "$SW" link set p-rt master br0
+	ip -n "$SW" link set p-rt up
+	ip -n "$rt" addr add "$RT4/24" dev r0
+	ip -n "$rt" -6 addr add "$RT6/64" dev r0 nodad
+	ip -n "$rt" link set r0 up
+	nsx rt ethtool -K r0 tx off >/dev/null
+
+	new_ns b4
+	# r1 <-> b4's b0: created in the router's namespace, peer placed straight
+	# into b4's
+	ip -n "$rt" link add r1 type veth peer name b0 netns "$b4"
+	ip -n "$rt" addr add "$ROUTED4.254/24" dev r1
+	ip -n "$rt" -6 addr add "${ROUTED6}:254/64" dev r1 nodad
+	ip -n "$rt" link set r1 up
+	nsx rt ethtool -K r1 tx off >/dev/null
+	sysctl_ns rt net.ipv4.conf.r0.rp_filter=0 net.ipv4.conf.r1.rp_filter=0 \
+		net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 net.ipv6.conf.default.forwarding=1
+
+	ip -n "$b4" addr add "$ROUTED4.$(addr_of b4)/24" dev b0
+	ip -n "$b4" -6 addr add "${ROUTED6}:$(addr_of b4)/64" dev b0 nodad
+	ip -n "$b4" link set b0 up
+	nsx b4 ethtool -K b0 tx off >/dev/null
+	ip -n "$b4" route add default via "$ROUTED4.254"
+	ip -n "$b4" -6 route add default via "${ROUTED6}:254"
+
+	# the balancer reaches b4's subnet through the router
+	ip -n "$(ns lb)" route add "$ROUTED4.0/24" via "$RT4"
+	ip -n "$(ns lb)" -6 route add "${ROUTED6}:/64" via "$RT6"
+
+	# VIP on lo, ARP and rp_filter settings per LAB_MODE, as b1..b3
+	build_backend b4
 }
 
 # Replies to spoofed sources: a default route to a device that discards what
@@ -503,6 +574,11 @@ do_up() {
 	for h in "${BACKENDS[@]}"; do
 		build_backend "$h"
 	done
+	if ((ROUTED)); then
+		build_routed
+		ALL_BACKENDS+=(b4)
+		: >"$STATE/routed"
+	fi
 	if ((SHIELD)); then
 		build_atk
 		build_nat
@@ -513,18 +589,19 @@ do_up() {
 	fi
 	start_stub
 	if [[ "$MODE" == tunnel ]]; then
-		for h in "${BACKENDS[@]}"; do
+		for h in "${ALL_BACKENDS[@]}"; do
 			start_decap "$h"
 		done
 	fi
 	make_big
-	for h in "${BACKENDS[@]}"; do
+	for h in "${ALL_BACKENDS[@]}"; do
 		start_server "$h"
 	done
 	UP_BUILDING=0
 	trap - ERR INT TERM EXIT
 	local extra=""
-	((SHIELD)) && extra=" $(ns atk) $(ns nat) $(ns client2) (SHIELD_LAB)"
+	((ROUTED)) && extra+=" $(ns rt) $(ns b4) (ROUTED_LAB)"
+	((SHIELD)) && extra+=" $(ns atk) $(ns nat) $(ns client2) (SHIELD_LAB)"
 	log "lab '$PREFIX' is up (mode $MODE): namespaces $(ns sw) $(ns client) $(ns lb) $(ns b1) $(ns b2) $(ns b3)$extra; state in $STATE"
 }
 
@@ -536,6 +613,36 @@ probe() { # probe BACKEND -> prints body, fails if no answer
 	else
 		nsx client python3 -c 'import sys,urllib.request as u; sys.stdout.write(u.urlopen(sys.argv[1], timeout=2).read().decode())' "$url"
 	fi
+}
+
+# b4 is off-link for the client (which has no route to it): probe it from
+# the balancer's namespace, through the router.
+status_b4() {
+	local mode="$1" pid state body url="http://$ROUTED4.$(addr_of b4)/" ok=0
+	pid="$(cat "$STATE/b4.pid" 2>/dev/null || true)"
+	state="pid ${pid:-?}"
+	if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then state+=" running"; else state+=" not running"; fi
+	if ns_exists "$(ns lb)" && ns_exists "$(ns rt)" && ns_exists "$(ns b4)" &&
+		body="$(if command -v curl >/dev/null 2>&1; then
+			nsx lb curl -s --max-time 2 "$url"
+		else
+			nsx lb python3 -c 'import sys,urllib.request as u; sys.stdout.write(u.urlopen(sys.argv[1], timeout=2).read().decode())' "$url"
+		fi 2>/dev/null)" && [[ "$body" == b4 ]]; then
+		echo "  backend b4 ($ROUTED4.$(addr_of b4), via $RT4): answers '$body' to the balancer ($state)"
+	else
+		echo "  backend b4 ($ROUTED4.$(addr_of b4), via $RT4): NO ANSWER to the balancer ($state)"
+		ok=1
+	fi
+	if [[ "$mode" == tunnel ]]; then
+		pid="$(cat "$STATE/b4-decap.pid" 2>/dev/null || true)"
+		if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null && ns_exists "$(ns b4)" && decap_attached b4; then
+			echo "  backend b4: decapsulator attached to b0 (pid $pid)"
+		else
+			echo "  backend b4: decapsulator NOT RUNNING (pid ${pid:-?})"
+			ok=1
+		fi
+	fi
+	return "$ok"
 }
 
 do_status() {
@@ -570,6 +677,18 @@ do_status() {
 			echo "  $SW/p-lb: no XDP program"
 		fi
 	fi
+	# ROUTED_LAB extras: listed when present (or when up built them)
+	local routed=0
+	[[ -f "$STATE/routed" ]] && routed=1
+	for h in "${ROUTED_HOSTS[@]}"; do
+		n="$(ns "$h")"
+		if ns_exists "$n"; then
+			echo "  netns $n: present (ROUTED_LAB)"
+		elif ((routed)); then
+			echo "  netns $n: MISSING (ROUTED_LAB)"
+			ok=1
+		fi
+	done
 	for h in "${BACKENDS[@]}"; do
 		pid="$(cat "$STATE/$h.pid" 2>/dev/null || true)"
 		state="pid ${pid:-?}"
@@ -591,6 +710,9 @@ do_status() {
 			fi
 		fi
 	done
+	if ((routed)) || ns_exists "$(ns b4)"; then
+		status_b4 "$mode" || ok=1
+	fi
 	return "$ok"
 }
 
@@ -601,6 +723,11 @@ up)
 	1) SHIELD=1 ;;
 	"" | 0) SHIELD=0 ;;
 	*) die "SHIELD_LAB must be 1 (or unset/0), got '${SHIELD_LAB}'" ;;
+	esac
+	case "${ROUTED_LAB:-}" in
+	1) ROUTED=1 ;;
+	"" | 0) ROUTED=0 ;;
+	*) die "ROUTED_LAB must be 1 (or unset/0), got '${ROUTED_LAB}'" ;;
 	esac
 	case "${LAB_MODE:-}" in
 	"" | dsr) MODE=dsr ;;
@@ -627,7 +754,7 @@ status)
 	do_status
 	;;
 *)
-	echo "usage: [PREFIX=weir] [WEIR=/path/to/weir] [SHIELD_LAB=1] [LAB_MODE=dsr|nat|tunnel] $0 up|down|status" >&2
+	echo "usage: [PREFIX=weir] [WEIR=/path/to/weir] [SHIELD_LAB=1] [ROUTED_LAB=1] [LAB_MODE=dsr|nat|tunnel] $0 up|down|status" >&2
 	exit 2
 	;;
 esac

@@ -330,3 +330,131 @@ impl Drop for Lab {
         let _ = std::fs::remove_file(&self.config);
     }
 }
+
+// ------------------------------------------- routed lab and lab processes ---
+
+impl Lab {
+    /// `lab.sh up` with `LAB_MODE=mode` and `ROUTED_LAB=1`: a router
+    /// `${PREFIX}-rt` on the bridge and the off-link backend `${PREFIX}-b4`
+    /// (198.20.0.14, 2001:20::14) behind it.
+    pub fn up_routed(prefix: &str, mode: &str) -> Lab {
+        Self::up_with(prefix, &[("LAB_MODE", mode), ("ROUTED_LAB", "1")])
+    }
+
+    /// Every request line in the http.server logs of `backends` ("b1".."b4").
+    pub fn requests_of(&self, backends: &[&str]) -> Vec<Request> {
+        let mut v = Vec::new();
+        for b in backends {
+            let log = std::fs::read_to_string(format!("{}/{b}.log", self.state())).unwrap_or_default();
+            for l in log.lines() {
+                let (Some(peer), Some(q)) = (l.split_whitespace().next(), l.split('"').nth(1)) else { continue };
+                if l.split_whitespace().nth(1) != Some("-") {
+                    continue;
+                }
+                v.push(Request { backend: (*b).into(), peer: peer.into(), line: q.into() });
+            }
+        }
+        v
+    }
+
+    /// Run `args` (no shell) in the host's namespace and wait for it.
+    pub fn exec(&self, host: &str, args: &[&str]) -> std::process::Output {
+        Command::new("ip").args(["netns", "exec", &self.ns(host)]).args(args).output().expect("ip netns exec")
+    }
+
+    /// Start `args` (no shell) in the host's namespace in the background,
+    /// stdout and stderr to `log`. `ip netns exec` execs the command, so the
+    /// child's PID is the command's own; [`NsProcess`] stops it by that PID.
+    pub fn spawn_in(&self, host: &str, args: &[&str], log: &std::path::Path) -> NsProcess {
+        let out = std::fs::File::create(log).expect("creating a process log");
+        let err = out.try_clone().unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns(host)])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("starting a process in the lab");
+        NsProcess { child: Some(child), what: format!("{host}: {}", args.first().unwrap_or(&"")) }
+    }
+
+    /// Wait until something listens on TCP `port` in the host's namespace.
+    pub fn wait_listening(&self, host: &str, port: u16, p: &mut NsProcess) {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            let o = self.exec(host, &["ss", "-Hltn", &format!("sport = :{port}")]);
+            if !String::from_utf8_lossy(&o.stdout).trim().is_empty() {
+                return;
+            }
+            if let Some(c) = p.child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    panic!("{} exited before listening on :{port}: {st}", p.what);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{} not listening on :{port} after 10 s", p.what);
+    }
+
+    /// [`Lab::diagnostics`] plus the router and the off-link backend b4.
+    pub fn diagnostics_routed(&self) -> String {
+        let mut s = self.diagnostics();
+        for (host, cmd) in [
+            ("lb", "ip route; ip -6 route; ip neigh"),
+            ("rt", "ip -s link show r0; ip -s link show r1; ip neigh; nstat -az | grep -Ei 'Forw|InAddrErr|OutNoRoutes|InHdrErr|FragFail|TooBig'"),
+            ("b4", "ip -s -d link show b0; ethtool -S b0 | grep -v ': 0$'; ip route; nstat -az | grep -Ei 'csum|InErr|NoPorts|InAddrErr'"),
+            ("client", "ip neigh; ip route get 198.18.0.100; ip -6 route get 2001:2::100; nstat -az | grep -Ei 'csum|InErr|Icmp.*(Dest|TooBig)'"),
+        ] {
+            let o = self.sh(host, cmd);
+            s += &format!(
+                "--- {}: {cmd}\n{}{}",
+                self.ns(host),
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        if let Ok(l) = std::fs::read_to_string(format!("{}/b4-decap.log", self.state())) {
+            s += &format!("--- b4-decap.log\n{l}");
+        }
+        s
+    }
+}
+
+/// A process a test started inside a lab namespace (see [`Lab::spawn_in`]):
+/// stopped by its own PID (SIGTERM, then SIGKILL) on drop. Declare it after
+/// the [`Lab`] so it is dropped (stopped) before the lab is torn down.
+pub struct NsProcess {
+    child: Option<Child>,
+    what: String,
+}
+
+impl NsProcess {
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn stop(&mut self) {
+        let Some(mut c) = self.child.take() else { return };
+        if let Ok(Some(_)) = c.try_wait() {
+            return;
+        }
+        // SAFETY: signalling our own child by PID.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(3) {
+            if let Ok(Some(_)) = c.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill(); // SIGKILL, by PID
+        let _ = c.wait();
+    }
+}
+
+impl Drop for NsProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
