@@ -18,6 +18,7 @@
 #include "sched.h"
 #include "forward.h"
 #include "shield.h"
+#include "admit.h"
 #include "nat.h"
 #include "tunnel.h"
 
@@ -116,26 +117,10 @@ static __always_inline int process(struct xdp_md *ctx, struct packet *pkt, __u32
 		}
 		/* Its backend left (or its id went to another): reschedule, not blackhole. */
 		stat_inc(c, WEIR_STAT_FLOW_RESCHEDULED);
-	} else if (shield_on && pkt->key.proto == IPPROTO_TCP && !(pkt->tcp_flags & TCP_SYN)) {
-		/* ACK / RST / FIN floods: in attack mode no tracked flow, no new state. */
-		int dry = 0;
-
-		if (shield_untracked(vip->vip_id, &dry)) {
-			if (!dry)
-				return drop_because(c, WEIR_STAT_SHIELD_OUT_OF_STATE);
-			stat_inc(c, WEIR_STAT_SHIELD_OUT_OF_STATE);
-			stat_inc(c, WEIR_STAT_SHIELD_DRY_RUN);
-		}
 	}
-
-	bid = schedule(vip, &pkt->key);
-	be = bpf_map_lookup_elem(&backends, &bid);
-	if (!be || !(be->flags & WEIR_BACKEND_ACTIVE)) {
-		traffic_add(&vip_stats, vip->vip_id, bytes, 0);
-		return drop_because(c, WEIR_STAT_DROP_NO_BACKEND);
-	}
-	if (shield_on && !flow_guard_take())
-		return drop_because(c, WEIR_STAT_SHIELD_FLOW_GUARD);
+	be = admit_new_flow(c, pkt, vip, f != NULL, bytes, &bid, &rc);
+	if (!be)
+		return rc;
 	{
 		struct flow nf = { .backend_id = bid, .vip_id = vip->vip_id, .generation = be->generation };
 

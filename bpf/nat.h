@@ -15,6 +15,7 @@
 #include "stats.h"
 #include "csum.h"
 #include "sched.h"
+#include "admit.h"
 
 /* Set by the control plane while some VIP is in NAT mode: only then do
  * non-VIP packets pay the reverse lookup. */
@@ -191,7 +192,7 @@ static __always_inline int nat_forward(struct stat_block *c, void *data, void *d
 	__u32 bid;
 	__u16 sport, dport;
 	__u32 source[4];
-	int new_flow = 0;
+	int new_flow = 0, action;
 
 	if ((void *)(eth + 1) > data_end)
 		return verdict(c, XDP_DROP);
@@ -215,25 +216,10 @@ static __always_inline int nat_forward(struct stat_block *c, void *data, void *d
 		}
 		/* Backend gone, flow expired, or its port now another flow's. */
 		stat_inc(c, WEIR_STAT_FLOW_RESCHEDULED);
-	} else if (shield_on && pkt->key.proto == IPPROTO_TCP && !(pkt->tcp_flags & TCP_SYN)) {
-		int dry = 0;
-
-		if (shield_untracked(vip->vip_id, &dry)) {
-			if (!dry)
-				return drop_because(c, WEIR_STAT_SHIELD_OUT_OF_STATE);
-			stat_inc(c, WEIR_STAT_SHIELD_OUT_OF_STATE);
-			stat_inc(c, WEIR_STAT_SHIELD_DRY_RUN);
-		}
 	}
-
-	bid = schedule(vip, &pkt->key);
-	be = bpf_map_lookup_elem(&backends, &bid);
-	if (!be || !(be->flags & WEIR_BACKEND_ACTIVE)) {
-		traffic_add(&vip_stats, vip->vip_id, bytes, 0);
-		return drop_because(c, WEIR_STAT_DROP_NO_BACKEND);
-	}
-	if (shield_on && !flow_guard_take())
-		return drop_because(c, WEIR_STAT_SHIELD_FLOW_GUARD);
+	be = admit_new_flow(c, pkt, vip, f != NULL, bytes, &bid, &action);
+	if (!be)
+		return action;
 	{
 		struct nat_rev nr = {
 			.client_port = pkt->key.sport,
