@@ -8,11 +8,6 @@ mod common;
 use common::*;
 use weir::skel::{stat_name, STAT_COUNT};
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
-
 const CONFIG: &str = r#"
 [conntrack]
 size = 4096
@@ -76,10 +71,6 @@ address = "198.18.0.41"
 mac = "02:00:00:00:00:29"
 weight = 0
 "#;
-
-fn stat(name: &str) -> usize {
-    (0..STAT_COUNT).find(|i| stat_name(*i) == name).unwrap_or_else(|| panic!("no counter {name}"))
-}
 
 struct Case {
     name: String,

@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::lab::{Lab, Request};
+use common::lab::{counter, Lab, Request};
 use common::require_root;
 
 const N: usize = 30;
@@ -75,10 +75,6 @@ fn big_download(lab: &Lab, what: &str) {
     }
     let served: Vec<String> = lab.requests().iter().filter(|r| r.line.contains("big.bin")).map(|r| format!("{} from {}", r.backend, r.peer)).collect();
     eprintln!("{what}: big.bin served by {served:?}");
-}
-
-fn counter(s: &serde_json::Value, name: &str) -> u64 {
-    s["counters"][name].as_u64().unwrap_or_else(|| panic!("weir stats has no counter '{name}': {}", s["counters"]))
 }
 
 #[test]

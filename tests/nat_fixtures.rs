@@ -21,10 +21,6 @@ use etherparse::{
 };
 use weir::skel::{stat_name, STAT_COUNT};
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-
 // ------------------------------------------------------------ the config ---
 
 const C4: &str = "10.1.2.3";
@@ -630,12 +626,6 @@ fn verify_frame(what: &str, f: &[u8], problems: &mut Vec<String>) {
 
 // ------------------------------------------------------------- checking ---
 
-fn stat(name: &str) -> usize {
-    (0..STAT_COUNT)
-        .find(|i| stat_name(*i) == name)
-        .unwrap_or_else(|| panic!("no counter named {name} in skel::stat_name"))
-}
-
 struct Run {
     action: u32,
     out: Vec<u8>,
@@ -648,21 +638,6 @@ fn run(lb: &Lb, name: &str, frame: &[u8]) -> Run {
     let after = lb.counters();
     let delta = after.iter().zip(&before).map(|(a, b)| a.wrapping_sub(*b)).collect();
     Run { action, out, delta }
-}
-
-fn action_name(a: u32) -> String {
-    match a {
-        0 => "XDP_ABORTED".into(),
-        XDP_DROP => "XDP_DROP".into(),
-        XDP_PASS => "XDP_PASS".into(),
-        XDP_TX => "XDP_TX".into(),
-        4 => "XDP_REDIRECT".into(),
-        n => format!("action {n}"),
-    }
-}
-
-fn hex_row(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" ")
 }
 
 /// Rows (16 bytes) where `want` and `got` differ, both shown.

@@ -22,9 +22,6 @@ use weir::net::Iface;
 use weir::plan::Plan;
 use weir::skel::{stat_name, STAT_COUNT};
 
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-
 const CLIENT: &str = "10.9.8.7";
 /// The DSR VIP (present in every config).
 const DSR_VIP: &str = "198.18.0.100";
@@ -150,25 +147,6 @@ fn reply_translated(cport: u16) -> Vec<u8> {
 
 // ------------------------------------------------------------- checking ---
 
-fn stat(name: &str) -> usize {
-    (0..STAT_COUNT).find(|i| stat_name(*i) == name).unwrap_or_else(|| panic!("no counter named {name}"))
-}
-
-fn action_name(a: u32) -> String {
-    match a {
-        0 => "XDP_ABORTED".into(),
-        1 => "XDP_DROP".into(),
-        XDP_PASS => "XDP_PASS".into(),
-        XDP_TX => "XDP_TX".into(),
-        4 => "XDP_REDIRECT".into(),
-        n => format!("action {n}"),
-    }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" ")
-}
-
 /// Run `f` once; returns action, output and the counters that changed.
 fn run(lb: &Lb, name: &str, f: &[u8]) -> (u32, Vec<u8>, BTreeMap<&'static str, u64>) {
     let before = lb.counters();
@@ -196,7 +174,7 @@ fn check(lb: &Lb, name: &str, f: &[u8], action: u32, want: Option<&[u8]>, counte
     let (a, out, rose) = run(lb, name, f);
     assert_eq!(action_name(a), action_name(action), "{name}: XDP action (counters that rose: {rose:?})");
     let want = want.unwrap_or(f);
-    assert!(out == want, "{name}: output bytes\n  want {}\n  got  {}", hex(want), hex(&out));
+    assert!(out == want, "{name}: output bytes\n  want {}\n  got  {}", hex_row(want), hex_row(&out));
     want_counters(name, &rose, counters);
     if action == XDP_TX {
         verify_v4_tcp(name, &out);
@@ -220,15 +198,15 @@ fn verify_v4_tcp(name: &str, f: &[u8]) {
 fn nat_new_flow(lb: &Lb, name: &str, cport: u16, snat: &str) -> u16 {
     let f = client_frame(cport, syn, b"");
     let (a, out, rose) = run(lb, name, &f);
-    assert_eq!(action_name(a), "XDP_TX", "{name}: XDP action (counters that rose: {rose:?})\n  output {}", hex(&out));
-    assert!(out.len() >= 14 + 20 + 20, "{name}: short output {}", hex(&out));
+    assert_eq!(action_name(a), "XDP_TX", "{name}: XDP action (counters that rose: {rose:?})\n  output {}", hex_row(&out));
+    assert!(out.len() >= 14 + 20 + 20, "{name}: short output {}", hex_row(&out));
     let port = u16::from_be_bytes([out[34], out[35]]);
     assert!((RANGE.0..=RANGE.1).contains(&port), "{name}: SNAT port {port} outside source_ports {RANGE:?}");
     // The rewritten IPv4 source, byte by byte, then the whole frame.
     assert_eq!(out[26..30], v4(snat), "{name}: IPv4 source is the VIP's source_address {snat}");
     assert_eq!(out[30..34], v4(NAT_B), "{name}: IPv4 destination is the backend");
     let want = forwarded(cport, syn, b"", snat, port);
-    assert!(out == want, "{name}: output bytes\n  want {}\n  got  {}", hex(&want), hex(&out));
+    assert!(out == want, "{name}: output bytes\n  want {}\n  got  {}", hex_row(&want), hex_row(&out));
     want_counters(name, &rose, &["xdp_tx", "flow_new"]);
     verify_v4_tcp(name, &out);
     port

@@ -10,7 +10,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::lab::{Lab, WEIR};
+use common::lab::{counter, Lab};
 use common::require_root;
 
 const URL: &str = "http://198.18.0.100/";
@@ -25,16 +25,6 @@ fn config() -> String {
         c += &format!("[[vip.backend]]\naddress = \"198.18.0.{b}\"\n");
     }
     c
-}
-
-fn counter(s: &serde_json::Value, name: &str) -> u64 {
-    s["counters"][name].as_u64().unwrap_or_else(|| panic!("weir stats has no counter '{name}': {}", s["counters"]))
-}
-
-fn prog_id(lab: &Lab) -> Option<String> {
-    let o = lab.sh("lb", "ip -d link show veth6");
-    let t = String::from_utf8_lossy(&o.stdout).to_string();
-    t.split("prog/xdp id ").nth(1).and_then(|r| r.split_whitespace().next()).map(str::to_string)
 }
 
 /// TCP segments the backends retransmitted so far (their /proc/net/snmp).
@@ -67,7 +57,7 @@ fn a_new_weir_run_takes_over_a_nat_download() {
     let want_sha = lab.big_sha256();
     assert_eq!(want_sha.len(), 64, "lab recorded a sha256: {want_sha:?}");
     lab.start_weir(&config());
-    let old_prog = prog_id(&lab).expect("weir attached to veth6");
+    let old_prog = lab.prog_id().expect("weir attached to veth6");
 
     // Warm up: one request through the NAT VIP (also proves the path).
     let a = lab.curls(1, "-4", URL, "warm");
@@ -101,44 +91,10 @@ fn a_new_weir_run_takes_over_a_nat_download() {
 
     // The upgrade: a second `weir run` on the same interface and config.
     let takeover_at = dl_started.elapsed();
-    let new = Command::new("ip")
-        .args(["netns", "exec", &lab.ns("lb"), WEIR, "run", "--iface", "veth6", "--interval", "0", "--config"])
-        .arg(&lab.config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("starting the second weir run");
-    // From here the Lab guard stops the new one; the old one is ours to reap.
-    let mut old = lab.weir.replace(new).expect("the first weir");
-    let t = Instant::now();
-    let old_status = loop {
-        if let Some(s) = old.try_wait().unwrap() {
-            break s;
-        }
-        if t.elapsed() > Duration::from_secs(15) {
-            // SAFETY: signalling our own child (the old weir) by PID.
-            unsafe { libc::kill(old.id() as i32, libc::SIGTERM) };
-            let _ = old.wait();
-            panic!("the old instance did not hand over within 15 s\n{}", lab.diagnostics());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let (old_status, after) = lab.take_over();
     let handed_over_at = dl_started.elapsed();
     assert!(old_status.success(), "old instance exits cleanly: {old_status}");
-    if let Some(w) = lab.weir.as_mut() {
-        if let Some(st) = w.try_wait().unwrap() {
-            panic!("the new instance exited: {st}\n{}", lab.diagnostics());
-        }
-    }
-    let t = Instant::now();
-    let after = loop {
-        if let Some(s) = lab.stats() {
-            break s;
-        }
-        assert!(t.elapsed() < Duration::from_secs(10), "the new instance does not answer");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let new_prog = prog_id(&lab).expect("still attached after the hand-over");
+    let new_prog = lab.prog_id().expect("still attached after the hand-over");
     assert_ne!(new_prog, old_prog, "the new program replaced the old in place");
     let reply_at_handover = counter(&after, "nat_reply");
     assert!(reply_at_handover >= reply_before, "counters carried over: {} then {}", reply_before, reply_at_handover);

@@ -124,12 +124,7 @@ fn a_new_weir_run_takes_over_without_dropping_the_download() {
     let want_sha = String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap().to_string();
     let cfg = config(&[("11", 1), ("12", 1), ("13", 1)]);
     lab.start_weir(&cfg);
-    let prog_id = |lab: &Lab| {
-        let o = lab.sh("lb", "ip -d link show veth6");
-        let t = String::from_utf8_lossy(&o.stdout).to_string();
-        t.split("prog/xdp id ").nth(1).and_then(|r| r.split_whitespace().next()).map(str::to_string)
-    };
-    let old_prog = prog_id(&lab).expect("attached");
+    let old_prog = lab.prog_id().expect("attached");
 
     // 8 MB at 1 MB/s: the restart happens in the middle of it.
     let dl = Command::new("ip")
@@ -150,32 +145,9 @@ fn a_new_weir_run_takes_over_without_dropping_the_download() {
     assert!(before["flows_tracked"].as_u64().unwrap() >= 1);
 
     // The upgrade: a second weir run on the same interface and config.
-    let new = Command::new("ip")
-        .args(["netns", "exec", &lab.ns("lb"), WEIR, "run", "--iface", "veth6", "--interval", "0", "--config"])
-        .arg(&lab.config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut old = lab.weir.replace(new).unwrap();
-    let t = Instant::now();
-    let old_status = loop {
-        if let Some(s) = old.try_wait().unwrap() {
-            break s;
-        }
-        assert!(t.elapsed() < Duration::from_secs(15), "the old instance did not hand over");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let (old_status, after) = lab.take_over();
     assert!(old_status.success(), "old instance exits cleanly: {old_status}");
-    let t = Instant::now();
-    let after = loop {
-        if let Some(s) = lab.stats() {
-            break s;
-        }
-        assert!(t.elapsed() < Duration::from_secs(10), "the new instance does not answer");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let new_prog = prog_id(&lab).expect("still attached after the hand-over");
+    let new_prog = lab.prog_id().expect("still attached after the hand-over");
     assert_ne!(new_prog, old_prog, "the new program replaced the old in place");
     assert!(after["counters"]["xdp_tx"].as_u64().unwrap() >= tx_before, "counters carried over: {after}");
     assert!(after["flows_tracked"].as_u64().unwrap() >= 1, "flow table carried over");
@@ -200,5 +172,5 @@ fn a_new_weir_run_takes_over_without_dropping_the_download() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(st.success());
-    assert!(prog_id(&lab).is_none(), "detached after weir stop");
+    assert!(lab.prog_id().is_none(), "detached after weir stop");
 }

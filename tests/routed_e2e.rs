@@ -15,7 +15,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use common::lab::{Lab, NsProcess, Request};
+use common::lab::{counter, Lab, NsProcess, Request};
 use common::require_root;
 
 const N: usize = 20;
@@ -33,10 +33,6 @@ fn config(mode: &str, port: u16, b4: &[&str], b6: &[&str]) -> String {
         }
     }
     c
-}
-
-fn counter(s: &serde_json::Value, name: &str) -> u64 {
-    s["counters"][name].as_u64().unwrap_or_else(|| panic!("weir stats has no counter '{name}': {}", s["counters"]))
 }
 
 fn peers(reqs: &[&Request]) -> BTreeMap<String, usize> {

@@ -98,6 +98,58 @@ impl Lab {
         serde_json::from_slice(&out.stdout).ok()
     }
 
+    /// The id of the XDP program attached to the balancer's veth6, if any.
+    pub fn prog_id(&self) -> Option<String> {
+        let o = self.sh("lb", "ip -d link show veth6");
+        let t = String::from_utf8_lossy(&o.stdout).to_string();
+        t.split("prog/xdp id ").nth(1).and_then(|r| r.split_whitespace().next()).map(str::to_string)
+    }
+
+    /// The hitless upgrade: a second `weir run` on the same interface and
+    /// config takes over from the running one. The new one becomes the lab's
+    /// weir (the guard stops it); the old one is reaped here within 15 s (on
+    /// timeout: SIGTERM to its own PID, wait, panic with diagnostics). Then
+    /// waits up to 10 s for stats from the new one. Returns the old one's
+    /// exit status and the new one's first stats.
+    pub fn take_over(&mut self) -> (std::process::ExitStatus, serde_json::Value) {
+        let new = Command::new("ip")
+            .args(["netns", "exec", &self.ns("lb"), WEIR, "run", "--iface", "veth6", "--interval", "0", "--config"])
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting the second weir run");
+        // From here the Lab guard stops the new one; the old one is ours to reap.
+        let mut old = self.weir.replace(new).expect("the first weir");
+        let t = Instant::now();
+        let old_status = loop {
+            if let Some(s) = old.try_wait().unwrap() {
+                break s;
+            }
+            if t.elapsed() > Duration::from_secs(15) {
+                // SAFETY: signalling our own child (the old weir) by PID.
+                unsafe { libc::kill(old.id() as i32, libc::SIGTERM) };
+                let _ = old.wait();
+                panic!("the old instance did not hand over within 15 s\n{}", self.diagnostics());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        if let Some(w) = self.weir.as_mut() {
+            if let Some(st) = w.try_wait().unwrap() {
+                panic!("the new instance exited: {st}\n{}", self.diagnostics());
+            }
+        }
+        let t = Instant::now();
+        let stats = loop {
+            if let Some(s) = self.stats() {
+                break s;
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "the new instance does not answer");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        (old_status, stats)
+    }
+
     /// The lab's state directory (web roots, logs).
     pub fn state(&self) -> String {
         format!("/run/weir-lab/{}", self.prefix)
@@ -118,6 +170,11 @@ impl Lab {
         let _ = c.kill();
         c.wait().ok()
     }
+}
+
+/// A global counter from `weir stats --json` output; panics if missing.
+pub fn counter(s: &serde_json::Value, name: &str) -> u64 {
+    s["counters"][name].as_u64().unwrap_or_else(|| panic!("weir stats has no counter '{name}': {}", s["counters"]))
 }
 
 /// One request line of a backend's http.server log.

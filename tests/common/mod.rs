@@ -13,6 +13,7 @@ use weir::config::Config;
 use weir::dataplane::{configured_hops, load_configured, Dataplane, NextHop};
 use weir::net::Iface;
 use weir::plan::Plan;
+use weir::skel::{stat_name, STAT_COUNT};
 
 /// True when the test may run. Without root it skips, unless CI is set: then
 /// a skip would hide an untested data plane, so it fails.
@@ -30,6 +31,36 @@ pub fn require_root(what: &str) -> bool {
 
 pub const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+
+// XDP actions (linux/bpf.h, enum xdp_action).
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
+
+/// An XDP action by name, for assertion messages.
+pub fn action_name(a: u32) -> String {
+    match a {
+        0 => "XDP_ABORTED".into(),
+        XDP_DROP => "XDP_DROP".into(),
+        XDP_PASS => "XDP_PASS".into(),
+        XDP_TX => "XDP_TX".into(),
+        XDP_REDIRECT => "XDP_REDIRECT".into(),
+        n => format!("action {n}"),
+    }
+}
+
+/// The index of a global counter by name (as `weir::skel::stat_name` names it).
+pub fn stat(name: &str) -> usize {
+    (0..STAT_COUNT)
+        .find(|i| stat_name(*i) == name)
+        .unwrap_or_else(|| panic!("no counter named {name} in skel::stat_name"))
+}
+
+/// Bytes as space-separated hex ("0a 1b ...").
+pub fn hex_row(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" ")
+}
 
 pub struct Lb {
     pub dp: Dataplane,
