@@ -273,7 +273,40 @@ impl Dataplane {
             }
             self.publish(vip, &vip.ring, &vip.rr)?;
         }
+        self.sync_neighbours(plan)?;
         self.set_nat_on(plan)
+    }
+
+    /// The addresses the XDP ARP / NDP responder answers for: every VIP, and
+    /// every NAT source address that is not the interface's own (backends
+    /// must find its MAC to reply; the kernel answers for its own ones).
+    /// Entries of VIPs or sources no longer configured are removed, whoever
+    /// wrote them (this instance, or the one it took over from).
+    fn sync_neighbours(&self, plan: &Plan) -> Result<()> {
+        let mut want: BTreeMap<Vec<u8>, (u8, u32)> = BTreeMap::new();
+        for v in &plan.vips {
+            let mut addrs = vec![v.addr];
+            if v.mode == crate::config::Mode::Nat {
+                addrs.extend(v.source.filter(|s| !self.settings.iface_addrs.contains(s)));
+            }
+            for a in addrs {
+                let (w, family) = addr_words(a);
+                let key = if family == FAMILY_V4 { w[0].to_ne_bytes().to_vec() } else { bytes_of(&In6Key { addr: w }).to_vec() };
+                want.insert(key, (family, v.id));
+            }
+        }
+        let maps = &self.skel.maps;
+        for (key, (family, id)) in &want {
+            let map = if *family == FAMILY_V4 { &maps.vip_arp } else { &maps.vip_nd };
+            map.update(key, &key32(*id), MapFlags::ANY).context("writing the ARP/NDP responder's addresses")?;
+        }
+        for map in [&maps.vip_arp, &maps.vip_nd] {
+            let stale: Vec<Vec<u8>> = map.keys().filter(|k| !want.contains_key(k)).collect();
+            for k in stale {
+                let _ = map.delete(&k);
+            }
+        }
+        Ok(())
     }
 
     /// After a hand-over: learn which table half each running VIP uses, so
@@ -449,6 +482,7 @@ impl Dataplane {
             self.remove_backend(*id)?;
             self.backend_entries.borrow_mut().remove(id);
         }
+        self.sync_neighbours(new)?;
         self.set_nat_on(new)?;
         Ok(format!(
             "{} VIPs (+{} -{}), {} backends (+{} -{})",

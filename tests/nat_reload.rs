@@ -364,3 +364,56 @@ fn a_new_source_address_applies_to_new_flows() {
     );
     nat_reply(&lb, "old flow after the change: reply", SNAT, old_port, 42001);
 }
+
+/// The exact ARP reply the responder builds for `target` (asked by the
+/// client at 198.18.0.1): built here field by field.
+fn arp_reply(target: [u8; 4]) -> Vec<u8> {
+    let mut f = CLIENT_MAC.to_vec();
+    f.extend_from_slice(&LB_MAC);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 2]);
+    f.extend_from_slice(&LB_MAC);
+    f.extend_from_slice(&target);
+    f.extend_from_slice(&CLIENT_MAC);
+    f.extend_from_slice(&[198, 18, 0, 1]);
+    f
+}
+
+/// A NAT source address that is not the interface's own is answered for
+/// (backends must find its MAC to reply), and only while configured:
+/// the responder's address set follows reloads.
+#[test]
+fn the_arp_responder_follows_nat_source_addresses() {
+    if !require_root("NAT reload fixtures") {
+        return;
+    }
+    let ask = |t: &str| arp_request([198, 18, 0, 1], v4(t));
+    let arp = |lb: &Lb, what: &str, t: &str, action: u32, want: Vec<u8>, counters: &[&str]| {
+        let (a, out, rose) = run(lb, what, &ask(t));
+        assert_eq!(action_name(a), action_name(action), "{what}: XDP action");
+        assert_eq!(out, want, "{what}: output bytes\n{}", hex_row(&out));
+        want_counters(what, &rose, counters);
+    };
+    let answered = |lb: &Lb, what: &str, t: &str| arp(lb, what, t, XDP_TX, arp_reply(v4(t)), &["xdp_tx", "arp_reply"]);
+    let ignored = |lb: &Lb, what: &str, t: &str| arp(lb, what, t, XDP_PASS, ask(t), &["xdp_pass", "pass_arp_other"]);
+    // The test interface has no addresses: every source_address is "not its own".
+    let lb = load(DSR_ONLY);
+    let dsr = lb.plan.clone();
+    ignored(&lb, "DSR only: no source address yet", SNAT);
+    answered(&lb, "DSR only: the VIP", DSR_VIP);
+
+    let nat = plan_after(&with_nat(SNAT, ""), &dsr);
+    reload(&lb, &dsr, &nat).expect("reload adding a NAT VIP");
+    answered(&lb, "NAT VIP added: its source address", SNAT);
+    answered(&lb, "NAT VIP added: its VIP", NAT_VIP);
+
+    let moved = plan_after(&with_nat(SNAT2, ""), &nat);
+    reload(&lb, &nat, &moved).expect("reload changing source_address");
+    answered(&lb, "source moved: the new address", SNAT2);
+    ignored(&lb, "source moved: the old address is no longer answered", SNAT);
+
+    let back = plan_after(DSR_ONLY, &moved);
+    reload(&lb, &moved, &back).expect("reload removing the NAT VIP");
+    ignored(&lb, "NAT VIP removed: its source", SNAT2);
+    ignored(&lb, "NAT VIP removed: its VIP", NAT_VIP);
+    answered(&lb, "NAT VIP removed: the DSR VIP stays", DSR_VIP);
+}
