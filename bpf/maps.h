@@ -97,7 +97,16 @@ struct {
 	__uint(max_entries, 65536);
 } flows SEC(".maps");
 
-/* Full NAT, both directions of each flow (see struct nat_rev); sized with flows. */
+/*
+ * Full NAT, both directions of each flow (see struct nat_rev); sized with
+ * flows. The reverse table is a plain (preallocated) hash, not an LRU: an
+ * LRU insert into a full table evicts some entry, and evicting a live flow's
+ * reverse entry would hand its port, and the backend's next packets, to
+ * another client. Full means no port (drop_nat_ports); expired entries are
+ * freed by the allocation that probes them and by weir's sweep. The forward
+ * table may be an LRU: an entry is only believed while its reverse entry
+ * points back at it.
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__type(key, struct flow_key);
@@ -106,7 +115,7 @@ struct {
 } nat_fwd SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, struct flow_key);
 	__type(value, struct nat_rev);
 	__uint(max_entries, 65536);

@@ -47,7 +47,9 @@ static __always_inline int nat_live(const struct nat_rev *r, __u8 proto, __u32 n
 		t = nat_syn_timeout;
 	else
 		t = nat_fin_timeout;
-	return now - r->last_seen <= t;
+	/* Signed: another CPU may have written a last_seen one second ahead
+	 * of the `now` this CPU read; that flow is live, not 4e9 s old. */
+	return (__s32)(now - r->last_seen) <= (__s32)t;
 }
 
 /* A packet of the flow went by: refresh its clock (written only when the
@@ -62,6 +64,11 @@ static __always_inline void nat_touch(struct nat_rev *r, const struct packet *pk
 	if (pkt->tcp_flags & (TCP_FIN | TCP_RST)) {
 		if (r->state != WEIR_NAT_CLOSING)
 			r->state = WEIR_NAT_CLOSING;
+	} else if (from_client && (pkt->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN) {
+		/* The client opens the same tuple again (port reuse after a
+		 * close): a new connection, timed as one. */
+		if (r->state == WEIR_NAT_CLOSING)
+			r->state = WEIR_NAT_SYN;
 	} else if (from_client && r->state == WEIR_NAT_SYN && !(pkt->tcp_flags & TCP_SYN)) {
 		r->state = WEIR_NAT_ESTABLISHED;
 	}
@@ -195,7 +202,7 @@ static __always_inline int nat_forward(struct stat_block *c, void *data, void *d
 	int new_flow = 0, action;
 
 	if ((void *)(eth + 1) > data_end)
-		return verdict(c, XDP_DROP);
+		return drop_because(c, WEIR_STAT_DROP_ENCAP);
 	f = bpf_map_lookup_elem(&nat_fwd, &pkt->key);
 	if (f) {
 		bid = f->backend_id;
@@ -336,6 +343,9 @@ static __always_inline int nat_icmp(struct stat_block *c, void *data, void *data
 		inner_l4 = l4 + 8 + sizeof(*in);
 	}
 	if (inner_l4 > 18 + 60 + 8 + 40)
+		return -1;
+	/* Only errors addressed to the SNAT address the quoted packet left from. */
+	if (!addr_eq(pkt->key.dst, isrc))
 		return -1;
 	ports = data + inner_l4;
 	if ((void *)(ports + 2) > data_end)

@@ -377,7 +377,16 @@ fn run(o: &RunOpts) -> Result<()> {
         eprintln!("weir: tracing one packet in {} for a client", every.max(1));
         Ok(())
     };
+    let last_sweep = std::cell::Cell::new(Instant::now());
     let mut tick = || {
+        // NAT flows that timed out give their ports back (the reverse table
+        // is a plain hash: full means "no port", never "evict a live flow").
+        if last_sweep.get().elapsed() >= Duration::from_secs(2) {
+            last_sweep.set(Instant::now());
+            if let Err(e) = dp.sweep_nat(2) {
+                eprintln!("weir: warning: sweeping expired NAT flows: {e:#}");
+            }
+        }
         if !tracers.borrow().is_empty() {
             let mut t = tracers.borrow_mut();
             t.retain(|s| {

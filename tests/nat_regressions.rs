@@ -1,7 +1,8 @@
-//! Review reproductions (root, BPF_PROG_TEST_RUN). Each test asserts the
-//! behaviour docs/nat-tunnel.md promises; a failing test is a defect shown.
+//! NAT regressions (root, BPF_PROG_TEST_RUN): each test was written in review
+//! to show a defect (it failed), asserts what docs/nat-tunnel.md promises,
+//! and passes since the fix.
 //!
-//! cargo test --release --test review_repro -- --test-threads=1
+//! cargo test --release --test nat_regressions -- --test-threads=1
 
 mod common;
 
@@ -97,13 +98,13 @@ fn coarse_secs() -> (i64, i64) {
     (ts.tv_sec, ts.tv_nsec)
 }
 
-/// R1. A client re-opens a connection (SYN) on a tuple whose flow is CLOSING
+/// R1, fixed: a client SYN on a CLOSING flow resets it to SYN. Was: a client re-opens a connection (SYN) on a tuple whose flow is CLOSING
 /// (the client port is reused within tcp_fin_timeout). The new connection
 /// stays CLOSING for ever, so after tcp_fin_timeout of idle (not
 /// tcp_timeout) its SNAT port is handed to another client, and the backend's
 /// packets for the still-open connection go to that other client.
 #[test]
-fn reopened_connection_stays_closing() {
+fn a_reopened_connection_is_timed_as_new() {
     if !require_root("review repro") {
         return;
     }
@@ -127,13 +128,13 @@ fn reopened_connection_stays_closing() {
     assert_eq!(act, XDP_DROP, "B took the port of A's open connection: {rose:?}");
 }
 
-/// R2. nat_live() compares `now - last_seen` unsigned. Another CPU that read
+/// R2, fixed: the comparison is signed. Was: nat_live() compares `now - last_seen` unsigned. Another CPU that read
 /// the coarse clock just after a second boundary writes last_seen = now + 1;
 /// this CPU (still at `now`) then sees the live flow as expired: a client
 /// packet is rescheduled, and nat_claim deletes the live entry and hands its
 /// port to a new flow. Simulated by writing last_seen = now + 1.
 #[test]
-fn last_seen_ahead_of_now_is_expired() {
+fn a_last_seen_ahead_of_now_is_live() {
     if !require_root("review repro") {
         return;
     }
@@ -167,11 +168,11 @@ fn last_seen_ahead_of_now_is_expired() {
     assert_eq!(act, XDP_DROP, "B was given the port of A's live flow: {rose:?}");
 }
 
-/// R3. LRU eviction: NAT flows of another VIP fill nat_rev; A's live,
+/// R3, fixed: nat_rev is a plain hash (full: drop_nat_ports), swept by weir. Was: LRU eviction: NAT flows of another VIP fill nat_rev; A's live,
 /// established flow is evicted without expiring, its port is handed to a new
 /// client, and the backend's packets of A's still-open connection go to it.
 #[test]
-fn lru_eviction_hands_a_live_port_to_another_client() {
+fn a_full_reverse_table_drops_instead_of_evicting_a_live_flow() {
     if !require_root("review repro") {
         return;
     }
@@ -211,14 +212,15 @@ mac = "02:00:00:00:00:33"
     let (act2, out2, _) = delta(&lb, &tcp(BE_MAC, BE, S, 80, PORT, F::Ack));
     eprintln!("backend's next packet of A's connection: {} to {:?}", action_name(act2), dst_ip(&out2));
     assert_eq!(act, XDP_DROP, "C was given the port of A's live, established flow: {rose:?}");
+    assert_eq!((act2, dst_ip(&out2)), (XDP_TX, a), "the backend's packet of A's connection still goes to A");
 }
 
-/// R4. The contract translates ICMP errors "addressed to the source
+/// R4, fixed: the outer destination must be the quoted source. Was: the contract translates ICMP errors "addressed to the source
 /// address"; nat_icmp never looks at the outer destination, so an error sent
 /// to any address (transit traffic, another host) is translated and sent to
 /// the client as XDP_TX.
 #[test]
-fn icmp_error_not_addressed_to_the_source_is_translated() {
+fn icmp_errors_not_addressed_to_the_source_pass() {
     if !require_root("review repro") {
         return;
     }
@@ -238,4 +240,43 @@ fn icmp_error_not_addressed_to_the_source_is_translated() {
     let (act, out, rose) = delta(&lb, &f);
     eprintln!("ICMP error to 10.99.99.99: action {} {rose:?} -> to {:?}", action_name(act), dst_ip(&out));
     assert_eq!(act, XDP_PASS, "an ICMP error to another address was translated: {rose:?}");
+}
+
+/// weir's sweep frees a NAT flow that timed out (both entries) and leaves a
+/// live one alone; the freed port then serves another client.
+#[test]
+fn the_sweep_frees_expired_flows_only() {
+    if !require_root("NAT sweep") {
+        return;
+    }
+    let more = r#"
+[[vip]]
+name = "nat-other"
+address = "198.18.0.105"
+port = 80
+protocol = "udp"
+mode = "nat"
+source_address = "198.18.0.60"
+[[vip.backend]]
+address = "198.18.0.61"
+mac = "02:00:00:00:00:3d"
+"#;
+    let lb = load(&config("tcp_fin_timeout = 1\nudp_timeout = 600", more));
+    let a = [10, 6, 0, 1];
+    assert_eq!(delta(&lb, &tcp(A_MAC, a, VIP, 1111, 80, F::Syn)).0, XDP_TX);
+    assert_eq!(delta(&lb, &tcp(A_MAC, a, VIP, 1111, 80, F::Fin)).0, XDP_TX);
+    // A UDP flow on the other VIP stays live (600 s).
+    let mut udp = Vec::new();
+    PacketBuilder::ethernet2(B_MAC, LB_MAC).ipv4([10, 7, 0, 1], [198, 18, 0, 105], 64).udp(5353, 80).write(&mut udp, b"q").unwrap();
+    assert_eq!(delta(&lb, &udp).0, XDP_TX);
+    assert_eq!(lb.dp.skel.maps.nat_rev.keys().count(), 2);
+    assert_eq!(lb.dp.sweep_nat(0).unwrap(), 0, "nothing has expired yet");
+    std::thread::sleep(Duration::from_millis(3200));
+    assert_eq!(lb.dp.sweep_nat(0).unwrap(), 1, "the closed TCP flow expired, the UDP flow did not");
+    assert_eq!(lb.dp.skel.maps.nat_rev.keys().count(), 1);
+    assert_eq!(lb.dp.skel.maps.nat_fwd.keys().count(), 1, "the forward entry went with it");
+    // The only port is free again: another client gets it.
+    let (act, out, _) = delta(&lb, &tcp(B_MAC, [10, 6, 0, 2], VIP, 2222, 80, F::Syn));
+    assert_eq!(act, XDP_TX);
+    assert_eq!(u16::from_be_bytes([out[34], out[35]]), PORT);
 }
