@@ -49,6 +49,22 @@ int xdp_reflect(struct xdp_md *ctx)
 #include <linux/in.h>
 #include <bpf/bpf_endian.h>
 
+/* The host's own addresses (`weir decap` fills them from the interface):
+ * only tunnels addressed to the host are opened, never transit traffic. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, __u8);
+	__uint(max_entries, 64);
+} decap_v4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct in6_addr);
+	__type(value, __u8);
+	__uint(max_entries, 64);
+} decap_v6 SEC(".maps");
+
 static __always_inline int decap(struct xdp_md *ctx, int outer, int inner_v6)
 {
 	void *data = (void *)(long)ctx->data;
@@ -84,6 +100,9 @@ int xdp_decap(struct xdp_md *ctx)
 
 		if ((void *)(iph + 1) > data_end || iph->ihl != 5 || (iph->frag_off & bpf_htons(0x3fff)))
 			return XDP_PASS;
+		if ((iph->protocol == IPPROTO_IPIP || iph->protocol == IPPROTO_IPV6) &&
+		    !bpf_map_lookup_elem(&decap_v4, &iph->daddr))
+			return XDP_PASS;
 		if (iph->protocol == IPPROTO_IPIP)
 			return decap(ctx, sizeof(*iph), 0);
 		if (iph->protocol == IPPROTO_IPV6)
@@ -92,6 +111,9 @@ int xdp_decap(struct xdp_md *ctx)
 		struct ipv6hdr *ip6 = (void *)(eth + 1);
 
 		if ((void *)(ip6 + 1) > data_end)
+			return XDP_PASS;
+		if ((ip6->nexthdr == IPPROTO_IPV6 || ip6->nexthdr == IPPROTO_IPIP) &&
+		    !bpf_map_lookup_elem(&decap_v6, &ip6->daddr))
 			return XDP_PASS;
 		if (ip6->nexthdr == IPPROTO_IPV6)
 			return decap(ctx, sizeof(*ip6), 1);

@@ -537,6 +537,13 @@ impl Config {
                 }
             }
             vip.validate_mode(&at, addr)?;
+            if let Some(src) = vip.source_ip().filter(|_| vip.mode == Mode::Nat) {
+                if let Some(j) = self.vips.iter().position(|o| o.address.parse::<IpAddr>().ok() == Some(src)) {
+                    bail!(
+                        "{at}.source_address: {src} is also the address of vip[{j}]: backends' replies to it would be taken for client traffic; use another address"
+                    );
+                }
+            }
             let active = vip.backends.iter().filter(|b| b.weight > 0).count();
             if vip.scheduler == Scheduler::RoundRobin && active > RR_SLOTS as usize {
                 bail!(
@@ -879,6 +886,8 @@ weight = 3
         assert!(e.contains("vip[0].source_address: only mode = \"nat\" or \"tunnel\""), "{e}");
         let e = err(&GOOD.replace("scheduler = \"round-robin\"", "scheduler = \"round-robin\"\nicmp_too_big = false"));
         assert!(e.contains("vip[0].icmp_too_big: only mode = \"tunnel\""), "{e}");
+        let e = err(&nat.replace("198.18.0.9", "198.18.0.100"));
+        assert!(e.contains("vip[0].source_address: 198.18.0.100 is also the address of vip[0]"), "{e}");
         let e = err(&GOOD.replace("size = 1024", "size = 1024\nudp_timeout = 0"));
         assert!(e.contains("conntrack.udp_timeout: 0 is out of range"), "{e}");
         let e = err(&GOOD.replace("round-robin", "round-robin\"\nmode = \"masquerade"));

@@ -201,6 +201,39 @@ impl Dataplane {
             .context("switching NAT reply handling")
     }
 
+    /// What would make NAT replies ambiguous, refused before anything is
+    /// written: a source address that is also a VIP (its replies would be
+    /// taken for client traffic), or SNAT ports on the interface's own
+    /// address that overlap the kernel's ephemeral ports (the balancer's own
+    /// connections, health checks included, could share a NAT flow's tuple).
+    fn check_sources(&self, plan: &Plan) -> Result<()> {
+        let (eph_lo, eph_hi) = ephemeral_ports();
+        for v in plan.vips.iter().filter(|v| v.mode == crate::config::Mode::Nat) {
+            let src = self.source_of(v)?;
+            let ip = v.source.or_else(|| self.settings.iface_addrs.iter().copied().find(|a| a.is_ipv4() == v.addr.is_ipv4()));
+            if let Some(o) = plan.vips.iter().find(|o| addr_words(o.addr).0 == src) {
+                bail!(
+                    "VIP {}: its NAT source address {} is also the address of VIP {}: backends' replies to it would be taken for client traffic; \
+                     give the VIP another source_address",
+                    v.name,
+                    ip.map(|a| a.to_string()).unwrap_or_default(),
+                    o.name
+                );
+            }
+            let own = ip.is_some_and(|a| self.settings.iface_addrs.contains(&a));
+            let [lo, hi] = v.source_ports;
+            if own && lo <= eph_hi && eph_lo <= hi {
+                bail!(
+                    "VIP {}: source_ports [{lo}, {hi}] overlap the kernel's ephemeral ports {eph_lo}-{eph_hi} on the interface's own address {}: \
+                     the balancer's own connections (health checks) could take a NAT flow's tuple; use ports outside that range or a source_address of its own",
+                    v.name,
+                    ip.map(|a| a.to_string()).unwrap_or_default()
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// The source address a NAT or tunnel VIP sends from: its own, or the
     /// interface's first global address of its family.
     fn source_of(&self, vip: &crate::plan::PlannedVip) -> Result<[u32; 4]> {
@@ -248,6 +281,7 @@ impl Dataplane {
         if plan.vips.len() as u32 > self.settings.max_vips {
             bail!("plan has {} VIPs, the program was sized for {}", plan.vips.len(), self.settings.max_vips);
         }
+        self.check_sources(plan)?;
         let maps = &self.skel.maps;
         if let Some(sh) = &plan.shield {
             let pols: Vec<_> = plan
@@ -436,9 +470,7 @@ impl Dataplane {
         if new.nat_timeouts != self.settings.nat_timeouts {
             bail!("a conntrack timeout changed: restart weir to apply it (they are constants of the loaded program)");
         }
-        for v in &new.vips {
-            self.source_of(v)?;
-        }
+        self.check_sources(new)?;
         let lists = |p: &Plan| p.shield.as_ref().map(|s| (!s.deny.is_empty(), !s.allow.is_empty()));
         if lists(new) != lists(old) {
             bail!("[shield] was added or removed, or its allow/deny lists became empty or non-empty: restart weir to apply it");
@@ -671,6 +703,18 @@ impl Dataplane {
     }
 }
 
+/// The kernel's ephemeral port range (net.ipv4.ip_local_port_range, which
+/// IPv6 shares); Linux's default when it cannot be read.
+fn ephemeral_ports() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| {
+            let mut it = t.split_whitespace().filter_map(|x| x.parse::<u16>().ok());
+            Some((it.next()?, it.next()?))
+        })
+        .unwrap_or((32768, 60999))
+}
+
 /// Sum the per-CPU global counter blocks of a `stats` map.
 pub fn read_counters(map: &dyn MapCore) -> Result<Vec<u64>> {
     let mut out = vec![0u64; STAT_COUNT];
@@ -700,7 +744,7 @@ pub fn test_run(prog: &libbpf_rs::ProgramMut<'_>, frame: &[u8], repeat: u32) -> 
 /// Next hops when every backend's MAC is in the config (bench, tests): no
 /// neighbour table is consulted.
 pub fn configured_hops(plan: &Plan, iface: &Iface) -> Result<(BTreeMap<u32, NextHop>, BTreeMap<u32, u32>)> {
-    next_hops(plan, iface, &mut |ip, _| bail!("backend {ip} has no `mac` in the config"))
+    next_hops(plan, iface, &mut |ip, _, _| bail!("backend {ip} has no `mac` in the config"))
 }
 
 /// Load and fill a data plane for a plan whose backends carry their MACs.
@@ -716,7 +760,7 @@ pub fn load_configured(plan: &Plan, iface: &Iface) -> Result<Dataplane> {
 pub fn next_hops(
     plan: &Plan,
     iface: &Iface,
-    resolve: &mut dyn FnMut(IpAddr, &Iface) -> Result<[u8; 6]>,
+    resolve: &mut dyn FnMut(IpAddr, &Iface, crate::config::Mode) -> Result<[u8; 6]>,
 ) -> Result<(BTreeMap<u32, NextHop>, BTreeMap<u32, u32>)> {
     let mut hops = BTreeMap::new();
     let mut slots: BTreeMap<String, (u32, Iface)> = BTreeMap::new();
@@ -741,7 +785,7 @@ pub fn next_hops(
             };
             let mac = match b.mac {
                 Some(m) => m,
-                None => resolve(b.addr, &out_iface)
+                None => resolve(b.addr, &out_iface, vip.mode)
                     .with_context(|| format!("backend {} of {}", b.addr, vip.name))?,
             };
             hops.insert(b.id, NextHop { mac, src_mac: out_iface.mac, tx_port });

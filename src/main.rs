@@ -277,7 +277,7 @@ fn run(o: &RunOpts) -> Result<()> {
     let handoff = weir::handoff::request(iface_name)?;
     let prev = handoff.as_ref().map(|h| h.ids.skeleton()).transpose()?;
     let plan = Plan::build_after(&cfg, prev.as_ref())?;
-    let (hops, tx) = next_hops(&plan, &iface, &mut |ip, via| resolve_mac(ip, &via.name, Duration::from_secs(3)))?;
+    let (hops, tx) = next_hops(&plan, &iface, &mut |ip, via, mode| resolve_mac(ip, &via.name, mode, Duration::from_secs(3)))?;
     let reuse = handoff.as_ref().map(|h| h.maps.as_slice()).unwrap_or(&[]);
     let dp = Dataplane::load_reusing(Settings::for_plan(&plan, &iface), reuse)?;
     let inherited_down: BTreeSet<u32> = handoff.as_ref().map(|h| h.ids.down.iter().copied().collect()).unwrap_or_default();
@@ -412,7 +412,7 @@ fn run(o: &RunOpts) -> Result<()> {
     let mut reload = || -> Result<String> {
         let cfg = Config::load(config)?;
         let new = Plan::build_after(&cfg, Some(&plan.borrow()))?;
-        let (hops, tx) = next_hops(&new, &iface, &mut |ip, via| resolve_mac(ip, &via.name, Duration::from_secs(3)))?;
+        let (hops, tx) = next_hops(&new, &iface, &mut |ip, via, mode| resolve_mac(ip, &via.name, mode, Duration::from_secs(3)))?;
         // Down only if still checked: a backend whose check was removed is back.
         let checked: BTreeSet<u32> = health_targets(&new).iter().map(|t| t.backend_id).collect();
         let down: BTreeSet<u32> =
@@ -633,6 +633,17 @@ fn decap(iface_name: &str, allow_host_netns: bool) -> Result<()> {
         .context("opening the decapsulator")?
         .load()
         .context("loading the decapsulator (run as root)")?;
+    if iface.addrs.is_empty() {
+        bail!("{iface_name} has no global address: the decapsulator opens only tunnels addressed to this host; add the backend's address first");
+    }
+    for a in &iface.addrs {
+        let (key, map) = match a {
+            std::net::IpAddr::V4(v) => (v.octets().to_vec(), &skel.maps.decap_v4),
+            std::net::IpAddr::V6(v) => (v.octets().to_vec(), &skel.maps.decap_v6),
+        };
+        libbpf_rs::MapCore::update(map, &key, &[1], libbpf_rs::MapFlags::ANY)
+            .with_context(|| format!("adding {a} to the decapsulator's addresses"))?;
+    }
     let (tx, rx) = std::sync::mpsc::channel();
     ctrlc::set_handler(move || {
         let _ = tx.send(());
@@ -644,7 +655,8 @@ fn decap(iface_name: &str, allow_host_netns: bool) -> Result<()> {
         .xdp_decap
         .attach_xdp(iface.ifindex as i32)
         .with_context(|| format!("attaching the decapsulator to {iface_name} (another XDP program there?)"))?;
-    eprintln!("weir decap: stripping IPIP / IP6IP6 on {iface_name}; Ctrl-C or SIGTERM detaches");
+    let addrs: Vec<String> = iface.addrs.iter().map(|a| a.to_string()).collect();
+    eprintln!("weir decap: stripping IPIP / IP6IP6 addressed to {} on {iface_name}; Ctrl-C or SIGTERM detaches", addrs.join(", "));
     let _ = rx.recv();
     drop(link);
     eprintln!("weir decap: detached from {iface_name}");

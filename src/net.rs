@@ -138,9 +138,15 @@ fn neighbour(ip: IpAddr, iface: &str) -> Result<Option<[u8; 6]>> {
 /// Resolve a backend's MAC from the kernel's neighbour table, probing it
 /// (one UDP datagram to the discard port makes the kernel ARP / NDP) when
 /// the entry is missing.
-pub fn resolve_mac(backend: IpAddr, iface: &str, timeout: Duration) -> Result<[u8; 6]> {
+pub fn resolve_mac(backend: IpAddr, iface: &str, mode: crate::config::Mode, timeout: Duration) -> Result<[u8; 6]> {
     // An off-link backend (tunnel or NAT mode) is reached through its gateway.
     let ip = next_hop_of(backend).unwrap_or(backend);
+    if ip != backend && mode == crate::config::Mode::Dsr {
+        bail!(
+            "backend {backend} is reached through the gateway {ip}, but direct server return (mode = \"dsr\") only rewrites MACs: \
+             it needs backends on {iface}'s segment; use mode = \"tunnel\" or \"nat\" for backends in other subnets"
+        );
+    }
     if let Some(m) = neighbour(ip, iface)? {
         return Ok(m);
     }
