@@ -143,7 +143,7 @@ pub fn resolve_mac(backend: IpAddr, iface: &str, mode: crate::config::Mode, time
     let ip = next_hop_of(backend).unwrap_or(backend);
     if ip != backend && mode == crate::config::Mode::Dsr {
         bail!(
-            "backend {backend} is reached through the gateway {ip}, but direct server return (mode = \"dsr\") only rewrites MACs: \
+            "{backend} is reached through the gateway {ip}, but direct server return (mode = \"dsr\") only rewrites MACs: \
              it needs backends on {iface}'s segment; use mode = \"tunnel\" or \"nat\" for backends in other subnets"
         );
     }
