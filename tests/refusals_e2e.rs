@@ -133,7 +133,7 @@ fn dsr_to_an_off_link_backend_is_refused_tunnel_is_accepted() {
     assert!(routes.contains("via 2001:2::254"), "2001:20::14 goes through the router: {routes}");
 
     let want4 = [
-        "backend 198.20.0.14 is reached through the gateway 198.18.0.254",
+        "198.20.0.14 is reached through the gateway 198.18.0.254",
         "is reached through the gateway",
         "use mode = \"tunnel\" or \"nat\"",
     ];
@@ -145,7 +145,7 @@ fn dsr_to_an_off_link_backend_is_refused_tunnel_is_accepted() {
         &lab,
         "dsr-default-v6",
         &vip("off6", "2001:2::100", 80, "", &["2001:20::14"]),
-        &["backend 2001:20::14 is reached through the gateway 2001:2::254", "use mode = \"tunnel\" or \"nat\""],
+        &["2001:20::14 is reached through the gateway 2001:2::254", "use mode = \"tunnel\" or \"nat\""],
     );
     // One off-link backend among on-link ones is enough to refuse the config.
     refused(
