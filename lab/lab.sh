@@ -18,9 +18,9 @@
 #                  backend runs `weir decap --iface b0` (PID recorded).
 #          ROUTED_LAB=1 (at `up` only) also builds a router ${PREFIX}-rt on the
 #                  bridge (198.18.0.254, 2001:2::254) and behind it, in another
-#                  subnet, a fourth backend ${PREFIX}-b4 (198.20.0.14,
-#                  2001:20::14) set up like the others for LAB_MODE; the
-#                  balancer gets routes to 198.20.0.0/24 and 2001:20::/64 via
+#                  subnet, a fourth backend ${PREFIX}-b4 (198.19.20.14,
+#                  2001:2:0:20::14) set up like the others for LAB_MODE; the
+#                  balancer gets routes to 198.19.20.0/24 and 2001:2:0:20::/64 via
 #                  the router. `down` always removes these if present.
 #   state: /run/weir-lab/${PREFIX}  (pid files, logs, web roots, mode,
 #          big.sha256: sha256 of the 50 MB big.bin in every web root)
@@ -93,8 +93,8 @@ NATNET=198.19.0
 # ROUTED_LAB=1: the router's side of the bridge, and the subnet behind it
 RT4=198.18.0.254
 RT6=2001:2::254
-ROUTED4=198.20.0
-ROUTED6=2001:20:
+ROUTED4=198.19.20
+ROUTED6=2001:2:0:20:
 
 # ---------------------------------------------------------------- checks ---
 need_root() {
@@ -351,12 +351,12 @@ build_nat() {
 }
 
 # --------------------------------------------------- ROUTED_LAB=1 extras ---
-# A router on the bridge and, behind it in 198.20.0.0/24 / 2001:20::/64, a
+# A router on the bridge and, behind it in 198.19.20.0/24 / 2001:2:0:20::/64, a
 # fourth backend: weir must reach it through the router's MAC (`ip route
 # get`'s gateway), in nat and tunnel modes.
 #
 #   br0 ... p-rt --- r0 [rt] r1 --- b0 [b4]
-#                .254 ::254    .20.0.254 / 2001:20::254   .20.0.14 / 2001:20::14
+#                .254 ::254    .19.20.254 / 2001:2:0:20::254   .19.20.14 / 2001:2:0:20::14
 build_routed() {
 	local rt b4
 	rt="$(ns rt)"

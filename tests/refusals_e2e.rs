@@ -1,7 +1,7 @@
 //! Configurations `weir run` must refuse before anything is attached (root,
 //! in the lab, lab/lab.sh), and `weir check`'s part of them:
 //! - a DSR VIP (the default mode) whose backend is off-link, reached through
-//!   a router (ROUTED_LAB=1: b4 at 198.20.0.14 / 2001:20::14): DSR only
+//!   a router (ROUTED_LAB=1: b4 at 198.19.20.14 / 2001:2:0:20::14): DSR only
 //!   rewrites MACs, so src/net.rs `resolve_mac` refuses it; the same backend
 //!   in tunnel mode is accepted;
 //! - a NAT VIP whose source is the interface's own address (the default)
@@ -127,41 +127,41 @@ fn dsr_to_an_off_link_backend_is_refused_tunnel_is_accepted() {
     }
     let mut lab = Lab::up_routed(&format!("rfr{}", std::process::id()), "dsr");
     // Precondition: b4 is off-link for the balancer, reached via the router.
-    let r = lab.sh("lb", "ip route get 198.20.0.14; ip -6 route get 2001:20::14");
+    let r = lab.sh("lb", "ip route get 198.19.20.14; ip -6 route get 2001:2:0:20::14");
     let routes = String::from_utf8_lossy(&r.stdout).to_string();
-    assert!(routes.contains("via 198.18.0.254"), "198.20.0.14 goes through the router: {routes}");
-    assert!(routes.contains("via 2001:2::254"), "2001:20::14 goes through the router: {routes}");
+    assert!(routes.contains("via 198.18.0.254"), "198.19.20.14 goes through the router: {routes}");
+    assert!(routes.contains("via 2001:2::254"), "2001:2:0:20::14 goes through the router: {routes}");
 
     let want4 = [
-        "198.20.0.14 is reached through the gateway 198.18.0.254",
+        "198.19.20.14 is reached through the gateway 198.18.0.254",
         "is reached through the gateway",
         "use mode = \"tunnel\" or \"nat\"",
     ];
     // mode absent: DSR is the default
-    refused(&lab, "dsr-default-v4", &vip("off", "198.18.0.100", 80, "", &["198.20.0.14"]), &want4);
-    refused(&lab, "dsr-explicit-v4", &vip("off", "198.18.0.100", 80, "mode = \"dsr\"\n", &["198.20.0.14"]), &want4);
+    refused(&lab, "dsr-default-v4", &vip("off", "198.18.0.100", 80, "", &["198.19.20.14"]), &want4);
+    refused(&lab, "dsr-explicit-v4", &vip("off", "198.18.0.100", 80, "mode = \"dsr\"\n", &["198.19.20.14"]), &want4);
     // IPv6: the same, through the router's IPv6 address
     refused(
         &lab,
         "dsr-default-v6",
-        &vip("off6", "2001:2::100", 80, "", &["2001:20::14"]),
-        &["2001:20::14 is reached through the gateway 2001:2::254", "use mode = \"tunnel\" or \"nat\""],
+        &vip("off6", "2001:2::100", 80, "", &["2001:2:0:20::14"]),
+        &["2001:2:0:20::14 is reached through the gateway 2001:2::254", "use mode = \"tunnel\" or \"nat\""],
     );
     // One off-link backend among on-link ones is enough to refuse the config.
     refused(
         &lab,
         "dsr-mixed-v4",
-        &vip("mixed", "198.18.0.100", 80, "", &["198.18.0.11", "198.20.0.14", "198.18.0.12"]),
+        &vip("mixed", "198.18.0.100", 80, "", &["198.18.0.11", "198.19.20.14", "198.18.0.12"]),
         &want4,
     );
 
     // Tunnel mode: the same backend, accepted (its MAC is the router's).
-    accepted(&mut lab, "tunnel-v4", &vip("off", "198.18.0.100", 80, "mode = \"tunnel\"\n", &["198.20.0.14"]));
+    accepted(&mut lab, "tunnel-v4", &vip("off", "198.18.0.100", 80, "mode = \"tunnel\"\n", &["198.19.20.14"]));
     accepted(
         &mut lab,
         "tunnel-v4-v6",
-        &(vip("off", "198.18.0.100", 80, "mode = \"tunnel\"\n", &["198.20.0.14"])
-            + &vip("off6", "2001:2::100", 80, "mode = \"tunnel\"\n", &["2001:20::14"])),
+        &(vip("off", "198.18.0.100", 80, "mode = \"tunnel\"\n", &["198.19.20.14"])
+            + &vip("off6", "2001:2::100", 80, "mode = \"tunnel\"\n", &["2001:2:0:20::14"])),
     );
     // Control: DSR to on-link backends is still accepted in this lab.
     accepted(&mut lab, "dsr-on-link-v4", &vip("web", "198.18.0.100", 80, "", &ON_LINK4));

@@ -1,7 +1,7 @@
 //! Off-link backends and tunnel PMTU end to end (root), in the lab
 //! (lab/lab.sh):
-//! - with `ROUTED_LAB=1`, a VIP whose only backend, b4 (198.20.0.14 /
-//!   2001:20::14), sits behind a router: weir must hand its packets to the
+//! - with `ROUTED_LAB=1`, a VIP whose only backend, b4 (198.19.20.14 /
+//!   2001:2:0:20::14), sits behind a router: weir must hand its packets to the
 //!   router's MAC, found through `ip route get` (no `mac` in the config), in
 //!   tunnel mode (b4 sees the client) and in NAT mode (b4 sees the balancer);
 //! - in tunnel mode, a 2 MB upload whose full-size segments do not fit once
@@ -100,7 +100,7 @@ fn tunnel_to_an_off_link_backend_via_the_router() {
     let mut lab = Lab::up_routed(&format!("wrtt{}", std::process::id()), "tunnel");
     let st = lab.status();
     assert!(st.status.success(), "lab status: {}{}", String::from_utf8_lossy(&st.stdout), String::from_utf8_lossy(&st.stderr));
-    start_weir_cold(&mut lab, &config("tunnel", 80, &["198.20.0.14"], &["2001:20::14"]));
+    start_weir_cold(&mut lab, &config("tunnel", 80, &["198.19.20.14"], &["2001:2:0:20::14"]));
 
     let (seen, others) = through_router(&lab, "rtun", "::ffff:198.18.0.1", "2001:2::1");
     let n = |k: &str| seen[k].as_u64().unwrap();
@@ -142,7 +142,7 @@ fn nat_to_an_off_link_backend_via_the_router() {
         return;
     }
     let mut lab = Lab::up_routed(&format!("wrtn{}", std::process::id()), "nat");
-    start_weir_cold(&mut lab, &config("nat", 80, &["198.20.0.14"], &["2001:20::14"]));
+    start_weir_cold(&mut lab, &config("nat", 80, &["198.19.20.14"], &["2001:2:0:20::14"]));
 
     let (seen, others) = through_router(&lab, "rnat", "::ffff:198.18.0.10", "2001:2::10");
     let n = |k: &str| seen[k].as_u64().unwrap();

@@ -393,7 +393,7 @@ impl Drop for Lab {
 impl Lab {
     /// `lab.sh up` with `LAB_MODE=mode` and `ROUTED_LAB=1`: a router
     /// `${PREFIX}-rt` on the bridge and the off-link backend `${PREFIX}-b4`
-    /// (198.20.0.14, 2001:20::14) behind it.
+    /// (198.19.20.14, 2001:2:0:20::14) behind it.
     pub fn up_routed(prefix: &str, mode: &str) -> Lab {
         Self::up_with(prefix, &[("LAB_MODE", mode), ("ROUTED_LAB", "1")])
     }
