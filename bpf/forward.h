@@ -23,9 +23,4 @@ static __always_inline int send_to_backend(struct stat_block *c, void *data, con
 	return verdict(c, action);
 }
 
-static __always_inline int forward_dsr(struct stat_block *c, void *data, const struct backend *be)
-{
-	return send_to_backend(c, data, be);
-}
-
 #endif

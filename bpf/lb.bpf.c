@@ -134,7 +134,7 @@ send:
 	traffic_add(&backend_stats, bid, bytes, new_flow);
 	if (vip->mode == WEIR_MODE_TUNNEL)
 		return tunnel_encap(c, ctx, pkt, vip, be);
-	return forward_dsr(c, data, be);
+	return send_to_backend(c, data, be);
 }
 
 SEC("xdp")

@@ -88,18 +88,18 @@ static __always_inline int l34_rewrite(void *data, void *data_end, const struct 
 				       const __u32 *ndst, __u16 nsport, __u16 ndport)
 {
 	__u32 l3 = pkt->l3_off, l4 = pkt->l4_off;
+	int v4 = pkt->key.family == WEIR_FAMILY_V4;
 	__u32 acc = 0;
-	int i;
 
 	if (l3 > 18 || l4 > 18 + 60)
 		return -1;
-	if (pkt->key.family == WEIR_FAMILY_V4) {
+	acc = csum_diff_addr(acc, pkt->key.src, nsrc, v4);
+	acc = csum_diff_addr(acc, pkt->key.dst, ndst, v4);
+	if (v4) {
 		struct iphdr *iph = data + l3;
 
 		if ((void *)(iph + 1) > data_end)
 			return -1;
-		acc = csum_diff32(acc, pkt->key.src[0], nsrc[0]);
-		acc = csum_diff32(acc, pkt->key.dst[0], ndst[0]);
 		iph->saddr = nsrc[0];
 		iph->daddr = ndst[0];
 		iph->check = csum_apply(iph->check, acc);
@@ -108,11 +108,6 @@ static __always_inline int l34_rewrite(void *data, void *data_end, const struct 
 
 		if ((void *)(ip6 + 1) > data_end)
 			return -1;
-#pragma unroll
-		for (i = 0; i < 4; i++) {
-			acc = csum_diff32(acc, pkt->key.src[i], nsrc[i]);
-			acc = csum_diff32(acc, pkt->key.dst[i], ndst[i]);
-		}
 		__builtin_memcpy(&ip6->saddr, nsrc, 16);
 		__builtin_memcpy(&ip6->daddr, ndst, 16);
 	}
@@ -310,7 +305,6 @@ static __always_inline int nat_icmp(struct stat_block *c, void *data, void *data
 	__u16 *ports, old_sport, old_dport, *check = 0;
 	__u32 isrc[4] = {}, idst[4] = {};
 	int v4 = pkt->key.family == WEIR_FAMILY_V4;
-	int i;
 
 	if ((void *)(eth + 1) > data_end || l3 > 18 || l4 > 18 + 60)
 		return -1;
@@ -366,14 +360,14 @@ static __always_inline int nat_icmp(struct stat_block *c, void *data, void *data
 	/* Quoted packet: client:port -> VIP:port. `acc` collects its address
 	 * changes (its L4 pseudo-header), `outer` every word of the ICMP body
 	 * that changes, for the ICMP checksum. */
+	acc = csum_diff_addr(acc, isrc, r->client, v4);
+	acc = csum_diff_addr(acc, idst, r->vip, v4);
 	if (v4) {
 		struct iphdr *in = (void *)(icmp + 8);
 		__u16 oc;
 
 		if ((void *)(in + 1) > data_end)
-			return -1;
-		acc = csum_diff32(acc, isrc[0], r->client[0]);
-		acc = csum_diff32(acc, idst[0], r->vip[0]);
+			return drop_because(c, WEIR_STAT_DROP_ENCAP);
 		in->saddr = r->client[0];
 		in->daddr = r->vip[0];
 		oc = in->check;
@@ -383,12 +377,7 @@ static __always_inline int nat_icmp(struct stat_block *c, void *data, void *data
 		struct ipv6hdr *in = (void *)(icmp + 8);
 
 		if ((void *)(in + 1) > data_end)
-			return -1;
-#pragma unroll
-		for (i = 0; i < 4; i++) {
-			acc = csum_diff32(acc, isrc[i], r->client[i]);
-			acc = csum_diff32(acc, idst[i], r->vip[i]);
-		}
+			return drop_because(c, WEIR_STAT_DROP_ENCAP);
 		__builtin_memcpy(&in->saddr, r->client, 16);
 		__builtin_memcpy(&in->daddr, r->vip, 16);
 		outer = acc;
@@ -399,7 +388,7 @@ static __always_inline int nat_icmp(struct stat_block *c, void *data, void *data
 	else if ((void *)(ports + 9) <= data_end && rk.proto == IPPROTO_TCP)
 		check = ports + 8;
 	if ((void *)(ports + 2) > data_end)
-		return -1;
+		return drop_because(c, WEIR_STAT_DROP_ENCAP);
 	ports[0] = r->client_port;
 	ports[1] = r->vip_port;
 	outer = csum_diff16(outer, old_sport, r->client_port);
@@ -417,34 +406,32 @@ static __always_inline int nat_icmp(struct stat_block *c, void *data, void *data
 	}
 
 	/* Outer header: VIP -> client. */
-	if (v4) {
-		struct iphdr *iph = data + l3;
-		__u32 a = 0;
+	{
+		__u32 a = csum_diff_addr(0, pkt->key.src, r->vip, v4);
 
-		if ((void *)(iph + 1) > data_end)
-			return -1;
-		a = csum_diff32(a, pkt->key.src[0], r->vip[0]);
-		a = csum_diff32(a, pkt->key.dst[0], r->client[0]);
-		iph->saddr = r->vip[0];
-		iph->daddr = r->client[0];
-		iph->check = csum_apply(iph->check, a);
-	} else {
-		struct ipv6hdr *iph = data + l3;
+		a = csum_diff_addr(a, pkt->key.dst, r->client, v4);
+		if (v4) {
+			struct iphdr *iph = data + l3;
 
-		if ((void *)(iph + 1) > data_end)
-			return -1;
-		/* ICMPv6 sums the pseudo-header too. */
-#pragma unroll
-		for (i = 0; i < 4; i++) {
-			outer = csum_diff32(outer, pkt->key.src[i], r->vip[i]);
-			outer = csum_diff32(outer, pkt->key.dst[i], r->client[i]);
+			if ((void *)(iph + 1) > data_end)
+				return drop_because(c, WEIR_STAT_DROP_ENCAP);
+			iph->saddr = r->vip[0];
+			iph->daddr = r->client[0];
+			iph->check = csum_apply(iph->check, a);
+		} else {
+			struct ipv6hdr *iph = data + l3;
+
+			if ((void *)(iph + 1) > data_end)
+				return drop_because(c, WEIR_STAT_DROP_ENCAP);
+			__builtin_memcpy(&iph->saddr, r->vip, 16);
+			__builtin_memcpy(&iph->daddr, r->client, 16);
+			/* ICMPv6 sums the pseudo-header too. */
+			outer += a;
 		}
-		__builtin_memcpy(&iph->saddr, r->vip, 16);
-		__builtin_memcpy(&iph->daddr, r->client, 16);
 	}
 	icmp = data + l4;
 	if ((void *)(icmp + 8) > data_end)
-		return -1;
+		return drop_because(c, WEIR_STAT_DROP_ENCAP);
 	*(__u16 *)(icmp + 2) = csum_apply(*(__u16 *)(icmp + 2), outer);
 	__builtin_memcpy(eth->h_dest, r->client_mac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, r->lb_mac, ETH_ALEN);

@@ -206,11 +206,6 @@ static __always_inline int is_verified(const struct flow_key *k, __u64 now)
  * skb-backed veth frame fails, FACTS): swap addresses and ports, drop the
  * SYN's options and payload, fresh checksums.
  */
-static __always_inline __u32 csum_u32(__u32 v)
-{
-	return (v & 0xffff) + (v >> 16);
-}
-
 /*
  * Every checksum below is summed from values held in registers (what was
  * written, and the parsed addresses), never by re-reading the packet: a

@@ -22,18 +22,6 @@
 #endif
 #define ICMP_FRAG_NEEDED 4
 
-static __always_inline __u32 addr_sum(const __u32 *a, int words)
-{
-	__u32 s = 0;
-	int i;
-
-#pragma unroll
-	for (i = 0; i < 4; i++)
-		if (i < words)
-			s += (a[i] & 0xffff) + (a[i] >> 16);
-	return s;
-}
-
 /*
  * ICMP frag-needed (IPv4) / packet-too-big (IPv6) to the client, quoting its
  * IP header and 8 bytes, in its own frame: the quote stays where it is, the
@@ -84,7 +72,7 @@ static __always_inline int send_too_big(struct stat_block *c, struct xdp_md *ctx
 		iph->saddr = pkt->key.dst[0];
 		iph->daddr = pkt->key.src[0];
 		iph->check = csum_fold(bpf_htons(0x4500) + bpf_htons(len) + bpf_htons((64 << 8) | IPPROTO_ICMP) +
-				       addr_sum(pkt->key.src, 1) + addr_sum(pkt->key.dst, 1));
+				       csum_addr(pkt->key.src, 1) + csum_addr(pkt->key.dst, 1));
 		icmp[0] = ICMP_DEST_UNREACH;
 		icmp[1] = ICMP_FRAG_NEEDED;
 		*(__u16 *)(icmp + 2) = 0;
@@ -109,7 +97,7 @@ static __always_inline int send_too_big(struct stat_block *c, struct xdp_md *ctx
 		icmp[1] = 0;
 		*(__u16 *)(icmp + 2) = 0;
 		*(__u32 *)(icmp + 4) = bpf_htonl(iface_mtu - 40);
-		sum = addr_sum(pkt->key.src, 4) + addr_sum(pkt->key.dst, 4) + bpf_htons(len) + bpf_htons(IPPROTO_ICMPV6);
+		sum = csum_addr(pkt->key.src, 0) + csum_addr(pkt->key.dst, 0) + bpf_htons(len) + bpf_htons(IPPROTO_ICMPV6);
 		sum += csum_words(icmp, (8 + 48) / 2);
 		*(__u16 *)(icmp + 2) = csum_fold(sum);
 	}
@@ -177,8 +165,8 @@ static __always_inline int tunnel_encap(struct stat_block *c, struct xdp_md *ctx
 		iph->saddr = vip->source[0];
 		iph->daddr = be->addr[0];
 		iph->check = csum_fold(bpf_htons(0x4500 | tos) + bpf_htons(len) + df +
-				       bpf_htons((64 << 8) | IPPROTO_IPIP) + addr_sum(vip->source, 1) +
-				       addr_sum(be->addr, 1));
+				       bpf_htons((64 << 8) | IPPROTO_IPIP) + csum_addr(vip->source, 1) +
+				       csum_addr(be->addr, 1));
 	} else {
 		struct ethhdr *eth = data;
 		struct ipv6hdr *ip6 = data + ETH_HLEN;
