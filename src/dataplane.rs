@@ -209,25 +209,21 @@ impl Dataplane {
     fn check_sources(&self, plan: &Plan) -> Result<()> {
         let (eph_lo, eph_hi) = ephemeral_ports();
         for v in plan.vips.iter().filter(|v| v.mode == crate::config::Mode::Nat) {
-            let src = self.source_of(v)?;
-            let ip = v.source.or_else(|| self.settings.iface_addrs.iter().copied().find(|a| a.is_ipv4() == v.addr.is_ipv4()));
-            if let Some(o) = plan.vips.iter().find(|o| addr_words(o.addr).0 == src) {
+            let Some(src) = self.source_of(v)? else { continue };
+            if let Some(o) = plan.vips.iter().find(|o| o.addr == src) {
                 bail!(
-                    "VIP {}: its NAT source address {} is also the address of VIP {}: backends' replies to it would be taken for client traffic; \
+                    "VIP {}: its NAT source address {src} is also the address of VIP {}: backends' replies to it would be taken for client traffic; \
                      give the VIP another source_address",
                     v.name,
-                    ip.map(|a| a.to_string()).unwrap_or_default(),
                     o.name
                 );
             }
-            let own = ip.is_some_and(|a| self.settings.iface_addrs.contains(&a));
             let [lo, hi] = v.source_ports;
-            if own && lo <= eph_hi && eph_lo <= hi {
+            if self.settings.iface_addrs.contains(&src) && lo <= eph_hi && eph_lo <= hi {
                 bail!(
-                    "VIP {}: source_ports [{lo}, {hi}] overlap the kernel's ephemeral ports {eph_lo}-{eph_hi} on the interface's own address {}: \
+                    "VIP {}: source_ports [{lo}, {hi}] overlap the kernel's ephemeral ports {eph_lo}-{eph_hi} on the interface's own address {src}: \
                      the balancer's own connections (health checks) could take a NAT flow's tuple; use ports outside that range or a source_address of its own",
-                    v.name,
-                    ip.map(|a| a.to_string()).unwrap_or_default()
+                    v.name
                 );
             }
         }
@@ -236,9 +232,9 @@ impl Dataplane {
 
     /// The source address a NAT or tunnel VIP sends from: its own, or the
     /// interface's first global address of its family.
-    fn source_of(&self, vip: &crate::plan::PlannedVip) -> Result<[u32; 4]> {
+    fn source_of(&self, vip: &crate::plan::PlannedVip) -> Result<Option<IpAddr>> {
         if vip.mode == crate::config::Mode::Dsr {
-            return Ok([0; 4]);
+            return Ok(None);
         }
         let src = vip.source.or_else(|| self.settings.iface_addrs.iter().copied().find(|a| a.is_ipv4() == vip.addr.is_ipv4()));
         let Some(src) = src else {
@@ -249,7 +245,7 @@ impl Dataplane {
                 if vip.addr.is_ipv4() { "IPv4" } else { "IPv6" }
             );
         };
-        Ok(addr_words(src).0)
+        Ok(Some(src))
     }
 
     pub fn trace_ring_fd(&self) -> std::os::fd::RawFd {
@@ -359,7 +355,8 @@ impl Dataplane {
 
     /// Make a VIP live with these tables: a new VIP gets its tables before
     /// its key (a packet never finds a VIP without them); a live one is
-    /// switched to the spare half in one update (see write_tables).
+    /// switched to the spare half in one update (see write_tables). The ARP /
+    /// NDP responder learns its address in sync_neighbours.
     pub fn publish(&self, vip: &crate::plan::PlannedVip, ring: &[u32], rr: &[u32]) -> Result<()> {
         if vip.id >= self.settings.max_vips {
             bail!(
@@ -384,7 +381,7 @@ impl Dataplane {
             mode: vip.mode as u8,
             rr_len: rr.len() as u16,
             half,
-            source: self.source_of(vip)?,
+            source: self.source_of(vip)?.map(|a| addr_words(a).0).unwrap_or_default(),
             port_lo: lo,
             // hi - lo + 1 ports; a full 1-65535 range is one short of 65535 + 1.
             port_span: (u32::from(hi) - u32::from(lo) + 1).min(65535) as u16,
@@ -392,24 +389,15 @@ impl Dataplane {
             ..Default::default()
         };
         self.skel.maps.vips.update(bytes_of(&key), bytes_of(&meta), MapFlags::ANY).context("writing the VIP")?;
-        if family == FAMILY_V4 {
-            self.skel.maps.vip_arp.update(&addr[0].to_ne_bytes(), &key32(vip.id), MapFlags::ANY)?;
-        } else {
-            self.skel.maps.vip_nd.update(bytes_of(&In6Key { addr }), &key32(vip.id), MapFlags::ANY)?;
-        }
         self.live.borrow_mut().insert(vip.id, (key, meta));
         Ok(())
     }
 
-    /// Take a VIP out: its key first (packets to it then go to the kernel).
-    pub fn unpublish(&self, vip_id: u32, keep_arp: bool) -> Result<()> {
+    /// Take a VIP out: packets to it then go to the kernel. (Its ARP / NDP
+    /// entry goes in sync_neighbours, unless another VIP shares the address.)
+    pub fn unpublish(&self, vip_id: u32) -> Result<()> {
         let Some((key, _)) = self.live.borrow_mut().remove(&vip_id) else { return Ok(()) };
         self.skel.maps.vips.delete(bytes_of(&key)).context("deleting the VIP")?;
-        if key.family == FAMILY_V4 && !keep_arp {
-            let _ = self.skel.maps.vip_arp.delete(&key.addr[0].to_ne_bytes());
-        } else if !keep_arp {
-            let _ = self.skel.maps.vip_nd.delete(bytes_of(&In6Key { addr: key.addr }));
-        }
         Ok(())
     }
 
@@ -507,8 +495,7 @@ impl Dataplane {
         let gone_vips: Vec<&crate::plan::PlannedVip> =
             old.vips.iter().filter(|o| !new.vips.iter().any(|n| n.id == o.id)).collect();
         for v in &gone_vips {
-            let shared = new.vips.iter().any(|n| n.addr == v.addr);
-            self.unpublish(v.id, shared)?;
+            self.unpublish(v.id)?;
         }
         for id in old_b.difference(&new_b) {
             self.remove_backend(*id)?;
@@ -690,7 +677,7 @@ impl Dataplane {
     /// Entries in the flow table, counted up to `cap` (a walk is one
     /// syscall per entry: stats must not stall the control loop).
     /// NAT flows count once (their forward entries), expired ones included
-    /// until the LRU reuses them.
+    /// until swept.
     pub fn flow_count(&self, cap: usize) -> usize {
         let dsr = self.skel.maps.flows.keys().take(cap).count();
         dsr + self.skel.maps.nat_fwd.keys().take(cap - dsr).count()

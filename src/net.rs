@@ -54,16 +54,27 @@ impl Iface {
     }
 }
 
+/// `ip -j ARGS` in this network namespace, parsed; an error names the
+/// command and carries its stderr.
+fn ip_json(args: &[&str]) -> Result<serde_json::Value> {
+    let out = Command::new("ip")
+        .arg("-j")
+        .args(args)
+        .output()
+        .with_context(|| format!("running `ip {}` (install iproute2)", args[0]))?;
+    if !out.status.success() {
+        bail!("`ip {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    // Some iproute2 versions print nothing, not [], when nothing matches.
+    if out.stdout.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::Value::Null);
+    }
+    serde_json::from_slice(&out.stdout).with_context(|| format!("parsing `ip -j {}` output", args[0]))
+}
+
 /// The interface's global addresses (`ip -j addr`), IPv4 and IPv6.
 fn global_addrs(name: &str) -> Result<Vec<IpAddr>> {
-    let out = Command::new("ip")
-        .args(["-j", "addr", "show", "dev", name])
-        .output()
-        .context("running `ip addr` (install iproute2)")?;
-    if !out.status.success() {
-        bail!("`ip addr show dev {name}` failed: {}", String::from_utf8_lossy(&out.stderr).trim());
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("parsing `ip -j addr` output")?;
+    let v = ip_json(&["addr", "show", "dev", name])?;
     Ok(v[0]["addr_info"]
         .as_array()
         .into_iter()
@@ -76,14 +87,8 @@ fn global_addrs(name: &str) -> Result<Vec<IpAddr>> {
 /// The neighbour a packet to `ip` is handed to: `ip` itself when on-link,
 /// else the gateway of its route (`ip route get`).
 pub fn next_hop_of(ip: IpAddr) -> Result<IpAddr> {
-    let out = Command::new("ip")
-        .args(["-j", "route", "get", &ip.to_string()])
-        .output()
-        .context("running `ip route get` (install iproute2)")?;
-    if !out.status.success() {
-        bail!("no route to {ip}: {} (add one, or set the backend's `mac`)", String::from_utf8_lossy(&out.stderr).trim());
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("parsing `ip -j route get` output")?;
+    let v = ip_json(&["route", "get", &ip.to_string()])
+        .with_context(|| format!("no route to {ip} (add one, or set the backend's `mac`)"))?;
     Ok(v[0]["gateway"].as_str().and_then(|g| g.parse().ok()).unwrap_or(ip))
 }
 
@@ -114,14 +119,7 @@ pub fn in_host_netns() -> Result<bool> {
 
 /// The neighbour table's MAC for `ip` on `iface`, if it has a usable one.
 fn neighbour(ip: IpAddr, iface: &str) -> Result<Option<[u8; 6]>> {
-    let out = Command::new("ip")
-        .args(["-j", "neigh", "show", "to", &ip.to_string(), "dev", iface])
-        .output()
-        .context("running `ip neigh` (install iproute2)")?;
-    if !out.status.success() {
-        bail!("`ip neigh show to {ip} dev {iface}` failed: {}", String::from_utf8_lossy(&out.stderr).trim());
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    let v = ip_json(&["neigh", "show", "to", &ip.to_string(), "dev", iface])?;
     for n in v.as_array().into_iter().flatten() {
         let states: Vec<&str> =
             n["state"].as_array().into_iter().flatten().filter_map(|s| s.as_str()).collect();

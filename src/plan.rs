@@ -178,13 +178,12 @@ impl Plan {
                 v.sched,
                 v.mode
             );
+            let src = v.source.map(|a| a.to_string()).unwrap_or_else(|| "the interface's address".into());
             match v.mode {
                 Mode::Nat => {
-                    let src = v.source.map(|a| a.to_string()).unwrap_or_else(|| "the interface's address".into());
                     let _ = writeln!(s, "  nat: source {src}, ports {}-{}", v.source_ports[0], v.source_ports[1]);
                 }
                 Mode::Tunnel => {
-                    let src = v.source.map(|a| a.to_string()).unwrap_or_else(|| "the interface's address".into());
                     let kind = if v.addr.is_ipv4() { "ipip" } else { "ip6ip6" };
                     let icmp = if v.icmp_too_big { "ICMP too-big on" } else { "ICMP too-big off" };
                     let _ = writeln!(s, "  tunnel: {kind} from {src}, {icmp}");
