@@ -645,6 +645,23 @@ status_b4() {
 	return "$ok"
 }
 
+# status_extras LABEL MARKER HOST...: report an optional set of namespaces;
+# fails when `up` built them (MARKER exists) and one is missing.
+status_extras() {
+	local label="$1" marker="$2" h n rc=0
+	shift 2
+	for h in "$@"; do
+		n="$(ns "$h")"
+		if ns_exists "$n"; then
+			echo "  netns $n: present ($label)"
+		elif [[ -f "$marker" ]]; then
+			echo "  netns $n: MISSING ($label)"
+			rc=1
+		fi
+	done
+	return "$rc"
+}
+
 do_status() {
 	local h n ok=0 body pid state mode
 	mode="$(cat "$STATE/mode" 2>/dev/null || echo dsr)"
@@ -658,18 +675,8 @@ do_status() {
 			ok=1
 		fi
 	done
-	# SHIELD_LAB extras: listed when present (or when up built them)
-	local shield=0
-	[[ -f "$STATE/shield" ]] && shield=1
-	for h in "${SHIELD_HOSTS[@]}"; do
-		n="$(ns "$h")"
-		if ns_exists "$n"; then
-			echo "  netns $n: present (SHIELD_LAB)"
-		elif ((shield)); then
-			echo "  netns $n: MISSING (SHIELD_LAB)"
-			ok=1
-		fi
-	done
+	# SHIELD_LAB / ROUTED_LAB extras: listed when present (or when up built them)
+	status_extras SHIELD_LAB "$STATE/shield" "${SHIELD_HOSTS[@]}" || ok=1
 	if ns_exists "$SW"; then
 		if xdp_attached; then
 			echo "  $SW/p-lb: XDP program attached"
@@ -677,18 +684,7 @@ do_status() {
 			echo "  $SW/p-lb: no XDP program"
 		fi
 	fi
-	# ROUTED_LAB extras: listed when present (or when up built them)
-	local routed=0
-	[[ -f "$STATE/routed" ]] && routed=1
-	for h in "${ROUTED_HOSTS[@]}"; do
-		n="$(ns "$h")"
-		if ns_exists "$n"; then
-			echo "  netns $n: present (ROUTED_LAB)"
-		elif ((routed)); then
-			echo "  netns $n: MISSING (ROUTED_LAB)"
-			ok=1
-		fi
-	done
+	status_extras ROUTED_LAB "$STATE/routed" "${ROUTED_HOSTS[@]}" || ok=1
 	for h in "${BACKENDS[@]}"; do
 		pid="$(cat "$STATE/$h.pid" 2>/dev/null || true)"
 		state="pid ${pid:-?}"
@@ -710,7 +706,7 @@ do_status() {
 			fi
 		fi
 	done
-	if ((routed)) || ns_exists "$(ns b4)"; then
+	if [[ -f "$STATE/routed" ]] || ns_exists "$(ns b4)"; then
 		status_b4 "$mode" || ok=1
 	fi
 	return "$ok"
