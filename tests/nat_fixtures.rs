@@ -178,27 +178,6 @@ address = "2001:2::51"
 mac = "02:00:00:00:06:33"
 "#;
 
-/// Case 6: FIN timeout 1 s and a single SNAT port.
-const CLOSE_CONFIG: &str = r#"
-[conntrack]
-size = 4096
-tcp_fin_timeout = 1
-[maglev]
-table_size = 65537
-
-[[vip]]
-name = "nat-one-port"
-address = "198.18.0.103"
-port = 80
-protocol = "tcp"
-mode = "nat"
-source_address = "198.18.0.40"
-source_ports = [41000, 41000]
-[[vip.backend]]
-address = "198.18.0.41"
-port = 80
-mac = "02:00:00:00:00:29"
-"#;
 
 // --------------------------------------------------- packets (etherparse) ---
 
@@ -1018,7 +997,7 @@ fn nat_pool_full_drops() {
 /// flow does not get it back while the new one holds it.
 #[test]
 fn nat_port_reused_after_close() {
-    let Some(lb) = load_lb(CLOSE_CONFIG) else { return };
+    let Some(lb) = load_lb(&one_port_nat("size = 4096\ntcp_fin_timeout = 1", "")) else { return };
     const VIP: &str = "198.18.0.103";
     const S: &str = "198.18.0.40";
     const B: &str = "198.18.0.41";

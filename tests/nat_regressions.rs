@@ -22,32 +22,6 @@ const S: [u8; 4] = [198, 18, 0, 40];
 const BE: [u8; 4] = [198, 18, 0, 41];
 const PORT: u16 = 41000;
 
-/// One SNAT port; `extra` is appended (timeouts, size, more VIPs).
-fn config(ct_extra: &str, more: &str) -> String {
-    format!(
-        r#"
-[conntrack]
-{ct_extra}
-[maglev]
-table_size = 65537
-
-[[vip]]
-name = "nat-one-port"
-address = "198.18.0.103"
-port = 80
-protocol = "tcp"
-mode = "nat"
-source_address = "198.18.0.40"
-source_ports = [41000, 41000]
-[[vip.backend]]
-address = "198.18.0.41"
-port = 80
-mac = "02:00:00:00:00:29"
-{more}
-"#
-    )
-}
-
 #[derive(Clone, Copy)]
 enum F {
     Syn,
@@ -108,7 +82,7 @@ fn a_reopened_connection_is_timed_as_new() {
     if !require_root("review repro") {
         return;
     }
-    let lb = load(&config("size = 4096\ntcp_fin_timeout = 1", ""));
+    let lb = load(&one_port_nat("size = 4096\ntcp_fin_timeout = 1", ""));
     let a = [10, 6, 0, 1];
     let b = [10, 6, 0, 2];
     for (what, f) in [("A SYN", F::Syn), ("A ACK", F::Ack), ("A FIN", F::Fin), ("A SYN again (port reuse)", F::Syn), ("A ACK", F::Ack)] {
@@ -138,7 +112,7 @@ fn a_last_seen_ahead_of_now_is_live() {
     if !require_root("review repro") {
         return;
     }
-    let lb = load(&config("size = 4096", ""));
+    let lb = load(&one_port_nat("size = 4096", ""));
     let a = [10, 6, 0, 1];
     let b = [10, 6, 0, 2];
     // Start early in a second so the whole case runs within it.
@@ -189,7 +163,7 @@ source_ports = [1024, 65000]
 address = "198.18.0.51"
 mac = "02:00:00:00:00:33"
 "#;
-    let lb = load(&config("size = 64", more));
+    let lb = load(&one_port_nat("size = 64", more));
     let a = [10, 6, 0, 1];
     assert_eq!(delta(&lb, &tcp(A_MAC, a, VIP, 1111, 80, F::Syn)).0, XDP_TX);
     assert_eq!(delta(&lb, &tcp(BE_MAC, BE, S, 80, PORT, F::SynAck)).0, XDP_TX);
@@ -224,7 +198,7 @@ fn icmp_errors_not_addressed_to_the_source_pass() {
     if !require_root("review repro") {
         return;
     }
-    let lb = load(&config("size = 4096", ""));
+    let lb = load(&one_port_nat("size = 4096", ""));
     let a = [10, 6, 0, 1];
     assert_eq!(delta(&lb, &tcp(A_MAC, a, VIP, 1111, 80, F::Syn)).0, XDP_TX);
     // Quote: S:41000 -> BE:80 (IP header + 8 bytes).
@@ -261,7 +235,7 @@ source_address = "198.18.0.60"
 address = "198.18.0.61"
 mac = "02:00:00:00:00:3d"
 "#;
-    let lb = load(&config("tcp_fin_timeout = 1\nudp_timeout = 600", more));
+    let lb = load(&one_port_nat("tcp_fin_timeout = 1\nudp_timeout = 600", more));
     let a = [10, 6, 0, 1];
     assert_eq!(delta(&lb, &tcp(A_MAC, a, VIP, 1111, 80, F::Syn)).0, XDP_TX);
     assert_eq!(delta(&lb, &tcp(A_MAC, a, VIP, 1111, 80, F::Fin)).0, XDP_TX);

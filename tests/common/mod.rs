@@ -239,3 +239,30 @@ pub fn arp_request(sender: [u8; 4], target: [u8; 4]) -> Vec<u8> {
     f.extend_from_slice(&target);
     f
 }
+
+/// A NAT VIP (198.18.0.103:80 -> 198.18.0.41:80) with a single SNAT port
+/// (41000 from 198.18.0.40); `ct_extra` goes in [conntrack], `more` after.
+pub fn one_port_nat(ct_extra: &str, more: &str) -> String {
+    format!(
+        r#"
+[conntrack]
+{ct_extra}
+[maglev]
+table_size = 65537
+
+[[vip]]
+name = "nat-one-port"
+address = "198.18.0.103"
+port = 80
+protocol = "tcp"
+mode = "nat"
+source_address = "198.18.0.40"
+source_ports = [41000, 41000]
+[[vip.backend]]
+address = "198.18.0.41"
+port = 80
+mac = "02:00:00:00:00:29"
+{more}
+"#
+    )
+}
