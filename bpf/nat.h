@@ -93,13 +93,14 @@ static __always_inline int l34_rewrite(void *data, void *data_end, const struct 
 
 	if (l3 > 18 || l4 > 18 + 60)
 		return -1;
-	acc = csum_diff_addr(acc, pkt->key.src, nsrc, v4);
-	acc = csum_diff_addr(acc, pkt->key.dst, ndst, v4);
+	/* The family is a constant inside each branch: the helper's loop folds. */
 	if (v4) {
 		struct iphdr *iph = data + l3;
 
 		if ((void *)(iph + 1) > data_end)
 			return -1;
+		acc = csum_diff_addr(acc, pkt->key.src, nsrc, 1);
+		acc = csum_diff_addr(acc, pkt->key.dst, ndst, 1);
 		iph->saddr = nsrc[0];
 		iph->daddr = ndst[0];
 		iph->check = csum_apply(iph->check, acc);
@@ -108,6 +109,8 @@ static __always_inline int l34_rewrite(void *data, void *data_end, const struct 
 
 		if ((void *)(ip6 + 1) > data_end)
 			return -1;
+		acc = csum_diff_addr(acc, pkt->key.src, nsrc, 0);
+		acc = csum_diff_addr(acc, pkt->key.dst, ndst, 0);
 		__builtin_memcpy(&ip6->saddr, nsrc, 16);
 		__builtin_memcpy(&ip6->daddr, ndst, 16);
 	}
