@@ -3,7 +3,14 @@
 //! independent copy of the data plane's flow hash to predict backends.
 #![allow(dead_code)]
 
+pub mod fixture;
 pub mod lab;
+pub mod packet;
+
+#[allow(unused_imports)]
+pub use fixture::*;
+#[allow(unused_imports)]
+pub use packet::*;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
