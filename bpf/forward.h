@@ -5,6 +5,27 @@
 
 #include "maps.h"
 #include "stats.h"
+#include "parse.h"
+
+/*
+ * Cut what follows the IP datagram (Ethernet padding of a short frame, or
+ * bytes a sender appended) before the frame is re-wrapped: an outer header's
+ * length must count exactly the bytes that follow it. 0, or -1 when the
+ * frame could not be shrunk.
+ */
+static __always_inline int trim_to_ip(struct xdp_md *ctx, const struct packet *pkt)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 end = pkt->ip_end;
+
+	if (end > 0xffff + 18 + 40)
+		return -1;
+	if (data + end >= data_end)
+		return 0;
+	/* The length as a scalar from the helper (see send_too_big). */
+	return bpf_xdp_adjust_tail(ctx, (int)end - (int)bpf_xdp_get_buff_len(ctx)) ? -1 : 0;
+}
 
 /* The frame's MACs say where it goes; out the same interface, or another. */
 static __always_inline int send_to_backend(struct stat_block *c, void *data, const struct backend *be)

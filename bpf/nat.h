@@ -311,8 +311,10 @@ static __always_inline int nat_icmp(struct stat_block *c, void *data, void *data
 
 	if ((void *)(eth + 1) > data_end || l3 > 18 || l4 > 18 + 60)
 		return -1;
+	/* Bounds against the frame for the verifier, and against the datagram
+	 * (ip_end) for the meaning: bytes after the datagram are not quoted. */
 	icmp = data + l4;
-	if ((void *)(icmp + 8) > data_end)
+	if ((void *)(icmp + 8) > data_end || l4 + 8 + (v4 ? 20 : 40) > pkt->ip_end)
 		return -1;
 	if (v4) {
 		struct iphdr *in = (void *)(icmp + 8);
@@ -345,7 +347,7 @@ static __always_inline int nat_icmp(struct stat_block *c, void *data, void *data
 	if (!addr_eq(pkt->key.dst, isrc))
 		return -1;
 	ports = data + inner_l4;
-	if ((void *)(ports + 2) > data_end)
+	if ((void *)(ports + 2) > data_end || inner_l4 + 4 > pkt->ip_end)
 		return -1;
 	old_sport = ports[0];
 	old_dport = ports[1];
@@ -386,9 +388,9 @@ static __always_inline int nat_icmp(struct stat_block *c, void *data, void *data
 		outer = acc;
 	}
 	ports = data + inner_l4;
-	if ((void *)(ports + 4) <= data_end && rk.proto == IPPROTO_UDP)
+	if ((void *)(ports + 4) <= data_end && inner_l4 + 8 <= pkt->ip_end && rk.proto == IPPROTO_UDP)
 		check = ports + 3;
-	else if ((void *)(ports + 9) <= data_end && rk.proto == IPPROTO_TCP)
+	else if ((void *)(ports + 9) <= data_end && inner_l4 + 18 <= pkt->ip_end && rk.proto == IPPROTO_TCP)
 		check = ports + 8;
 	if ((void *)(ports + 2) > data_end)
 		return drop_because(c, WEIR_STAT_DROP_ENCAP);

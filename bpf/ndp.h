@@ -39,7 +39,8 @@ static __always_inline int handle_ndp(struct stat_block *c, void *data, void *da
 	__u8 mac[ETH_ALEN];
 	int i;
 
-	if ((void *)(eth + 1) > data_end || (void *)(ip6 + 1) > data_end || ip6->nexthdr != IPPROTO_ICMPV6)
+	if ((void *)(eth + 1) > data_end || (void *)(ip6 + 1) > data_end || ip6->version != 6 ||
+	    ip6->nexthdr != IPPROTO_ICMPV6)
 		return -1;
 	nd = (void *)(ip6 + 1);
 	if ((void *)(nd + 1) > data_end)

@@ -52,6 +52,13 @@ struct packet {
 	__u8 tcp_flags; /* byte 13 of the TCP header */
 	__u8 ip_opts;   /* IPv4 header longer than 20 bytes */
 	__be32 tcp_seq;
+	/*
+	 * Where the IP datagram ends, as its header says (checked to lie
+	 * within the frame). Bytes after it are Ethernet padding: a rewrite
+	 * trims them (trim_to_ip) so that nothing past the datagram is sent
+	 * on as if it were part of it.
+	 */
+	__u32 ip_end;
 };
 
 #define TCP_FIN 0x01
@@ -82,13 +89,19 @@ static __always_inline int parse_eth(void *data, void *data_end, struct packet *
 	return 0;
 }
 
-static __always_inline int parse_l4(void *l4, void *data_end, struct packet *pkt)
+/*
+ * `l4` .. `ip_end` is the transport segment the IP header claims; it was
+ * checked to lie within the frame. A header that does not fit in it lies.
+ */
+static __always_inline int parse_l4(void *l4, void *ip_end, void *data_end, struct packet *pkt)
 {
 	if (pkt->key.proto == IPPROTO_TCP) {
 		struct tcphdr *th = l4;
 
 		if ((void *)(th + 1) > data_end)
 			return WEIR_STAT_PASS_TRUNCATED;
+		if ((void *)(th + 1) > ip_end || th->doff < 5 || l4 + th->doff * 4 > ip_end)
+			return WEIR_STAT_PASS_MALFORMED;
 		pkt->key.sport = th->source;
 		pkt->key.dport = th->dest;
 		pkt->tcp_flags = ((__u8 *)th)[13];
@@ -100,6 +113,11 @@ static __always_inline int parse_l4(void *l4, void *data_end, struct packet *pkt
 
 		if ((void *)(uh + 1) > data_end)
 			return WEIR_STAT_PASS_TRUNCATED;
+		/* Shorter than its IP payload is allowed (the rest is not UDP);
+		 * longer, or shorter than its own header, is a lie. */
+		if ((void *)(uh + 1) > ip_end || bpf_ntohs(uh->len) < sizeof(*uh) ||
+		    l4 + bpf_ntohs(uh->len) > ip_end)
+			return WEIR_STAT_PASS_MALFORMED;
 		pkt->key.sport = uh->source;
 		pkt->key.dport = uh->dest;
 		return 0;
@@ -110,7 +128,7 @@ static __always_inline int parse_l4(void *l4, void *data_end, struct packet *pkt
 static __always_inline int parse_ipv4(void *data, void *data_end, struct packet *pkt)
 {
 	struct iphdr *iph = data + pkt->l3_off;
-	__u32 ihl_len;
+	__u32 ihl_len, tot;
 
 	if ((void *)(iph + 1) > data_end)
 		return WEIR_STAT_PASS_TRUNCATED;
@@ -126,6 +144,16 @@ static __always_inline int parse_ipv4(void *data, void *data_end, struct packet 
 	ihl_len = iph->ihl * 4;
 	if ((void *)iph + ihl_len > data_end)
 		return WEIR_STAT_PASS_TRUNCATED;
+	/* The total length is believed only within the frame: a datagram
+	 * that claims more bytes than arrived (truncated), or fewer than its
+	 * own header (malformed), is the kernel's to drop, never ours to
+	 * forward or rewrite. */
+	tot = bpf_ntohs(iph->tot_len);
+	if (tot < ihl_len)
+		return WEIR_STAT_PASS_MALFORMED;
+	if ((void *)iph + tot > data_end)
+		return WEIR_STAT_PASS_TRUNCATED;
+	pkt->ip_end = pkt->l3_off + tot;
 	/* Filled for ICMP too: NAT translates errors about its flows. */
 	pkt->key.family = WEIR_FAMILY_V4;
 	pkt->key.proto = iph->protocol;
@@ -135,7 +163,7 @@ static __always_inline int parse_ipv4(void *data, void *data_end, struct packet 
 	pkt->ip_opts = ihl_len > 20;
 	if (iph->protocol != IPPROTO_TCP && iph->protocol != IPPROTO_UDP)
 		return WEIR_STAT_PASS_UNKNOWN_PROTO;
-	return parse_l4((void *)iph + ihl_len, data_end, pkt);
+	return parse_l4((void *)iph + ihl_len, (void *)iph + tot, data_end, pkt);
 }
 
 static __always_inline int is_ipv6_ext(__u8 nexthdr)
@@ -158,11 +186,18 @@ static __always_inline int is_ipv6_ext(__u8 nexthdr)
 static __always_inline int parse_ipv6(void *data, void *data_end, struct packet *pkt)
 {
 	struct ipv6hdr *ip6 = data + pkt->l3_off;
+	__u32 plen;
 
 	if ((void *)(ip6 + 1) > data_end)
 		return WEIR_STAT_PASS_TRUNCATED;
 	if (ip6->version != 6)
 		return WEIR_STAT_PASS_MALFORMED;
+	/* As for IPv4: the payload length is believed only within the frame
+	 * (0 would be a jumbogram, which no XDP frame carries). */
+	plen = bpf_ntohs(ip6->payload_len);
+	if ((void *)(ip6 + 1) + plen > data_end)
+		return WEIR_STAT_PASS_TRUNCATED;
+	pkt->ip_end = pkt->l3_off + sizeof(*ip6) + plen;
 	if (is_ipv6_ext(ip6->nexthdr))
 		return WEIR_STAT_PASS_IPV6_EXT;
 	pkt->key.family = WEIR_FAMILY_V6;
@@ -172,7 +207,7 @@ static __always_inline int parse_ipv6(void *data, void *data_end, struct packet 
 	pkt->l4_off = pkt->l3_off + sizeof(*ip6);
 	if (ip6->nexthdr != IPPROTO_TCP && ip6->nexthdr != IPPROTO_UDP)
 		return WEIR_STAT_PASS_UNKNOWN_PROTO;
-	return parse_l4(ip6 + 1, data_end, pkt);
+	return parse_l4(ip6 + 1, (void *)(ip6 + 1) + plen, data_end, pkt);
 }
 
 #endif

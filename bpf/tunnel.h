@@ -16,6 +16,7 @@
 #include "stats.h"
 #include "csum.h"
 #include "forward.h"
+#include "ratelimit.h"
 
 #ifndef IPPROTO_IPIP
 #define IPPROTO_IPIP 4
@@ -40,7 +41,9 @@ static __always_inline int send_too_big(struct stat_block *c, struct xdp_md *ctx
 	__u32 l3 = pkt->l3_off;
 	__u32 sum;
 
-	if ((void *)(eth + 1) > data_end || l3 > 18 || data + l3 + quote > data_end)
+	if ((void *)(eth + 1) > data_end || l3 > 18 || l3 + quote > pkt->ip_end || data + l3 + quote > data_end)
+		return drop_because(c, WEIR_STAT_DROP_TUNNEL_MTU);
+	if (!icmp_allowed())
 		return drop_because(c, WEIR_STAT_DROP_TUNNEL_MTU);
 	__builtin_memcpy(client_mac, eth->h_source, ETH_ALEN);
 	__builtin_memcpy(lb_mac, eth->h_dest, ETH_ALEN);
@@ -110,8 +113,7 @@ static __always_inline int send_too_big(struct stat_block *c, struct xdp_md *ctx
 static __always_inline int tunnel_encap(struct stat_block *c, struct xdp_md *ctx, struct packet *pkt,
 					const struct vip_meta *vip, const struct backend *be)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
+	void *data, *data_end;
 	int v4 = pkt->key.family == WEIR_FAMILY_V4;
 	__u32 l3 = pkt->l3_off;
 	int outer = v4 ? 20 : 40;
@@ -119,14 +121,38 @@ static __always_inline int tunnel_encap(struct stat_block *c, struct xdp_md *ctx
 	__u16 df = 0;
 	__u8 tos = 0;
 
-	if (l3 > 18)
+	if (l3 > 18 || pkt->ip_end <= l3 || pkt->ip_end > 0xffff + 18)
 		return drop_because(c, WEIR_STAT_DROP_ENCAP);
+	/*
+	 * The inner packet is the datagram, as long as its header says and the
+	 * parser checked against the frame: never a length field alone, never
+	 * the padding after it.
+	 */
+	inner_len = pkt->ip_end - l3;
+	if (inner_len + outer > iface_mtu) {
+		/* IPv4 without DF may be fragmented by routers, not by us. */
+		data = (void *)(long)ctx->data;
+		data_end = (void *)(long)ctx->data_end;
+		if (v4) {
+			struct iphdr *iph = data + l3;
+
+			if ((void *)(iph + 1) > data_end)
+				return drop_because(c, WEIR_STAT_DROP_ENCAP);
+			df = iph->frag_off & bpf_htons(0x4000);
+		}
+		if ((vip->flags & WEIR_VIP_ICMP_TOO_BIG) && (!v4 || df) && !pkt->ip_opts)
+			return send_too_big(c, ctx, pkt);
+		return drop_because(c, WEIR_STAT_DROP_TUNNEL_MTU);
+	}
+	if (trim_to_ip(ctx, pkt))
+		return drop_because(c, WEIR_STAT_DROP_ENCAP);
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
 	if (v4) {
 		struct iphdr *iph = data + l3;
 
 		if ((void *)(iph + 1) > data_end)
 			return drop_because(c, WEIR_STAT_DROP_ENCAP);
-		inner_len = bpf_ntohs(iph->tot_len);
 		tos = iph->tos;
 		df = iph->frag_off & bpf_htons(0x4000);
 	} else {
@@ -134,14 +160,7 @@ static __always_inline int tunnel_encap(struct stat_block *c, struct xdp_md *ctx
 
 		if ((void *)(ip6 + 1) > data_end)
 			return drop_because(c, WEIR_STAT_DROP_ENCAP);
-		inner_len = bpf_ntohs(ip6->payload_len) + 40;
 		word0 = bpf_ntohl(*(__u32 *)ip6);
-	}
-	if (inner_len + outer > iface_mtu) {
-		/* IPv4 without DF may be fragmented by routers, not by us. */
-		if ((vip->flags & WEIR_VIP_ICMP_TOO_BIG) && (!v4 || df) && !pkt->ip_opts)
-			return send_too_big(c, ctx, pkt);
-		return drop_because(c, WEIR_STAT_DROP_TUNNEL_MTU);
 	}
 	/* Ethernet (+ tag) becomes Ethernet + outer header. */
 	if (bpf_xdp_adjust_head(ctx, (int)l3 - (ETH_HLEN + outer)))

@@ -169,10 +169,18 @@ pub fn verify_frame(what: &str, f: &[u8], problems: &mut Vec<String>) {
         problems.push(format!("{what}: {} bytes, no Ethernet header", f.len()));
         return;
     }
-    match u16::from_be_bytes([f[12], f[13]]) {
-        0x0800 | 0x86dd => verify_ip(what, &f[14..], true, problems),
-        et => problems.push(format!("{what}: ethertype {et:#06x}")),
+    let ip = &f[14..];
+    // Bytes after the datagram are Ethernet padding: legal, and not part of
+    // any checksum. A datagram longer than the frame is an error.
+    let len = match u16::from_be_bytes([f[12], f[13]]) {
+        0x0800 if ip.len() >= 4 => usize::from(u16::from_be_bytes([ip[2], ip[3]])),
+        0x86dd if ip.len() >= 6 => 40 + usize::from(u16::from_be_bytes([ip[4], ip[5]])),
+        et => return problems.push(format!("{what}: ethertype {et:#06x}, or no IP header")),
+    };
+    if len > ip.len() {
+        return problems.push(format!("{what}: the IP header claims {len} bytes, the frame has {}", ip.len()));
     }
+    verify_ip(what, &ip[..len], true, problems)
 }
 
 // ------------------------------------------------------------- checking ---
