@@ -279,12 +279,8 @@ fn dsr(vip: &Vip, r: &Run, ip: &Ip) -> Verdict {
 /// Byte ranges NAT may change in an IP packet at `ip` carrying ports.
 fn l34_fields(ip: &Ip) -> Vec<Range<usize>> {
     let o = ip.off;
-    let mut f = vec![0..12];
-    if ip.v4 {
-        f.push(o + 10..o + 20);
-    } else {
-        f.push(o + 8..o + 40);
-    }
+    let addrs = if ip.v4 { o + 10..o + 20 } else { o + 8..o + 40 };
+    let mut f = vec![0..12, addrs];
     let l4 = ip.l4();
     f.push(l4..l4 + 4);
     match ip.proto {

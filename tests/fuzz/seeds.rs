@@ -127,7 +127,7 @@ impl Dgram {
             L4::Tcp(h) => b.tcp_header(h.clone()).write(&mut out, &self.payload),
             L4::Udp { sport, dport, .. } => b.udp(*sport, *dport).write(&mut out, &self.payload),
             L4::Icmp4(t) => b.icmpv4(t.clone()).write(&mut out, &self.payload),
-            L4::Icmp6(t) => b.icmpv6(t.clone()).write(&mut out, &self.payload),
+            L4::Icmp6(t) => b.icmpv6(*t).write(&mut out, &self.payload),
         }
         .unwrap();
         if let L4::Udp { csum: false, .. } = self.l4 {
@@ -238,7 +238,7 @@ fn tcp(rng: &mut Rng, sport: u16, dport: u16) -> (TcpHeader, Vec<u8>) {
 
 // ------------------------------------------------------------------ seeds ---
 
-fn vips_where<'a>(m: &'a Model, f: impl Fn(&Vip) -> bool) -> Vec<&'a Vip> {
+fn vips_where(m: &Model, f: impl Fn(&Vip) -> bool) -> Vec<&Vip> {
     m.vips.iter().filter(|v| f(v)).collect()
 }
 
