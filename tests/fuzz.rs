@@ -372,7 +372,7 @@ impl Fuzzer {
         }
     }
 
-    /// Open flows on every NAT VIP (SYN, then ACK for TCP), so that replies
+    /// Open flows on every NAT VIP (TCP: half SYNs, half ACKs), so that replies
     /// and ICMP errors have something to be about from the first frame on.
     fn open_nat_flows(&mut self, rng: &mut Rng) {
         let nat: Vec<usize> = (0..self.model.vips.len()).filter(|i| self.model.vips[*i].mode == Mode::Nat).collect();
