@@ -10,7 +10,7 @@ STATIC_BIN := target/$(TARGET)/release/weir
 
 export CLANG
 
-.PHONY: all deps build test unit lab lab-down run demo bench static install uninstall clean
+.PHONY: all deps build test fuzz unit lab lab-down run demo bench static install uninstall clean
 
 all: build
 
@@ -25,6 +25,14 @@ build:
 test: deps
 	$(CARGO) build --release
 	scripts/as-root.sh $(CARGO) test --release -- --test-threads=1
+
+# The data-plane fuzzer (tests/fuzz.rs) at length; `make test` runs it with
+# 200000 frames. WEIR_FUZZ_SEED reproduces a run; WEIR_FUZZ_REPORT_ONLY=1
+# prints violations without failing.
+FUZZ_FRAMES ?= 5000000
+fuzz: deps
+	$(CARGO) build --release
+	scripts/as-root.sh env WEIR_FUZZ_FRAMES=$(FUZZ_FRAMES) $(CARGO) test --release --test fuzz -- --nocapture
 
 unit:
 	$(CARGO) test --release --lib

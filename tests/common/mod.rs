@@ -273,3 +273,30 @@ mac = "02:00:00:00:00:29"
 "#
     )
 }
+
+/// A neighbour solicitation (RFC 4861) from `src` (MAC `src_mac`) for
+/// `target`, to its solicited-node group, with a source link-layer address
+/// option; ICMPv6 checksum computed by etherparse.
+pub fn neighbour_solicitation(src_mac: [u8; 6], src: std::net::Ipv6Addr, target: std::net::Ipv6Addr) -> Vec<u8> {
+    let t = target.octets();
+    let group: std::net::Ipv6Addr = [0xff02, 0, 0, 0, 0, 1, 0xff00 | u16::from(t[13]), u16::from_be_bytes([t[14], t[15]])].into();
+    let mut body = t.to_vec();
+    body.extend_from_slice(&[1, 1]);
+    body.extend_from_slice(&src_mac);
+    let b = PacketBuilder::ethernet2(src_mac, [0x33, 0x33, 0xff, t[13], t[14], t[15]])
+        .ipv6(src.octets(), group.octets(), 255)
+        .icmpv6_raw(135, 0, [0; 4]);
+    let mut out = Vec::new();
+    b.write(&mut out, &body).unwrap();
+    out
+}
+
+/// `frame` with an 802.1Q (0x8100) or 802.1ad (0x88a8) tag inserted after
+/// its MACs, outside any tag it already has.
+pub fn with_vlan_tag(frame: &[u8], tpid: u16, vid: u16) -> Vec<u8> {
+    let mut f = frame[..12].to_vec();
+    f.extend_from_slice(&tpid.to_be_bytes());
+    f.extend_from_slice(&(vid & 0x0fff).to_be_bytes());
+    f.extend_from_slice(&frame[12..]);
+    f
+}
