@@ -148,3 +148,28 @@ int weir_lb(struct xdp_md *ctx)
 		trace_emit(&pkt.key, pkt.tcp_flags, action, bid, vid, len);
 	return action;
 }
+
+/*
+ * Free expired NAT flows. Run by weir through BPF_PROG_TEST_RUN on a frame
+ * holding a struct nat_sweep_io (never attached): in the kernel, so that
+ * every free is the same compare-and-swap the packet path uses (a delete
+ * from user space after a lookup could remove a port another CPU had just
+ * claimed). Forward entries are left to their LRU: one is believed only
+ * while the reverse entry points back at it.
+ */
+SEC("xdp")
+int weir_nat_sweep(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct nat_sweep_io *io = data;
+	struct nat_sweep_ctx sc = { .now = nat_now() };
+
+	if ((void *)(io + 1) > data_end)
+		return XDP_ABORTED;
+	sc.margin = io->margin;
+	bpf_for_each_map_elem(&nat_rev, nat_sweep_one, &sc, 0);
+	io->seen = sc.seen;
+	io->freed = sc.freed;
+	return XDP_PASS;
+}

@@ -16,10 +16,16 @@
 #include "csum.h"
 #include "sched.h"
 #include "admit.h"
+#include "compiler.h"
 
 /* Set by the control plane while some VIP is in NAT mode: only then do
  * non-VIP packets pay the reverse lookup. */
 __u32 nat_on = 0;
+/*
+ * Seconds added to the NAT clock. 0 in service; tests age every flow at once
+ * with it (the two-CPU ownership test moves it while two CPUs claim ports).
+ */
+__u32 nat_clock_skew = 0;
 
 /* SNAT ports probed for a new flow before it is dropped as "pool full". */
 #define NAT_PROBES 16
@@ -32,46 +38,83 @@ __u32 nat_on = 0;
 
 static __always_inline __u32 nat_now(void)
 {
-	return bpf_ktime_get_coarse_ns() / 1000000000ULL;
+	return bpf_ktime_get_coarse_ns() / 1000000000ULL + nat_clock_skew;
 }
 
-static __always_inline int nat_live(const struct nat_rev *r, __u8 proto, __u32 now)
+static __always_inline __u32 nat_timeout(__u8 state, __u8 proto)
 {
-	__u32 t;
-
 	if (proto == IPPROTO_UDP)
-		t = nat_udp_timeout;
-	else if (r->state == WEIR_NAT_ESTABLISHED)
-		t = nat_tcp_timeout;
-	else if (r->state == WEIR_NAT_SYN)
-		t = nat_syn_timeout;
-	else
-		t = nat_fin_timeout;
-	/* Signed: another CPU may have written a last_seen one second ahead
-	 * of the `now` this CPU read; that flow is live, not 4e9 s old. */
-	return (__s32)(now - r->last_seen) <= (__s32)t;
+		return nat_udp_timeout;
+	if (state == WEIR_NAT_ESTABLISHED)
+		return nat_tcp_timeout;
+	if (state == WEIR_NAT_CLOSING)
+		return nat_fin_timeout;
+	return nat_syn_timeout; /* SYN_SENT, SYN_RECV */
 }
 
-/* A packet of the flow went by: refresh its clock (written only when the
- * second changed: no cache-line bounce per packet) and follow FIN / RST and
- * the client's first ACK. */
-static __always_inline void nat_touch(struct nat_rev *r, const struct packet *pkt, __u32 now, int from_client)
+/*
+ * Whether a flow last seen at `ls` is live at `now` (+ `margin` seconds of
+ * grace). Signed: another CPU may have written a last_seen a second ahead of
+ * the `now` this CPU read; that flow is live, not 4e9 s old. An entry being
+ * claimed or freed (WEIR_NAT_BUSY) is nobody's.
+ */
+static __always_inline int nat_live_at(__u32 ls, __u8 state, __u8 proto, __u32 now, __u32 margin)
 {
-	if (r->last_seen != now)
-		r->last_seen = now;
+	if (ls == WEIR_NAT_BUSY)
+		return 0;
+	return (__s32)(now - ls) <= (__s32)(nat_timeout(state, proto) + margin);
+}
+
+/*
+ * Ownership of a reverse entry (and so of its SNAT port) changes only by a
+ * compare-and-swap of last_seen:
+ *   - a claim of an expired entry swaps its last_seen for BUSY, rewrites the
+ *     entry, then publishes the new time (nat_claim);
+ *   - the sweep swaps an expired last_seen for BUSY, then deletes the entry
+ *     (weir_nat_sweep); nothing else ever deletes a reverse entry;
+ *   - a packet of the flow refreshes last_seen by swapping the value it read
+ *     (nat_touch): if that fails with BUSY, the entry changed hands meanwhile
+ *     and the packet is not translated with it.
+ * So two CPUs can never both own a port: whoever swaps first wins, the
+ * others see their swap fail and probe on.
+ */
+
+/* A packet of the flow went by, the flow found live at `ls`. The clock is
+ * written only when the second changed (no cache-line bounce per packet).
+ * 1: still this flow's; 0: another CPU claimed or freed it meanwhile. */
+static __always_inline int nat_touch(struct nat_rev *r, const struct packet *pkt, __u32 ls, __u32 now,
+				     int from_client)
+{
+	__u8 fl = pkt->tcp_flags;
+
+	if (ls != now && __sync_val_compare_and_swap(&r->last_seen, ls, now) != ls &&
+	    READ_ONCE(r->last_seen) == WEIR_NAT_BUSY)
+		return 0;
+	/* (A failed swap that left a time: another packet of the flow
+	 * refreshed it first.) */
 	if (pkt->key.proto != IPPROTO_TCP)
-		return;
-	if (pkt->tcp_flags & (TCP_FIN | TCP_RST)) {
+		return 1;
+	if (fl & (TCP_FIN | TCP_RST)) {
 		if (r->state != WEIR_NAT_CLOSING)
 			r->state = WEIR_NAT_CLOSING;
-	} else if (from_client && (pkt->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN) {
-		/* The client opens the same tuple again (port reuse after a
-		 * close): a new connection, timed as one. */
-		if (r->state == WEIR_NAT_CLOSING)
-			r->state = WEIR_NAT_SYN;
-	} else if (from_client && r->state == WEIR_NAT_SYN && !(pkt->tcp_flags & TCP_SYN)) {
-		r->state = WEIR_NAT_ESTABLISHED;
+	} else if (from_client) {
+		if ((fl & (TCP_SYN | TCP_ACK)) == TCP_SYN) {
+			/* The client opens the same tuple again (port reuse after a
+			 * close): a new connection, timed as one. */
+			if (r->state == WEIR_NAT_CLOSING)
+				r->state = WEIR_NAT_SYN_SENT;
+		} else if (r->state == WEIR_NAT_SYN_RECV && (fl & TCP_ACK) &&
+			   bpf_ntohl(pkt->tcp_ack) == r->ack_expect) {
+			/* The client acknowledged the backend's SYN-ACK: it saw it. */
+			r->state = WEIR_NAT_ESTABLISHED;
+		}
+	} else if ((fl & (TCP_SYN | TCP_ACK)) == (TCP_SYN | TCP_ACK) &&
+		   (r->state == WEIR_NAT_SYN_SENT || r->state == WEIR_NAT_SYN_RECV)) {
+		r->ack_expect = bpf_ntohl(pkt->tcp_seq) + 1;
+		if (r->state != WEIR_NAT_SYN_RECV)
+			r->state = WEIR_NAT_SYN_RECV;
 	}
+	return 1;
 }
 
 static __always_inline int addr_eq(const __u32 *a, const __u32 *b)
@@ -158,7 +201,7 @@ static __always_inline void nat_rev_key(struct flow_key *rk, const struct packet
 static __always_inline int nat_claim(struct flow_key *rk, const struct nat_rev *nr, const struct vip_meta *vip,
 				     __u32 hash, __u32 now)
 {
-	__u32 span = vip->port_span, lo = vip->port_lo, i;
+	__u32 span = vip->port_span, lo = vip->port_lo, i, ls;
 
 	if (span == 0)
 		return -1;
@@ -170,13 +213,22 @@ static __always_inline int nat_claim(struct flow_key *rk, const struct nat_rev *
 		if (!bpf_map_update_elem(&nat_rev, rk, nr, BPF_NOEXIST))
 			return 0;
 		old = bpf_map_lookup_elem(&nat_rev, rk);
-		if (old && !nat_live(old, rk->proto, now)) {
-			/* Expired: free it, then claim it like any free port (two
-			 * CPUs racing for it: one wins, the other probes on). */
-			bpf_map_delete_elem(&nat_rev, rk);
-			if (!bpf_map_update_elem(&nat_rev, rk, nr, BPF_NOEXIST))
-				return 0;
-		}
+		if (!old)
+			continue;
+		ls = READ_ONCE(old->last_seen);
+		if (nat_live_at(ls, old->state, rk->proto, now, 0))
+			continue;
+		/* Expired: take it over in place, never delete and re-insert (a
+		 * delete could remove what another CPU just claimed). */
+		if (ls == WEIR_NAT_BUSY || __sync_val_compare_and_swap(&old->last_seen, ls, WEIR_NAT_BUSY) != ls)
+			continue;
+		__builtin_memcpy(old, nr, __builtin_offsetof(struct nat_rev, last_seen));
+		old->vip_id = nr->vip_id;
+		old->state = nr->state;
+		old->ack_expect = nr->ack_expect;
+		/* Publish: an atomic exchange, ordered after the writes above. */
+		__sync_lock_test_and_set(&old->last_seen, now);
+		return 0;
 	}
 	return -1;
 }
@@ -208,20 +260,31 @@ static __always_inline int nat_forward(struct stat_block *c, void *data, void *d
 		if (be && (be->flags & WEIR_BACKEND_ACTIVE) && be->generation == f->generation) {
 			nat_rev_key(&rk, pkt, be, f->source, f->dport, f->sport);
 			r = bpf_map_lookup_elem(&nat_rev, &rk);
-			if (r && r->client_port == pkt->key.sport && r->vip_port == pkt->key.dport &&
-			    addr_eq(r->client, pkt->key.src) && addr_eq(r->vip, pkt->key.dst) &&
-			    nat_live(r, pkt->key.proto, now)) {
-				nat_touch(r, pkt, now, 1);
-				__builtin_memcpy(source, f->source, sizeof(source));
-				sport = f->sport;
-				dport = f->dport;
-				stat_inc(c, WEIR_STAT_FLOW_HIT);
-				goto send;
+			if (r) {
+				__u32 ls = READ_ONCE(r->last_seen);
+
+				if (nat_live_at(ls, r->state, pkt->key.proto, now, 0) &&
+				    r->client_port == pkt->key.sport && r->vip_port == pkt->key.dport &&
+				    addr_eq(r->client, pkt->key.src) && addr_eq(r->vip, pkt->key.dst)) {
+					if (!nat_touch(r, pkt, ls, now, 1))
+						stat_inc(c, WEIR_STAT_NAT_LOST_RACE);
+					else {
+						__builtin_memcpy(source, f->source, sizeof(source));
+						sport = f->sport;
+						dport = f->dport;
+						stat_inc(c, WEIR_STAT_FLOW_HIT);
+						goto send;
+					}
+				}
 			}
 		}
 		/* Backend gone, flow expired, or its port now another flow's. */
 		stat_inc(c, WEIR_STAT_FLOW_RESCHEDULED);
 	}
+	/* Only a SYN opens a TCP flow: anything else would pin a SNAT port for
+	 * a connection the backend never saw (and reset it there anyway). */
+	if (pkt->key.proto == IPPROTO_TCP && (pkt->tcp_flags & (TCP_SYN | TCP_ACK)) != TCP_SYN)
+		return drop_because(c, WEIR_STAT_DROP_NAT_NOT_SYN);
 	be = admit_new_flow(c, pkt, vip, f != NULL, bytes, &bid, &action);
 	if (!be)
 		return action;
@@ -240,12 +303,8 @@ static __always_inline int nat_forward(struct stat_block *c, void *data, void *d
 		__builtin_memcpy(nr.vip, pkt->key.dst, sizeof(nr.vip));
 		__builtin_memcpy(nr.client_mac, eth->h_source, ETH_ALEN);
 		__builtin_memcpy(nr.lb_mac, eth->h_dest, ETH_ALEN);
-		if (pkt->key.proto == IPPROTO_TCP) {
-			if (pkt->tcp_flags & (TCP_FIN | TCP_RST))
-				nr.state = WEIR_NAT_CLOSING;
-			else if (pkt->tcp_flags & TCP_SYN)
-				nr.state = WEIR_NAT_SYN;
-		}
+		if (pkt->key.proto == IPPROTO_TCP)
+			nr.state = pkt->tcp_flags & (TCP_FIN | TCP_RST) ? WEIR_NAT_CLOSING : WEIR_NAT_SYN_SENT;
 		dport = be->port ? be->port : pkt->key.dport;
 		nat_rev_key(&rk, pkt, be, vip->source, dport, 0);
 		if (nat_claim(&rk, &nr, vip, flow_hash(&pkt->key), now))
@@ -276,12 +335,18 @@ static __always_inline int nat_return(struct stat_block *c, void *data, void *da
 	__u32 now = nat_now();
 	struct nat_rev *r;
 
+	__u32 ls;
+
 	r = bpf_map_lookup_elem(&nat_rev, &pkt->key);
-	if (!r || !nat_live(r, pkt->key.proto, now))
+	if (!r)
 		return -1;
-	if ((void *)(eth + 1) > data_end)
+	ls = READ_ONCE(r->last_seen);
+	if (!nat_live_at(ls, r->state, pkt->key.proto, now, 0) || (void *)(eth + 1) > data_end)
 		return -1;
-	nat_touch(r, pkt, now, 0);
+	if (!nat_touch(r, pkt, ls, now, 0)) {
+		stat_inc(c, WEIR_STAT_NAT_LOST_RACE);
+		return -1;
+	}
 	*bid_out = r->backend_id;
 	*vip_out = r->vip_id;
 	if (l34_rewrite(data, data_end, pkt, r->vip, r->client, r->vip_port, r->client_port))
@@ -359,7 +424,7 @@ static __always_inline int nat_icmp(struct stat_block *c, void *data, void *data
 	rk.dport = old_sport;
 	rk.family = pkt->key.family;
 	r = bpf_map_lookup_elem(&nat_rev, &rk);
-	if (!r || !nat_live(r, rk.proto, nat_now()))
+	if (!r || !nat_live_at(READ_ONCE(r->last_seen), r->state, rk.proto, nat_now(), 0))
 		return -1;
 
 	/* Quoted packet: client:port -> VIP:port. `acc` collects its address
@@ -442,6 +507,36 @@ static __always_inline int nat_icmp(struct stat_block *c, void *data, void *data
 	__builtin_memcpy(eth->h_source, r->lb_mac, ETH_ALEN);
 	stat_inc(c, WEIR_STAT_NAT_ICMP);
 	return verdict(c, XDP_TX);
+}
+
+/* The sweep's input and output, in the frame it is run on (test_run). */
+struct nat_sweep_io {
+	__u32 margin; /* seconds past expiry before an entry is freed */
+	__u32 seen;
+	__u32 freed;
+	__u32 pad;
+};
+
+struct nat_sweep_ctx {
+	__u32 now;
+	__u32 margin;
+	__u32 seen;
+	__u32 freed;
+};
+
+static long nat_sweep_one(void *map, const struct flow_key *k, struct nat_rev *r, struct nat_sweep_ctx *sc)
+{
+	__u32 ls = READ_ONCE(r->last_seen);
+
+	sc->seen++;
+	if (ls == WEIR_NAT_BUSY || nat_live_at(ls, r->state, k->proto, sc->now, sc->margin))
+		return 0;
+	/* Free it only if nobody touched or claimed it since `ls` was read. */
+	if (__sync_val_compare_and_swap(&r->last_seen, ls, WEIR_NAT_BUSY) != ls)
+		return 0;
+	bpf_map_delete_elem(&nat_rev, k);
+	sc->freed++;
+	return 0;
 }
 
 #endif

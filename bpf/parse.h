@@ -52,6 +52,7 @@ struct packet {
 	__u8 tcp_flags; /* byte 13 of the TCP header */
 	__u8 ip_opts;   /* IPv4 header longer than 20 bytes */
 	__be32 tcp_seq;
+	__be32 tcp_ack;
 	/*
 	 * Where the IP datagram ends, as its header says (checked to lie
 	 * within the frame). Bytes after it are Ethernet padding: a rewrite
@@ -106,6 +107,7 @@ static __always_inline int parse_l4(void *l4, void *ip_end, void *data_end, stru
 		pkt->key.dport = th->dest;
 		pkt->tcp_flags = ((__u8 *)th)[13];
 		pkt->tcp_seq = th->seq;
+		pkt->tcp_ack = th->ack_seq;
 		return 0;
 	}
 	if (pkt->key.proto == IPPROTO_UDP) {

@@ -25,8 +25,10 @@
 #include "parse.h"
 #include "stats.h"
 #include "csum.h"
+#include "compiler.h"
 
 #define SHIELD_CONTINUE (-1)
+
 #define NSEC_PER_SEC 1000000000ULL
 
 /* Set by the control plane before load. */
@@ -120,21 +122,32 @@ static __always_inline int lpm_match(void *v4, void *v6, const struct flow_key *
 static __always_inline struct shield_state *syn_rate(__u32 pid, const struct shield_policy *pol, __u64 now)
 {
 	struct shield_state *st = bpf_map_lookup_elem(&shield_state, &pid);
-	__u64 elapsed, n;
+	__u64 win, n;
+	__s64 elapsed;
 
 	if (!st)
 		return NULL;
 	n = __sync_fetch_and_add(&st->syns, 1) + 1;
-	elapsed = now - st->window_ns;
-	if (elapsed >= SHIELD_WINDOW_NS) {
-		/* Races between CPUs here cost at most one window's precision. */
-		__u64 rate = n * NSEC_PER_SEC / elapsed;
+	win = READ_ONCE(st->window_ns);
+	/*
+	 * Signed: `now` was read before another CPU may have closed the window
+	 * with a later timestamp; that window is still open for us, not 2^64 ns
+	 * old (an unsigned difference made the rate 0 and ended attack mode
+	 * mid-flood).
+	 */
+	elapsed = (__s64)(now - win);
+	if (elapsed >= (__s64)SHIELD_WINDOW_NS) {
+		/* One CPU closes the window: the one that moves its start. It
+		 * takes the window's count whole, so no SYN is counted twice or
+		 * lost between two CPUs closing it at once. */
+		if (__sync_val_compare_and_swap(&st->window_ns, win, now) == win) {
+			__u64 total = __sync_lock_test_and_set(&st->syns, 0);
+			__u64 rate = total * NSEC_PER_SEC / (__u64)elapsed;
 
-		st->last_rate = rate;
-		st->syns = 0;
-		st->window_ns = now;
-		if (pol->attack_mode == WEIR_ATTACK_AUTO)
-			st->attack = st->attack ? rate >= pol->attack_off : rate > pol->attack_on;
+			st->last_rate = rate;
+			if (pol->attack_mode == WEIR_ATTACK_AUTO)
+				st->attack = st->attack ? rate >= pol->attack_off : rate > pol->attack_on;
+		}
 	} else if (pol->attack_mode == WEIR_ATTACK_AUTO && !st->attack &&
 		   n * (NSEC_PER_SEC / SHIELD_WINDOW_NS) > pol->attack_on) {
 		st->attack = 1;

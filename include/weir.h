@@ -25,6 +25,8 @@ enum weir_const {
 
 /* Ring value meaning "this VIP has no usable backend" (u32::MAX in Rust). */
 #define WEIR_NO_BACKEND 0xffffffffu
+/* struct nat_rev.last_seen while another CPU claims or frees the entry. */
+#define WEIR_NAT_BUSY 0xffffffffu
 
 enum weir_sched {
 	WEIR_SCHED_MAGLEV = 0,
@@ -43,11 +45,17 @@ enum weir_vip_flags {
 	WEIR_VIP_ICMP_TOO_BIG = 1,
 };
 
-/* NAT flow states (struct nat_rev.state). */
+/*
+ * NAT flow states (struct nat_rev.state). A TCP flow is ESTABLISHED (and
+ * gets the long timeout) only once the client acknowledged the backend's
+ * SYN-ACK: a spoofed SYN, or a SYN and a blind ACK, hold a SNAT port for
+ * the SYN timeout only.
+ */
 enum weir_nat_state {
-	WEIR_NAT_SYN = 0,         /* TCP: only the client's SYN seen */
-	WEIR_NAT_ESTABLISHED = 1, /* TCP past the handshake; every UDP flow */
+	WEIR_NAT_SYN_SENT = 0,    /* TCP: the client's SYN seen */
+	WEIR_NAT_ESTABLISHED = 1, /* TCP: the handshake completed; every UDP flow */
 	WEIR_NAT_CLOSING = 2,     /* a FIN or RST seen */
+	WEIR_NAT_SYN_RECV = 3,    /* TCP: the backend's SYN-ACK seen, the client's ACK awaited */
 };
 
 enum weir_backend_flags {
@@ -142,10 +150,18 @@ struct nat_rev {
 	__u8 client_mac[6]; /* the client frame's source ... */
 	__u8 lb_mac[6];     /* ... and destination MAC */
 	__u32 backend_id;
-	__u32 last_seen;    /* seconds, coarse monotonic clock */
+	/*
+	 * Seconds, coarse monotonic clock; the flow's ownership word: it is
+	 * only ever changed by compare-and-swap, and WEIR_NAT_BUSY (never a
+	 * time) marks an entry being claimed or freed (bpf/nat.h).
+	 */
+	__u32 last_seen;
 	__u16 vip_id;
 	__u8 state;         /* enum weir_nat_state */
 	__u8 pad;
+	/* SYN_RECV: the acknowledgement that completes the handshake (the
+	 * backend's ISN + 1, host order). */
+	__u32 ack_expect;
 };
 
 /* Per VIP and per backend, per CPU. */
@@ -203,6 +219,8 @@ enum weir_stat {
 	WEIR_STAT_DROP_TUNNEL_MTU, /* encapsulated frame above the MTU, no ICMP sent */
 	WEIR_STAT_ICMP_TOO_BIG,    /* frag-needed / packet-too-big sent to a client */
 	WEIR_STAT_DROP_ENCAP,      /* the frame could not be grown or shrunk */
+	WEIR_STAT_DROP_NAT_NOT_SYN, /* TCP to a NAT VIP that is not a SYN and has no flow */
+	WEIR_STAT_NAT_LOST_RACE,   /* the flow's port was claimed or freed by another CPU meanwhile */
 	WEIR_STAT_MAX,
 };
 

@@ -142,7 +142,8 @@ pub struct Conntrack {
     /// NAT: idle timeout of an established TCP flow, seconds.
     #[serde(default = "default_tcp_timeout")]
     pub tcp_timeout: u32,
-    /// NAT: idle timeout of a TCP flow whose client has not yet ACKed.
+    /// NAT: idle timeout of a TCP flow whose handshake has not completed
+    /// (the backend SYN-ACKed and the client acknowledged that SYN-ACK).
     #[serde(default = "default_tcp_syn_timeout")]
     pub tcp_syn_timeout: u32,
     /// NAT: idle timeout after a FIN or RST. Above the backends' TIME_WAIT

@@ -16,7 +16,7 @@ use crate::shield::{policy, ShieldLoad, ShieldMaps};
 use crate::plan::Plan;
 use crate::skel::lb::{LbSkel, LbSkelBuilder};
 use crate::skel::{
-    bytes_of, from_bytes, weir_backend_flags, weir_nat_state, weir_vip_flags, FlowKey, NatFwd, NatRev, Backend, In6Key, StatBlock, Traffic, VipKey, VipMeta, FAMILY_V4, FAMILY_V6, MAX_TX_PORTS,
+    bytes_of, from_bytes, weir_backend_flags, weir_vip_flags, Backend, In6Key, StatBlock, Traffic, VipKey, VipMeta, FAMILY_V4, FAMILY_V6, MAX_TX_PORTS,
     RR_SLOTS, STAT_COUNT,
 };
 
@@ -557,59 +557,23 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Free the NAT flows that expired more than `margin_s` seconds ago
-    /// (the margin keeps a flow a packet is refreshing right now out of
-    /// reach): both entries, the forward one only while it still names this
-    /// port. The clock is the data plane's (CLOCK_MONOTONIC, coarse). Returns
-    /// how many flows were freed.
+    /// Free the NAT flows that expired more than `margin_s` seconds ago.
+    /// The walk runs in the kernel (the `weir_nat_sweep` program, through
+    /// BPF_PROG_TEST_RUN) so that each free is a compare-and-swap on the
+    /// entry's clock, like a claim: a port another CPU claims or refreshes
+    /// meanwhile is never freed. Forward entries are left to their LRU.
+    /// Returns how many flows were freed.
     pub fn sweep_nat(&self, margin_s: u32) -> Result<usize> {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: a valid timespec out-pointer.
-        if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) } != 0 {
-            bail!("clock_gettime(CLOCK_MONOTONIC_COARSE) failed");
+        // struct nat_sweep_io: margin, seen, freed, pad; 14 bytes at least
+        // (test_run wants an Ethernet header's worth).
+        let mut io = [0u8; 16];
+        io[0..4].copy_from_slice(&margin_s.to_ne_bytes());
+        let (action, out, _) = test_run(&self.skel.progs.weir_nat_sweep, &io, 1).context("running the NAT sweep")?;
+        if action != 2 {
+            bail!("the NAT sweep returned XDP action {action}, expected 2 (its frame was refused)");
         }
-        let now = ts.tv_sec as u32;
-        let [tcp, syn, fin, udp] = self.settings.nat_timeouts;
-        let maps = &self.skel.maps;
-        let mut freed = 0;
-        let keys: Vec<Vec<u8>> = maps.nat_rev.keys().collect();
-        for k in keys {
-            let Some(v) = maps.nat_rev.lookup(&k, MapFlags::ANY)? else { continue };
-            let rk: FlowKey = from_bytes(&k)?;
-            let r: NatRev = from_bytes(&v)?;
-            let timeout = if rk.proto == libc::IPPROTO_UDP as u8 {
-                udp
-            } else {
-                match r.state {
-                    s if s == weir_nat_state::WEIR_NAT_ESTABLISHED.0 as u8 => tcp,
-                    s if s == weir_nat_state::WEIR_NAT_SYN.0 as u8 => syn,
-                    _ => fin,
-                }
-            };
-            // Signed, as in the data plane: a last_seen ahead of `now` is live.
-            if (now.wrapping_sub(r.last_seen) as i32) <= timeout.saturating_add(margin_s) as i32 {
-                continue;
-            }
-            let fk = FlowKey {
-                src: r.client,
-                dst: r.vip,
-                sport: r.client_port,
-                dport: r.vip_port,
-                proto: rk.proto,
-                family: rk.family,
-                ..Default::default()
-            };
-            if let Some(fv) = maps.nat_fwd.lookup(bytes_of(&fk), MapFlags::ANY)? {
-                let f: NatFwd = from_bytes(&fv)?;
-                if f.sport == rk.dport && f.source == rk.dst {
-                    let _ = maps.nat_fwd.delete(bytes_of(&fk));
-                }
-            }
-            if maps.nat_rev.delete(&k).is_ok() {
-                freed += 1;
-            }
-        }
-        Ok(freed)
+        let freed = out.get(8..12).and_then(|b| b.try_into().ok()).map(u32::from_ne_bytes).unwrap_or(0);
+        Ok(freed as usize)
     }
 
     /// Replace one VIP's Maglev table and round-robin sequence: the spare

@@ -48,7 +48,7 @@ const _: () = assert!(std::mem::size_of::<Backend>() == 40);
 const _: () = assert!(std::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(std::mem::size_of::<Flow>() == 8);
 const _: () = assert!(std::mem::size_of::<NatFwd>() == 28);
-const _: () = assert!(std::mem::size_of::<NatRev>() == 60);
+const _: () = assert!(std::mem::size_of::<NatRev>() == 64);
 const _: () = assert!(std::mem::size_of::<Traffic>() == 24);
 const _: () = assert!(std::mem::size_of::<StatBlock>() == 8 * STAT_COUNT);
 const _: () = assert!(std::mem::size_of::<ShieldPolicy>() == 40);
@@ -107,6 +107,8 @@ pub fn stat_name(idx: usize) -> &'static str {
         "drop_tunnel_mtu",
         "icmp_too_big",
         "drop_encap",
+        "drop_nat_not_syn",
+        "nat_lost_race",
     ];
     NAMES.get(idx).copied().unwrap_or("unknown")
 }

@@ -486,16 +486,20 @@ fn nat_port_reused_after_close() {
         &["xdp_tx", "nat_reply"],
     );
 
-    // A's next packet is scheduled anew, never translated to B's port.
+    // A's next packet is never translated to B's port: its flow is gone,
+    // and a segment that is not a SYN opens none.
     let a_ack = Pkt::new("10.6.0.1", VIP, ack(1111, 80), b"late").macs(LB_MAC, A_MAC);
     check(
         &lb,
-        "A after losing its port: scheduled anew, no free port",
+        "A after losing its port: no flow, not a SYN: dropped",
         &a_ack.frame(),
         XDP_DROP,
         None,
-        &["xdp_drop", "drop_nat_ports"],
+        &["xdp_drop", "drop_nat_not_syn"],
     );
+    // A's new connection asks for a port: B holds the only one.
+    let a_syn2 = Pkt::new("10.6.0.1", VIP, syn(1112, 80), b"").macs(LB_MAC, A_MAC);
+    check(&lb, "A's new SYN: no free port", &a_syn2.frame(), XDP_DROP, None, &["xdp_drop", "drop_nat_ports"]);
 }
 
 /// 7. To the source address without a flow: the kernel's.
