@@ -298,6 +298,9 @@ pub struct Vip {
     /// tunnel: answer packets too big to encapsulate with ICMP
     /// frag-needed / packet-too-big (default true).
     pub icmp_too_big: Option<bool>,
+    /// Answer ICMP echo (ping) to the VIP's address from XDP (default
+    /// true). Per address: VIPs that share one must agree.
+    pub icmp_echo: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -537,6 +540,14 @@ impl Config {
                 }
             }
             vip.validate_mode(&at, addr)?;
+            if let Some(e) = vip.icmp_echo {
+                if let Some(j) = self.vips[..i]
+                    .iter()
+                    .position(|o| o.address.parse::<IpAddr>().ok() == Some(addr) && o.icmp_echo.unwrap_or(true) != e)
+                {
+                    bail!("{at}.icmp_echo: {e} but vip[{j}] has the same address and answers ping {}: ping is per address, set it alike", if e { "not" } else { "too" });
+                }
+            }
             if let Some(src) = vip.source_ip().filter(|_| vip.mode == Mode::Nat) {
                 if let Some(j) = self.vips.iter().position(|o| o.address.parse::<IpAddr>().ok() == Some(src)) {
                     bail!(

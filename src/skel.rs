@@ -107,6 +107,8 @@ pub fn stat_name(idx: usize) -> &'static str {
         "drop_tunnel_mtu",
         "icmp_too_big",
         "drop_encap",
+        "icmp_to_backend",
+        "echo_reply",
     ];
     NAMES.get(idx).copied().unwrap_or("unknown")
 }
