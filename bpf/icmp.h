@@ -123,8 +123,9 @@ static __always_inline int icmp_error_to_backend(struct stat_block *c, struct xd
 	if (!vip || (vip->mode != WEIR_MODE_DSR && vip->mode != WEIR_MODE_TUNNEL))
 		return -1;
 	/* The frame must hold the packet the IP header describes (Ethernet
-	 * padding aside): the tunnel's outer header takes its length from it. */
-	if (l3 + ip_len > bytes)
+	 * padding aside), and that packet what was read of it (up to the
+	 * quoted ports): the tunnel's outer header takes its length from it. */
+	if (l3 + ip_len > bytes || l3 + ip_len < inner_l4 + 4)
 		return -1;
 	/* Never an ICMP error about an ICMP error: one that would not fit once
 	 * encapsulated (an MTU near the minimum) goes to the kernel. */

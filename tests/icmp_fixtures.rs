@@ -579,6 +579,15 @@ fn other_errors_pass_unchanged() {
     let sum = ones_sum(&[&long[14..34]]);
     long[24..26].copy_from_slice(&(!sum).to_be_bytes());
     check(&lb, "IPv4 total length beyond the frame", &long, XDP_PASS, None, PASSED);
+    let mut short = e("198.18.0.100", &reply[..28]);
+    short[16..18].copy_from_slice(&40u16.to_be_bytes());
+    short[24..26].copy_from_slice(&[0, 0]);
+    let sum = ones_sum(&[&short[14..34]]);
+    short[24..26].copy_from_slice(&(!sum).to_be_bytes());
+    check(&lb, "IPv4 total length short of the quoted ports", &short, XDP_PASS, None, PASSED);
+    let mut short6 = e("2001:2::100", &reply6[..48]);
+    short6[18..20].copy_from_slice(&40u16.to_be_bytes());
+    check(&lb, "IPv6 payload length short of the quoted ports", &short6, XDP_PASS, None, PASSED);
     assert_eq!(flow_count(&lb), before);
 }
 
