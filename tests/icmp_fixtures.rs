@@ -487,7 +487,7 @@ fn untracked_errors_go_to_the_hashed_backend() {
             Icmpv6Type::DestinationUnreachable(icmpv6::DestUnreachableCode::Address),
             Icmpv6Type::TimeExceeded(icmpv6::TimeExceededCode::HopLimitExceeded),
         ] {
-            let err = icmp_error("2001:2::100", &quote[..1232], frag_needed(0), t6.clone());
+            let err = icmp_error("2001:2::100", &quote[..1232], frag_needed(0), t6);
             check(&lb, &format!("v6 {t6:?}, client port {cport}"), &err, XDP_TX, Some(&with_macs(&err, mac6, LB_MAC)), TX_ICMP);
         }
 
