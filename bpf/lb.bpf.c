@@ -6,6 +6,8 @@
  *   -> schedule a new flow -> rewrite and send (XDP_TX or DEVMAP redirect):
  *      DSR (MACs), NAT (nat.h) or tunnel (tunnel.h)
  *   Not a VIP: a NAT flow's reply, or an ICMP error about one (nat.h).
+ *   ICMP to a VIP (icmp.h): echo answered; an error about a DSR or tunnel
+ *   backend's reply sent on to that backend.
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -21,24 +23,9 @@
 #include "admit.h"
 #include "nat.h"
 #include "tunnel.h"
+#include "icmp.h"
 
 char LICENSE[] SEC("license") = "GPL";
-
-static __always_inline struct vip_meta *find_vip(const struct flow_key *k)
-{
-	struct vip_key vk = {};
-	struct vip_meta *vip;
-
-	__builtin_memcpy(vk.addr, k->dst, sizeof(vk.addr));
-	vk.port = k->dport;
-	vk.proto = k->proto;
-	vk.family = k->family;
-	vip = bpf_map_lookup_elem(&vips, &vk);
-	if (vip)
-		return vip;
-	vk.port = 0;
-	return bpf_map_lookup_elem(&vips, &vk);
-}
 
 /* The packet's path; what it chose goes to the trace through bid_out / vip_out. */
 static __always_inline int process(struct xdp_md *ctx, struct packet *pkt, __u32 *bid_out, __u32 *vip_out,
@@ -72,10 +59,16 @@ static __always_inline int process(struct xdp_md *ctx, struct packet *pkt, __u32
 	else
 		rc = WEIR_STAT_PASS_NOT_IP;
 	if (rc) {
-		if (rc == WEIR_STAT_PASS_UNKNOWN_PROTO && nat_on) {
-			rc = nat_icmp(c, data, data_end, pkt);
+		if (rc == WEIR_STAT_PASS_UNKNOWN_PROTO) {
+			/* ping to a VIP; an error about a DSR / tunnel reply */
+			rc = icmp_vip(c, ctx, pkt, bytes, bid_out, vip_out);
 			if (rc >= 0)
 				return rc;
+			if (nat_on) {
+				rc = nat_icmp(c, data, data_end, pkt);
+				if (rc >= 0)
+					return rc;
+			}
 			rc = WEIR_STAT_PASS_UNKNOWN_PROTO;
 		}
 		return pass_because(c, rc);

@@ -42,7 +42,8 @@ struct {
 	__uint(max_entries, WEIR_MAX_VIPS);
 } vips SEC(".maps");
 
-/* IPv4 VIP addresses this interface answers ARP for. */
+/* IPv4 VIP addresses this interface answers ARP for; value: the address's
+ * enum weir_vip_flags (WEIR_VIP_ECHO: answer ping, icmp.h). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, __u32);
@@ -50,7 +51,8 @@ struct {
 	__uint(max_entries, WEIR_MAX_VIPS);
 } vip_arp SEC(".maps");
 
-/* IPv6 VIP addresses this interface answers neighbour solicitations for. */
+/* IPv6 VIP addresses this interface answers neighbour solicitations for;
+ * value as in vip_arp. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, struct in6_key);

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* Backend selection for a new flow: Maglev, round-robin or source hash. */
+/* The VIP of a tuple, and backend selection for a new flow: Maglev,
+ * round-robin or source hash. */
 #ifndef WEIR_SCHED_H
 #define WEIR_SCHED_H
 
@@ -53,6 +54,23 @@ static __always_inline __u32 round_robin_pick(const struct vip_meta *vip)
 	idx = (vid * 2 + (vip->half & 1)) * WEIR_RR_SLOTS + n % vip->rr_len;
 	bid = bpf_map_lookup_elem(&rr_ring, &idx);
 	return bid ? *bid : WEIR_NO_BACKEND;
+}
+
+/* The VIP of a client's tuple: its port, else the address's port 0. */
+static __always_inline struct vip_meta *find_vip(const struct flow_key *k)
+{
+	struct vip_key vk = {};
+	struct vip_meta *vip;
+
+	__builtin_memcpy(vk.addr, k->dst, sizeof(vk.addr));
+	vk.port = k->dport;
+	vk.proto = k->proto;
+	vk.family = k->family;
+	vip = bpf_map_lookup_elem(&vips, &vk);
+	if (vip)
+		return vip;
+	vk.port = 0;
+	return bpf_map_lookup_elem(&vips, &vk);
 }
 
 static __always_inline __u32 schedule(const struct vip_meta *vip, const struct flow_key *k)

@@ -43,6 +43,13 @@ enum weir_fwd_mode {
 enum weir_vip_flags {
 	/* tunnel: answer an encapsulation above the MTU with ICMP too-big */
 	WEIR_VIP_ICMP_TOO_BIG = 1,
+	/*
+	 * answer ICMP echo (ping) to the VIP's address from XDP. An echo has no
+	 * port, so the data plane reads this bit from the address's entry in
+	 * vip_arp / vip_nd (the OR over the VIPs of the address), not from a
+	 * vip_meta.
+	 */
+	WEIR_VIP_ECHO = 2,
 };
 
 /*
@@ -221,6 +228,9 @@ enum weir_stat {
 	WEIR_STAT_DROP_ENCAP,      /* the frame could not be grown or shrunk */
 	WEIR_STAT_DROP_NAT_NOT_SYN, /* TCP to a NAT VIP that is not a SYN and has no flow */
 	WEIR_STAT_NAT_LOST_RACE,   /* the flow's port was claimed or freed by another CPU meanwhile */
+	/* ICMP for DSR and tunnel VIPs (icmp.h) */
+	WEIR_STAT_ICMP_TO_BACKEND, /* an error about a backend's reply sent on to that backend */
+	WEIR_STAT_ECHO_REPLY,      /* an echo request to a VIP answered */
 	WEIR_STAT_MAX,
 };
 

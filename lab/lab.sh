@@ -22,6 +22,15 @@
 #                  2001:2:0:20::14) set up like the others for LAB_MODE; the
 #                  balancer gets routes to 198.19.20.0/24 and 2001:2:0:20::/64 via
 #                  the router. `down` always removes these if present.
+#          PMTU_LAB=1 (at `up` only) also builds a router ${PREFIX}-crt on the
+#                  bridge (198.18.0.253, 2001:2::253) with, behind it on a
+#                  link of MTU 1400, a client ${PREFIX}-far (198.19.30.1,
+#                  2001:2:0:30::1) that advertises a TCP MSS for 1500 bytes
+#                  (route advmss): backends' full-size replies to it make the
+#                  router send ICMP frag-needed / packet-too-big to the VIP.
+#                  Backends b1..b3 (and b4) route 198.19.30.0/24 and
+#                  2001:2:0:30::/64 via the router. `down` always removes
+#                  these if present.
 #   state: /run/weir-lab/${PREFIX}  (pid files, logs, web roots, mode,
 #          big.sha256: sha256 of the 50 MB big.bin in every web root)
 #
@@ -36,6 +45,7 @@ PREFIX="${PREFIX:-weir}"
 WEIR="${WEIR:-}"
 SHIELD=0 # set from SHIELD_LAB by `up` only
 ROUTED=0 # set from ROUTED_LAB by `up` only
+PMTU=0 # set from PMTU_LAB by `up` only
 MODE=dsr # set from LAB_MODE by `up` only; `status` reads $STATE/mode
 BIG_MB=50 # size of big.bin in every web root
 BACKENDS=(b1 b2 b3)
@@ -44,6 +54,8 @@ HOSTS=(client lb b1 b2 b3)
 SHIELD_HOSTS=(atk nat client2)
 # ROUTED_LAB=1 extras (router, off-link backend); `down`/`status` always look for them
 ROUTED_HOSTS=(rt b4)
+# PMTU_LAB=1 extras (client-side router, client behind it); `down`/`status` always look for them
+PMTU_HOSTS=(crt far)
 # every backend with a web server: BACKENDS, plus b4 in a routed lab
 ALL_BACKENDS=("${BACKENDS[@]}")
 
@@ -95,6 +107,13 @@ RT4=198.18.0.254
 RT6=2001:2::254
 ROUTED4=198.19.20
 ROUTED6=2001:2:0:20:
+# PMTU_LAB=1: the client-side router on the bridge, the far client's subnet
+# and the MTU of the link between them
+CRT4=198.18.0.253
+CRT6=2001:2::253
+FAR4=198.19.30
+FAR6=2001:2:0:30:
+FAR_MTU=1400
 
 # ---------------------------------------------------------------- checks ---
 need_root() {
@@ -105,6 +124,7 @@ need_tools() {
 	local missing=() t pkg
 	local tools=(ip:iproute2 ss:iproute2 ethtool:ethtool python3:python3)
 	((SHIELD)) && tools+=(nft:nftables)
+	((PMTU)) && tools+=(ping:iputils-ping curl:curl)
 	for t in "${tools[@]}"; do
 		pkg="${t#*:}"
 		t="${t%%:*}"
@@ -120,7 +140,7 @@ ns_exists() { [[ -e "/run/netns/$1" ]] || ip netns list 2>/dev/null | awk '{prin
 lab_exists() {
 	[[ -d "$STATE" ]] && return 0
 	local h
-	for h in sw "${HOSTS[@]}" "${SHIELD_HOSTS[@]}" "${ROUTED_HOSTS[@]}"; do
+	for h in sw "${HOSTS[@]}" "${SHIELD_HOSTS[@]}" "${ROUTED_HOSTS[@]}" "${PMTU_HOSTS[@]}"; do
 		ns_exists "$(ns "$h")" && return 0
 	done
 	return 1
@@ -170,7 +190,7 @@ do_down() {
 			kill_recorded "$STATE/$b-decap.pid" "decap"
 		done
 	fi
-	for h in "${ROUTED_HOSTS[@]}" "${SHIELD_HOSTS[@]}" "${HOSTS[@]}" sw; do
+	for h in "${PMTU_HOSTS[@]}" "${ROUTED_HOSTS[@]}" "${SHIELD_HOSTS[@]}" "${HOSTS[@]}" sw; do
 		n="$(ns "$h")"
 		ns_exists "$n" || continue
 		pids="$(ip netns pids "$n" 2>/dev/null | tr '\n' ' ' || true)"
@@ -403,6 +423,65 @@ build_routed() {
 	build_backend b4
 }
 
+# ----------------------------------------------------- PMTU_LAB=1 extras ---
+# A router on the bridge and, behind it on a link of MTU 1400, a client whose
+# TCP advertises an MSS for 1500-byte packets: a DSR or tunnel backend's
+# full-size reply (sent from the VIP, straight to the client through the
+# router) does not fit that link, so the router answers it with ICMP
+# frag-needed / packet-too-big addressed to the VIP, that is to weir.
+#
+#   br0 ... p-crt --- r0 [crt] r1 ==MTU 1400== c0 [far]
+#                 .253 ::253    .19.30.254 / 2001:2:0:30::254   .19.30.1 / 2001:2:0:30::1
+build_pmtu() {
+	local crt far b
+	crt="$(ns crt)"
+	far="$(ns far)"
+	new_ns crt
+	# rp_filter is max(all, iface): clear default before the interfaces exist
+	sysctl_ns crt net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
+	# switch port p-crt <-> the router's r0: created in the switch namespace,
+	# peer placed straight into the router's (never in the root namespace)
+	ip -n "$SW" link add p-crt type veth peer name r0 netns "$crt"
+	ip -n "$SW" link set p-crt master br0
+	ip -n "$SW" link set p-crt up
+	ip -n "$crt" addr add "$CRT4/24" dev r0
+	ip -n "$crt" -6 addr add "$CRT6/64" dev r0 nodad
+	ip -n "$crt" link set r0 up
+	nsx crt ethtool -K r0 tx off >/dev/null
+
+	new_ns far
+	# r1 <-> far's c0, created in the router's namespace, peer placed straight
+	# into far's; both ends of this link have the small MTU
+	ip -n "$crt" link add r1 type veth peer name c0 netns "$far"
+	ip -n "$crt" link set r1 mtu "$FAR_MTU"
+	ip -n "$far" link set c0 mtu "$FAR_MTU"
+	ip -n "$crt" addr add "$FAR4.254/24" dev r1
+	ip -n "$crt" -6 addr add "${FAR6}:254/64" dev r1 nodad
+	ip -n "$crt" link set r1 up
+	nsx crt ethtool -K r1 tx off >/dev/null
+	sysctl_ns crt net.ipv4.conf.r0.rp_filter=0 net.ipv4.conf.r1.rp_filter=0 \
+		net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 net.ipv6.conf.default.forwarding=1
+
+	ip -n "$far" addr add "$FAR4.1/24" dev c0
+	ip -n "$far" -6 addr add "${FAR6}:1/64" dev c0 nodad
+	ip -n "$far" link set c0 up
+	nsx far ethtool -K c0 tx off >/dev/null
+	# The MSS a 1500-byte path would allow (1460 / 1440), not c0's: the
+	# backends send full-size segments and meet the small link at the router.
+	ip -n "$far" route add default via "$FAR4.254" advmss 1460
+	ip -n "$far" -6 route add default via "${FAR6}:254" advmss 1440
+
+	# The backends answer the far client straight through the router.
+	for b in "${BACKENDS[@]}"; do
+		ip -n "$(ns "$b")" route add "$FAR4.0/24" via "$CRT4"
+		ip -n "$(ns "$b")" -6 route add "${FAR6}:/64" via "$CRT6"
+	done
+	if ((ROUTED)); then
+		ip -n "$(ns rt)" route add "$FAR4.0/24" via "$CRT4"
+		ip -n "$(ns rt)" -6 route add "${FAR6}:/64" via "$CRT6"
+	fi
+}
+
 # Replies to spoofed sources: a default route to a device that discards what
 # it is given, so they never leave the lab and are not dropped at route lookup
 # (the reply is routed and "sent" like any other). A dummy device if the
@@ -579,6 +658,10 @@ do_up() {
 		ALL_BACKENDS+=(b4)
 		: >"$STATE/routed"
 	fi
+	if ((PMTU)); then
+		build_pmtu
+		: >"$STATE/pmtu"
+	fi
 	if ((SHIELD)); then
 		build_atk
 		build_nat
@@ -601,6 +684,7 @@ do_up() {
 	trap - ERR INT TERM EXIT
 	local extra=""
 	((ROUTED)) && extra+=" $(ns rt) $(ns b4) (ROUTED_LAB)"
+	((PMTU)) && extra+=" $(ns crt) $(ns far) (PMTU_LAB)"
 	((SHIELD)) && extra+=" $(ns atk) $(ns nat) $(ns client2) (SHIELD_LAB)"
 	log "lab '$PREFIX' is up (mode $MODE): namespaces $(ns sw) $(ns client) $(ns lb) $(ns b1) $(ns b2) $(ns b3)$extra; state in $STATE"
 }
@@ -685,6 +769,7 @@ do_status() {
 		fi
 	fi
 	status_extras ROUTED_LAB "$STATE/routed" "${ROUTED_HOSTS[@]}" || ok=1
+	status_extras PMTU_LAB "$STATE/pmtu" "${PMTU_HOSTS[@]}" || ok=1
 	for h in "${BACKENDS[@]}"; do
 		pid="$(cat "$STATE/$h.pid" 2>/dev/null || true)"
 		state="pid ${pid:-?}"
@@ -725,6 +810,11 @@ up)
 	"" | 0) ROUTED=0 ;;
 	*) die "ROUTED_LAB must be 1 (or unset/0), got '${ROUTED_LAB}'" ;;
 	esac
+	case "${PMTU_LAB:-}" in
+	1) PMTU=1 ;;
+	"" | 0) PMTU=0 ;;
+	*) die "PMTU_LAB must be 1 (or unset/0), got '${PMTU_LAB}'" ;;
+	esac
 	case "${LAB_MODE:-}" in
 	"" | dsr) MODE=dsr ;;
 	nat | tunnel) MODE="$LAB_MODE" ;;
@@ -750,7 +840,7 @@ status)
 	do_status
 	;;
 *)
-	echo "usage: [PREFIX=weir] [WEIR=/path/to/weir] [SHIELD_LAB=1] [ROUTED_LAB=1] [LAB_MODE=dsr|nat|tunnel] $0 up|down|status" >&2
+	echo "usage: [PREFIX=weir] [WEIR=/path/to/weir] [SHIELD_LAB=1] [ROUTED_LAB=1] [PMTU_LAB=1] [LAB_MODE=dsr|nat|tunnel] $0 up|down|status" >&2
 	exit 2
 	;;
 esac

@@ -299,6 +299,9 @@ pub struct Vip {
     /// tunnel: answer packets too big to encapsulate with ICMP
     /// frag-needed / packet-too-big (default true).
     pub icmp_too_big: Option<bool>,
+    /// Answer ICMP echo (ping) to the VIP's address from XDP (default
+    /// true). Per address: VIPs that share one must agree.
+    pub icmp_echo: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -538,6 +541,17 @@ impl Config {
                 }
             }
             vip.validate_mode(&at, addr)?;
+            let echo = vip.icmp_echo.unwrap_or(true);
+            if let Some(j) = self.vips[..i]
+                .iter()
+                .position(|o| o.address.parse::<IpAddr>().ok() == Some(addr) && o.icmp_echo.unwrap_or(true) != echo)
+            {
+                bail!(
+                    "{at}.icmp_echo: {echo}{} but vip[{j}] has the same address and icmp_echo = {}: ping is answered per address, set it alike",
+                    if vip.icmp_echo.is_none() { " (the default)" } else { "" },
+                    !echo
+                );
+            }
             if let Some(src) = vip.source_ip().filter(|_| vip.mode == Mode::Nat) {
                 if let Some(j) = self.vips.iter().position(|o| o.address.parse::<IpAddr>().ok() == Some(src)) {
                     bail!(
@@ -893,6 +907,21 @@ weight = 3
         assert!(e.contains("conntrack.udp_timeout: 0 is out of range"), "{e}");
         let e = err(&GOOD.replace("round-robin", "round-robin\"\nmode = \"masquerade"));
         assert!(e.contains("unknown variant `masquerade`"), "{e}");
+    }
+
+    #[test]
+    fn icmp_echo_per_address() {
+        let c = Config::from_toml(GOOD).unwrap();
+        assert_eq!(c.vips[0].icmp_echo, None, "default: on (plan: unwrap_or(true))");
+        let other = "\n[[vip]]\naddress = \"198.18.0.100\"\nport = 53\nprotocol = \"udp\"\n[[vip.backend]]\naddress = \"198.18.0.13\"\n";
+        let e = err(&format!("{GOOD}{}", other.replace("protocol = \"udp\"", "protocol = \"udp\"\nicmp_echo = false")));
+        assert!(e.contains("vip[1].icmp_echo: false but vip[0] has the same address and icmp_echo = true"), "{e}");
+        let e = err(&format!("{}{other}", GOOD.replace("scheduler = \"round-robin\"", "scheduler = \"round-robin\"\nicmp_echo = false")));
+        assert!(e.contains("vip[1].icmp_echo: true (the default) but vip[0] has the same address and icmp_echo = false"), "{e}");
+        // Both off, or another address: fine.
+        let off = GOOD.replace("scheduler = \"round-robin\"", "scheduler = \"round-robin\"\nicmp_echo = false");
+        Config::from_toml(&format!("{off}{}", other.replace("protocol = \"udp\"", "protocol = \"udp\"\nicmp_echo = false"))).unwrap();
+        Config::from_toml(&format!("{GOOD}{}", other.replace("198.18.0.100", "198.18.0.101").replace("protocol = \"udp\"", "protocol = \"udp\"\nicmp_echo = false"))).unwrap();
     }
 
     #[test]

@@ -310,25 +310,28 @@ impl Dataplane {
     /// The addresses the XDP ARP / NDP responder answers for: every VIP, and
     /// every NAT source address that is not the interface's own (backends
     /// must find its MAC to reply; the kernel answers for its own ones).
+    /// Each entry's value is the address's flags: WEIR_VIP_ECHO when its
+    /// VIPs answer ping (a NAT source address never does).
     /// Entries of VIPs or sources no longer configured are removed, whoever
     /// wrote them (this instance, or the one it took over from).
     fn sync_neighbours(&self, plan: &Plan) -> Result<()> {
+        let echo = weir_vip_flags::WEIR_VIP_ECHO.0;
         let mut want: BTreeMap<Vec<u8>, (u8, u32)> = BTreeMap::new();
         for v in &plan.vips {
-            let mut addrs = vec![v.addr];
+            let mut addrs = vec![(v.addr, if v.icmp_echo { echo } else { 0 })];
             if v.mode == crate::config::Mode::Nat {
-                addrs.extend(v.source.filter(|s| !self.settings.iface_addrs.contains(s)));
+                addrs.extend(v.source.filter(|s| !self.settings.iface_addrs.contains(s)).map(|s| (s, 0)));
             }
-            for a in addrs {
+            for (a, flags) in addrs {
                 let (w, family) = addr_words(a);
                 let key = if family == FAMILY_V4 { w[0].to_ne_bytes().to_vec() } else { bytes_of(&In6Key { addr: w }).to_vec() };
-                want.insert(key, (family, v.id));
+                want.entry(key).or_insert((family, 0)).1 |= flags;
             }
         }
         let maps = &self.skel.maps;
-        for (key, (family, id)) in &want {
+        for (key, (family, flags)) in &want {
             let map = if *family == FAMILY_V4 { &maps.vip_arp } else { &maps.vip_nd };
-            map.update(key, &key32(*id), MapFlags::ANY).context("writing the ARP/NDP responder's addresses")?;
+            map.update(key, &key32(*flags), MapFlags::ANY).context("writing the ARP/NDP responder's addresses")?;
         }
         for map in [&maps.vip_arp, &maps.vip_nd] {
             let stale: Vec<Vec<u8>> = map.keys().filter(|k| !want.contains_key(k)).collect();

@@ -50,6 +50,8 @@ pub struct PlannedVip {
     pub source_ports: [u16; 2],
     /// tunnel: answer too-big packets with ICMP.
     pub icmp_too_big: bool,
+    /// Answer ping to its address (README "ICMP and ping").
+    pub icmp_echo: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -142,6 +144,7 @@ impl Plan {
                 source: v.source_ip(),
                 source_ports: v.source_ports.unwrap_or(crate::config::DEFAULT_SOURCE_PORTS),
                 icmp_too_big: v.icmp_too_big.unwrap_or(true),
+                icmp_echo: v.icmp_echo.unwrap_or(true),
             });
         }
         let ct = &cfg.conntrack;
@@ -189,6 +192,9 @@ impl Plan {
                     let _ = writeln!(s, "  tunnel: {kind} from {src}, {icmp}");
                 }
                 Mode::Dsr => {}
+            }
+            if !v.icmp_echo {
+                let _ = writeln!(s, "  ping: not answered (icmp_echo = false)");
             }
             for b in &v.backends {
                 let share = 100.0 * f64::from(b.slots) / f64::from(self.table_size);
@@ -443,6 +449,7 @@ impl PlanIds {
                     source: None,
                     source_ports: crate::config::DEFAULT_SOURCE_PORTS,
                     icmp_too_big: true,
+                    icmp_echo: true,
                 })
                 .collect(),
         })

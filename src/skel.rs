@@ -109,6 +109,8 @@ pub fn stat_name(idx: usize) -> &'static str {
         "drop_encap",
         "drop_nat_not_syn",
         "nat_lost_race",
+        "icmp_to_backend",
+        "echo_reply",
     ];
     NAMES.get(idx).copied().unwrap_or("unknown")
 }

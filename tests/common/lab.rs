@@ -217,11 +217,16 @@ impl Lab {
     /// Download `url` in the client namespace (bounded by `max_secs`) into
     /// the lab's state directory, hash it there and delete it.
     pub fn download(&self, url: &str, max_secs: u32) -> Download {
+        self.download_in("client", url, max_secs)
+    }
+
+    /// [`Lab::download`] from another host's namespace (e.g. "far").
+    pub fn download_in(&self, host: &str, url: &str, max_secs: u32) -> Download {
         let f = format!("{}/download-{}.bin", self.state(), std::process::id());
         let out = self.sh(
-            "client",
+            host,
             &format!(
-                "curl -sS --max-time {max_secs} -o '{f}' -w '%{{http_code}} %{{size_download}} %{{time_total}}\n' '{url}'; \
+                "curl -sS -g --max-time {max_secs} -o '{f}' -w '%{{http_code}} %{{size_download}} %{{time_total}}\n' '{url}'; \
                  sha256sum '{f}' 2>/dev/null | cut -d' ' -f1; rm -f '{f}'"
             ),
         );
@@ -396,6 +401,13 @@ impl Lab {
     /// (198.19.20.14, 2001:2:0:20::14) behind it.
     pub fn up_routed(prefix: &str, mode: &str) -> Lab {
         Self::up_with(prefix, &[("LAB_MODE", mode), ("ROUTED_LAB", "1")])
+    }
+
+    /// `lab.sh up` with `LAB_MODE=mode` and `PMTU_LAB=1`: a router
+    /// `${PREFIX}-crt` on the bridge and, behind it on a link of MTU 1400,
+    /// the client `${PREFIX}-far` (198.19.30.1, 2001:2:0:30::1).
+    pub fn up_pmtu(prefix: &str, mode: &str) -> Lab {
+        Self::up_with(prefix, &[("LAB_MODE", mode), ("PMTU_LAB", "1")])
     }
 
     /// Every request line in the http.server logs of `backends` ("b1".."b4").

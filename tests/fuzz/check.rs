@@ -83,6 +83,9 @@ pub enum Outcome {
     TooBig,
     ArpReply,
     NdpReply,
+    EchoReply,
+    /// An ICMP error about a backend's reply, sent on to that backend.
+    IcmpToBackend,
     Unexplained,
     UnknownAction,
 }
@@ -97,6 +100,8 @@ pub struct Stats {
     challenged: usize,
     nat_reply: usize,
     nat_icmp: usize,
+    echo_reply: usize,
+    icmp_to_backend: usize,
     /// A flow (DSR, tunnel or NAT) was created.
     pub flow_new: usize,
 }
@@ -119,6 +124,8 @@ impl Stats {
             challenged: idx("shield_challenged"),
             nat_reply: idx("nat_reply"),
             nat_icmp: idx("nat_icmp"),
+            echo_reply: idx("echo_reply"),
+            icmp_to_backend: idx("icmp_to_backend"),
             flow_new: idx("flow_new"),
         }
     }
@@ -230,6 +237,12 @@ fn sent(m: &Model, st: &Stats, r: &Run) -> Verdict {
     }
     if d(st.nat_icmp) {
         return nat_icmp(m, r, &ip);
+    }
+    if d(st.echo_reply) {
+        return echo_reply(m, r, &ip);
+    }
+    if d(st.icmp_to_backend) {
+        return icmp_to_backend(m, r, &ip);
     }
     let vip = ip.ports(r.input).and_then(|(_, dport)| m.vip_for(ip.dst, dport, ip.proto));
     match vip {
@@ -532,4 +545,67 @@ pub fn observed_flow(m: &Model, input: &[u8], output: &[u8]) -> Option<NatFlow> 
         sport,
         sent: output[o.off..o.end().min(o.off + o.hdr_len + 40)].to_vec(),
     })
+}
+
+/// An echo request to a VIP answered in its own frame: same length, the
+/// addresses swapped, type 0 / 129, identifier, sequence and data as they
+/// were, the ICMP checksum valid iff the request's was.
+fn echo_reply(m: &Model, r: &Run, ip: &Ip) -> Verdict {
+    let mut v = Verdict::new(Outcome::EchoReply);
+    honest_length(&mut v, ip);
+    v.require(m.vips.iter().any(|x| x.addr == ip.dst), Inv::UnexplainedRewrite, || format!("echo to {}: no VIP", ip.dst));
+    v.require(r.output.len() <= r.input.len(), Inv::FreshLarger, || {
+        format!("{} -> {} bytes", r.input.len(), r.output.len())
+    });
+    let (_, out) = match rewritten(r) {
+        Ok(x) => x,
+        Err(e) => {
+            v.fail(Inv::FreshMalformed, e);
+            return v;
+        }
+    };
+    let (req, rep) = if ip.v4 { (8, 0) } else { (128, 129) };
+    let (il4, ol4) = (ip.l4(), out.l4());
+    let end = ip.end().min(r.input.len());
+    let shape = out.src == ip.dst
+        && out.dst == ip.src
+        && out.proto == ip.proto
+        && out.declared == ip.declared
+        && r.input.get(il4) == Some(&req)
+        && r.output.get(ol4) == Some(&rep)
+        && r.output.get(ol4 + 4..ol4 + (end - il4)) == r.input.get(il4 + 4..end);
+    v.require(shape, Inv::FreshMalformed, || {
+        format!("{} -> {} proto {} type {:?}", out.src, out.dst, out.proto, r.output.get(ol4))
+    });
+    same_sums(&mut v, wire::sums(r.input, ip), wire::sums(r.output, &out));
+    v
+}
+
+/// An ICMP error to a DSR or tunnel VIP, quoting the backend's reply (VIP
+/// -> client): sent to a backend of that VIP as client packets are (DSR:
+/// MACs only; tunnel: wrapped whole).
+fn icmp_to_backend(m: &Model, r: &Run, ip: &Ip) -> Verdict {
+    let q = ip.l4() + 8;
+    let quoted = r.input.get(q).map(|b| b >> 4);
+    let (qhl, qproto) = match quoted {
+        Some(4) => (usize::from(r.input[q] & 0x0f) * 4, r.input.get(q + 9).copied()),
+        Some(6) => (40, r.input.get(q + 6).copied()),
+        _ => (0, None),
+    };
+    let sport = r.input.get(q + qhl..q + qhl + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+    let vip = match (qproto, sport) {
+        (Some(p), Some(sp)) => m.vip_for(ip.dst, sp, p),
+        _ => None,
+    };
+    let mut v = match vip {
+        Some(vip) if vip.mode == Mode::Dsr => dsr(vip, r, ip),
+        Some(vip) if vip.mode == Mode::Tunnel => tunnel(m, vip, r, ip),
+        _ => {
+            let mut v = Verdict::new(Outcome::IcmpToBackend);
+            v.fail(Inv::UnexplainedRewrite, format!("ICMP to {} quoting port {sport:?}: no DSR or tunnel VIP", ip.dst));
+            v
+        }
+    };
+    v.outcome = Outcome::IcmpToBackend;
+    v
 }

@@ -40,13 +40,15 @@ pub enum Seed {
     Ipv6Ext,
     /// ICMP echo to a VIP.
     IcmpToVip,
+    /// An ICMP error to a VIP quoting a backend's reply (VIP -> client).
+    IcmpErrorToVip,
     /// TCP / UDP to an address or port that is no VIP.
     NotVip,
     /// An Ethernet type that is neither IP nor ARP.
     NonIp,
 }
 
-const WEIGHTS: [(Seed, usize); 14] = [
+const WEIGHTS: [(Seed, usize); 15] = [
     (Seed::TcpToVip, 20),
     (Seed::UdpToVip, 10),
     (Seed::TunnelBig, 6),
@@ -59,6 +61,7 @@ const WEIGHTS: [(Seed, usize); 14] = [
     (Seed::Fragment, 3),
     (Seed::Ipv6Ext, 3),
     (Seed::IcmpToVip, 2),
+    (Seed::IcmpErrorToVip, 4),
     (Seed::NotVip, 4),
     (Seed::NonIp, 2),
 ];
@@ -439,6 +442,45 @@ fn icmp_to_vip(rng: &mut Rng, m: &Model) -> Vec<u8> {
     d.frame()
 }
 
+/// A router's error about a reply a backend sent from the VIP to a client:
+/// frag-needed / packet-too-big mostly, quoting the IP header and 8 bytes or
+/// the whole reply.
+fn icmp_error_to_vip(rng: &mut Rng, m: &Model) -> Vec<u8> {
+    let v = rng.pick(&m.vips);
+    let v4 = v.addr.is_ipv4();
+    let cli = client(rng, v4);
+    let vport = if v.port == 0 { 1 + rng.below(65000) as u16 } else { v.port };
+    let cport = client_port(rng);
+    let l4 = if v.proto == P_TCP {
+        L4::Tcp(tcp(rng, vport, cport).0)
+    } else {
+        L4::Udp { sport: vport, dport: cport, csum: true }
+    };
+    let mut reply = Dgram::new(v.addr, cli, l4);
+    let n = rng.below(64);
+    reply.payload = rng.bytes(n);
+    let sent = reply.frame();
+    let ip = &sent[14..];
+    let n = if rng.one_in(2) { if v4 { 28 } else { 48 } } else { ip.len() };
+    let l4 = if v4 {
+        L4::Icmp4(if rng.one_in(4) {
+            Icmpv4Type::TimeExceeded(icmpv4::TimeExceededCode::TtlExceededInTransit)
+        } else {
+            Icmpv4Type::DestinationUnreachable(icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 })
+        })
+    } else {
+        L4::Icmp6(if rng.one_in(4) {
+            Icmpv6Type::DestinationUnreachable(icmpv6::DestUnreachableCode::Port)
+        } else {
+            Icmpv6Type::PacketTooBig { mtu: 1280 }
+        })
+    };
+    let mut d = Dgram::new(random_addr(rng, v4), v.addr, l4);
+    d.smac = [0x02, 0, 0, 0, 0x0e, 0x02];
+    d.payload = ip[..n.min(ip.len())].to_vec();
+    d.frame()
+}
+
 fn not_vip(rng: &mut Rng, m: &Model) -> Vec<u8> {
     let v4 = rng.one_in(2);
     // A VIP address on a port it does not serve, a SNAT address on a port no
@@ -486,6 +528,7 @@ pub fn generate(rng: &mut Rng, m: &Model) -> (Seed, Vec<u8>) {
         Seed::Fragment => Some(fragment(rng, m)),
         Seed::Ipv6Ext => Some(ipv6_ext(rng, m)),
         Seed::IcmpToVip => Some(icmp_to_vip(rng, m)),
+        Seed::IcmpErrorToVip => Some(icmp_error_to_vip(rng, m)),
         Seed::NotVip => Some(not_vip(rng, m)),
         Seed::NonIp => Some(non_ip(rng)),
     };
