@@ -1,0 +1,270 @@
+//! Maps written by more than one CPU (root): BPF_PROG_TEST_RUN from two
+//! threads pinned to two CPUs, each for WEIR_RACE_ITERATIONS calls (default
+//! 1,000,000), plus deterministic replays of the interleavings that broke.
+//!
+//! - NAT: no (backend, SNAT port) is ever owned by two clients, while a
+//!   third thread ages every flow (the NAT clock skew) and runs the sweep.
+//! - Shield: attack mode never drops out under a sustained flood.
+//!
+//! cargo test --release --test races -- --test-threads=1 --nocapture
+
+mod common;
+
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use common::*;
+use libbpf_rs::{MapCore, MapFlags};
+use weir::skel::{bytes_of, from_bytes, ShieldState};
+
+fn iterations() -> usize {
+    std::env::var("WEIR_RACE_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000)
+}
+
+/// One BPF_PROG_TEST_RUN call on a program fd, from any thread.
+fn test_run_fd(fd: i32, frame: &[u8]) -> (u32, Vec<u8>) {
+    let mut out = vec![0u8; frame.len() + 256];
+    // SAFETY: a zeroed opts struct is its documented initial state; the
+    // buffers outlive the call and their sizes are given.
+    unsafe {
+        let mut opts: libbpf_sys::bpf_test_run_opts = std::mem::zeroed();
+        opts.sz = std::mem::size_of::<libbpf_sys::bpf_test_run_opts>() as _;
+        opts.data_in = frame.as_ptr().cast();
+        opts.data_size_in = frame.len() as u32;
+        opts.data_out = out.as_mut_ptr().cast();
+        opts.data_size_out = out.len() as u32;
+        opts.repeat = 1;
+        let rc = libbpf_sys::bpf_prog_test_run_opts(fd, &mut opts);
+        assert_eq!(rc, 0, "bpf_prog_test_run_opts: {}", std::io::Error::last_os_error());
+        out.truncate(opts.data_size_out as usize);
+        (opts.retval, out)
+    }
+}
+
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0, "sched_setaffinity");
+    }
+}
+
+fn two_cpus() -> bool {
+    let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    if n < 2 {
+        assert!(std::env::var("CI").is_err(), "the race tests need two CPUs and CI is set");
+        eprintln!("SKIPPED: one CPU");
+    }
+    n >= 2
+}
+
+/// The NAT clock skew, a u32 in the program's mmapped .bss: read and written
+/// by the test's threads while the program reads it.
+#[derive(Clone, Copy)]
+struct Skew(*mut u32);
+// SAFETY: the pointer is into a mapping that outlives the threads (they are
+// joined before the data plane drops), accessed only with volatile ops.
+unsafe impl Send for Skew {}
+impl Skew {
+    fn get(self) -> u32 {
+        // SAFETY: see above.
+        unsafe { self.0.read_volatile() }
+    }
+    fn add(self, n: u32) {
+        // SAFETY: see above; one writer.
+        unsafe { self.0.write_volatile(self.0.read_volatile().wrapping_add(n)) }
+    }
+}
+
+/// Two clients, one SNAT port, in lockstep on two CPUs. Client A also ages
+/// every flow (the NAT clock skew jumps past the SYN timeout: an epoch) and,
+/// every 8th epoch, runs the sweep; right after the jump both clients send a
+/// SYN at the same instant (B spins on the epoch), so both race to claim the
+/// expired port. In any one epoch at most one client may be translated (the
+/// port's owner); the other must be refused.
+#[test]
+fn a_snat_port_is_never_owned_by_two_clients() {
+    if !require_root("two-CPU race tests") || !two_cpus() {
+        return;
+    }
+    let lb = load(&one_port_nat("size = 4096\ntcp_syn_timeout = 30", ""));
+    let bss = lb.dp.skel.maps.bss_data.as_ref().expect("the program's .bss is mmapped");
+    let skew = Skew(std::ptr::addr_of!(bss.nat_clock_skew).cast_mut());
+    let prog = lb.dp.prog_fd().as_raw_fd();
+    let sweep = lb.dp.skel.progs.weir_nat_sweep.as_fd().as_raw_fd();
+    let n = iterations() as u32;
+    let b_sent = Arc::new(AtomicU64::new(0));
+    const AGE: u32 = 31; // past tcp_syn_timeout: every flow expires
+    let base = skew.get();
+
+    let send = move |cpu: usize, frame: &[u8]| {
+        let (action, out) = test_run_fd(prog, frame);
+        match action {
+            XDP_TX => assert_eq!(out_sport(&out), Some(41000), "the only SNAT port"),
+            XDP_DROP => {}
+            a => panic!("client on CPU {cpu}: {}", action_name(a)),
+        }
+        action == XDP_TX
+    };
+    let a = {
+        let b_sent = b_sent.clone();
+        let frame = Pkt::new("10.6.0.1", "198.18.0.103", syn(1111, 80), b"").frame();
+        std::thread::spawn(move || {
+            pin_to_cpu(0);
+            let (mut won, mut swept) = (Vec::with_capacity(n as usize), 0);
+            let mut io = [0u8; 16];
+            for epoch in 1..=n {
+                while b_sent.load(Ordering::Acquire) < u64::from(epoch - 1) {
+                    std::hint::spin_loop();
+                }
+                skew.add(AGE);
+                if epoch % 8 == 0 {
+                    // Races B's claim of the port it just found expired.
+                    let (act, out) = test_run_fd(sweep, &io);
+                    assert_eq!(act, XDP_PASS, "the sweep ran");
+                    swept += u32::from_ne_bytes(out[8..12].try_into().unwrap());
+                    io[0..4].copy_from_slice(&0u32.to_ne_bytes());
+                }
+                won.push(send(0, &frame));
+            }
+            (won, swept)
+        })
+    };
+    let b = {
+        let b_sent = b_sent.clone();
+        let frame = Pkt::new("10.6.0.2", "198.18.0.103", syn(2222, 80), b"").frame();
+        std::thread::spawn(move || {
+            pin_to_cpu(1);
+            let mut won = Vec::with_capacity(n as usize);
+            for epoch in 1..=n {
+                let want = base.wrapping_add(epoch * AGE);
+                while skew.get() != want {
+                    std::hint::spin_loop();
+                }
+                won.push(send(1, &frame));
+                b_sent.store(u64::from(epoch), Ordering::Release);
+            }
+            won
+        })
+    };
+    let t0 = Instant::now();
+    let ((wa, swept), wb) = (a.join().unwrap(), b.join().unwrap());
+    let both: Vec<usize> = (0..wa.len()).filter(|i| wa[*i] && wb[*i]).collect();
+    let neither = (0..wa.len()).filter(|i| !wa[*i] && !wb[*i]).count();
+    let (na, nb) = (wa.iter().filter(|w| **w).count(), wb.iter().filter(|w| **w).count());
+    println!(
+        "{n} epochs, one SYN per CPU each, in {:.1} s: client A won {na}, client B won {nb}, neither {neither}, \
+         both {} (the sweep freed {swept} flows)",
+        t0.elapsed().as_secs_f64(),
+        both.len()
+    );
+    assert!(na > 0 && nb > 0, "both clients must win the port sometimes");
+    assert!(both.is_empty(), "the port was owned by both clients in {} epochs, e.g. {:?}", both.len(), &both[..both.len().min(5)]);
+}
+
+fn shield_config() -> String {
+    r#"
+[shield]
+attack = "auto"
+attack_on = 1000
+attack_off = 500
+
+[[vip]]
+name = "web"
+address = "198.18.0.100"
+port = 80
+protocol = "tcp"
+[[vip.backend]]
+address = "198.18.0.11"
+mac = "02:00:00:00:00:0b"
+"#
+    .into()
+}
+
+/// A SYN from a random source (never proven, no bucket).
+fn random_syn(i: u64) -> Vec<u8> {
+    let h = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 8;
+    let src = format!("10.{}.{}.{}", (h >> 16) as u8, (h >> 8) as u8, h as u8 | 1);
+    Pkt::new(&src, "198.18.0.100", syn(1024 + (h % 60000) as u16, 80), b"").frame()
+}
+
+/// true: the SYN was answered with a challenge (to the client's MAC).
+fn challenged(action: u32, out: &[u8]) -> bool {
+    action == XDP_TX && out[0..6] == CLIENT_MAC
+}
+
+/// The interleaving that broke, replayed: another CPU closed the rate window
+/// with a timestamp later than the `now` this CPU read. Was: the unsigned
+/// difference wrapped, the window closed with a rate of 0, and auto mode
+/// switched attack mode off mid-flood.
+#[test]
+fn a_window_closed_ahead_of_now_keeps_attack_mode() {
+    if !require_root("shield race replay") {
+        return;
+    }
+    let lb = load(&shield_config());
+    let prog = lb.dp.prog_fd().as_raw_fd();
+    let mut i = 0;
+    while !challenged(test_run_fd(prog, &random_syn(i)).0, &test_run_fd(prog, &random_syn(i + 1)).1) {
+        i += 2;
+        assert!(i < 10_000, "attack mode never started");
+    }
+    let map = &lb.dp.skel.maps.shield_state;
+    let key = 0u32.to_ne_bytes();
+    let mut st: ShieldState = from_bytes(&map.lookup(&key, MapFlags::ANY).unwrap().unwrap()).unwrap();
+    assert_eq!(st.attack, 1);
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let now = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+    st.window_ns = now + 50_000_000; // closed by "another CPU", 50 ms ahead
+    map.update(&key, bytes_of(&st), MapFlags::ANY).unwrap();
+    let (action, out) = test_run_fd(prog, &random_syn(1 << 40));
+    let after: ShieldState = from_bytes(&map.lookup(&key, MapFlags::ANY).unwrap().unwrap()).unwrap();
+    assert!(challenged(action, &out), "attack mode ended: {} (attack = {})", action_name(action), after.attack);
+    assert_eq!(after.attack, 1);
+}
+
+/// Two CPUs flood SYNs from random sources: once attack mode is on, every
+/// SYN is challenged until the flood ends.
+#[test]
+fn attack_mode_holds_under_a_two_cpu_flood() {
+    if !require_root("two-CPU race tests") || !two_cpus() {
+        return;
+    }
+    let lb = load(&shield_config());
+    let prog = lb.dp.prog_fd().as_raw_fd();
+    let n = iterations();
+    let flood = |cpu: usize| {
+        move || {
+            pin_to_cpu(cpu);
+            let (mut on, mut lapses, mut challenges) = (false, 0usize, 0usize);
+            for i in 0..n as u64 {
+                let (action, out) = test_run_fd(prog, &random_syn(i * 2 + cpu as u64));
+                if challenged(action, &out) {
+                    on = true;
+                    challenges += 1;
+                } else if on {
+                    lapses += 1;
+                }
+            }
+            (challenges, lapses)
+        }
+    };
+    let t0 = Instant::now();
+    let a = std::thread::spawn(flood(0));
+    let b = std::thread::spawn(flood(1));
+    let (ca, la) = a.join().unwrap();
+    let (cb, lb_) = b.join().unwrap();
+    let st: ShieldState =
+        from_bytes(&lb.dp.skel.maps.shield_state.lookup(&0u32.to_ne_bytes(), MapFlags::ANY).unwrap().unwrap()).unwrap();
+    println!(
+        "{n} SYNs per CPU in {:.1} s: {ca} + {cb} challenged, {la} + {lb_} let through after attack mode began; last rate {} SYN/s",
+        t0.elapsed().as_secs_f64(),
+        st.last_rate
+    );
+    assert_eq!((la, lb_), (0, 0), "attack mode dropped out mid-flood");
+}
