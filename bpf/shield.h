@@ -26,6 +26,7 @@
 #include "stats.h"
 #include "csum.h"
 #include "compiler.h"
+#include "ratelimit.h"
 
 #define SHIELD_CONTINUE (-1)
 
@@ -75,12 +76,40 @@ struct {
 	__uint(max_entries, 262144);
 } syn_challenge SEC(".maps");
 
+/*
+ * The new-flow guard's GCRA, one per CPU: each CPU admits its share of
+ * max_new_flows (the control plane sets guard_interval_ns = N_CPU / rate),
+ * so the total is exact and no CPU writes a line another reads. (A shared
+ * slot updated without atomics admitted up to N_CPU x the rate.)
+ */
 struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__type(key, __u32);
 	__type(value, __u64);
 	__uint(max_entries, 1);
 } flow_guard SEC(".maps");
+
+/*
+ * Failed proofs per service, per CPU (a GCRA of PROOF_FAIL_RATE per second
+ * per CPU, burst PROOF_FAIL_BURST). Legitimate clients never fail a proof:
+ * failures mean someone is guessing k. While a service's budget is spent,
+ * one correct answer is not enough: the source must answer a second
+ * challenge too (strict proofs), so a guesser needs 1 / 2^30 luck instead of
+ * 1 / 2^15, and an honest Linux client pays one more ~10 ms round.
+ */
+#define PROOF_FAIL_INTERVAL_NS (NSEC_PER_SEC / 100)
+#define PROOF_FAIL_BURST_NS (100 * PROOF_FAIL_INTERVAL_NS)
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, WEIR_MAX_VIPS);
+} proof_fail SEC(".maps");
+
+/* syn_verified value of a source that answered one challenge in strict
+ * mode: a time long past (not verified), but remembered. */
+#define PROVEN_ONCE 1ULL
 
 #define LPM_MAP(name, keytype)                           \
 	struct {                                         \
@@ -197,11 +226,7 @@ static __always_inline int bucket_take(__u32 pid, const struct shield_policy *po
 		bpf_map_update_elem(&syn_bucket, &sk, &t, BPF_ANY);
 		return 1;
 	}
-	t = *tat > now ? *tat : now;
-	if (t - now + pol->interval_ns > pol->burst_ns)
-		return 0;
-	*tat = t + pol->interval_ns;
-	return 1;
+	return gcra_take_shared(tat, now, pol->interval_ns, pol->burst_ns);
 }
 
 static __always_inline int is_verified(const struct flow_key *k, __u64 now)
@@ -311,6 +336,50 @@ static __always_inline int send_challenge(struct xdp_md *ctx, struct packet *pkt
 	return XDP_TX;
 }
 
+static __always_inline void proof_failed(__u32 pid, __u64 now)
+{
+	__u64 *tat = bpf_map_lookup_elem(&proof_fail, &pid);
+
+	if (tat)
+		gcra_take(tat, now, PROOF_FAIL_INTERVAL_NS, PROOF_FAIL_BURST_NS);
+}
+
+/* True while this CPU's failed-proof budget of service `pid` is spent. */
+static __always_inline int proofs_strict(__u32 pid, __u64 now)
+{
+	__u64 *tat = bpf_map_lookup_elem(&proof_fail, &pid);
+	__u64 t;
+
+	if (!tat)
+		return 0;
+	t = *tat > now ? *tat : now;
+	return t - now + PROOF_FAIL_INTERVAL_NS > PROOF_FAIL_BURST_NS;
+}
+
+/* A correct answer to a challenge: the source is proven for verified_ttl,
+ * or, while proofs are strict, once (it must answer the next one too). */
+static __always_inline int prove(struct stat_block *c, const struct shield_policy *pol, __u32 pid,
+				 const struct flow_key *k, __u64 now)
+{
+	struct src_key sk = { .family = k->family };
+	__u64 until = now + pol->verified_ttl_ns, *seen;
+
+	__builtin_memcpy(sk.addr, k->src, sizeof(sk.addr));
+	if (proofs_strict(pid, now)) {
+		seen = bpf_map_lookup_elem(&syn_verified, &sk);
+		if (!seen || *seen != PROVEN_ONCE) {
+			__u64 once = PROVEN_ONCE;
+
+			bpf_map_update_elem(&syn_verified, &sk, &once, BPF_ANY);
+			stat_inc(c, WEIR_STAT_SHIELD_PROOF_STRICT);
+			return verdict(c, XDP_DROP);
+		}
+	}
+	bpf_map_update_elem(&syn_verified, &sk, &until, BPF_ANY);
+	stat_inc(c, WEIR_STAT_SHIELD_PROVEN);
+	return verdict(c, XDP_DROP);
+}
+
 /*
  * The shield's verdict on a TCP packet to service `pid`: SHIELD_CONTINUE, or
  * the XDP action to return. With dry_run, verdict counters still count what
@@ -351,24 +420,21 @@ static __always_inline int shield_tcp(struct stat_block *c, struct xdp_md *ctx, 
 	now = bpf_ktime_get_ns();
 	if (is_rst) {
 		struct challenge *ch = bpf_map_lookup_elem(&syn_challenge, &pkt->key);
-		int ok;
 
 		if (!ch)
 			return SHIELD_CONTINUE;
+		/* A source's proofs cost it a token like its SYNs do (if it has
+		 * a bucket): one source cannot try k faster than it may open. */
+		if (!bucket_take(pid, pol, &pkt->key, now, 0))
+			return drop_because(c, WEIR_STAT_SHIELD_BUCKET_EMPTY);
 		/* One answer per challenge: guessing k costs 32768 SYN+RST pairs. */
-		ok = ch->expect_seq == bpf_ntohl(pkt->tcp_seq);
-		bpf_map_delete_elem(&syn_challenge, &pkt->key);
-		if (ok) {
-			struct src_key sk = { .family = pkt->key.family };
-			__u64 until = now + pol->verified_ttl_ns;
-
-			__builtin_memcpy(sk.addr, pkt->key.src, sizeof(sk.addr));
-			bpf_map_update_elem(&syn_verified, &sk, &until, BPF_ANY);
-			stat_inc(c, WEIR_STAT_SHIELD_PROVEN);
-		} else {
-			stat_inc(c, WEIR_STAT_SHIELD_PROOF_FAILED);
+		if (ch->expect_seq == bpf_ntohl(pkt->tcp_seq)) {
+			bpf_map_delete_elem(&syn_challenge, &pkt->key);
+			return prove(c, pol, pid, &pkt->key, now);
 		}
-		return verdict(c, XDP_DROP);
+		bpf_map_delete_elem(&syn_challenge, &pkt->key);
+		proof_failed(pid, now);
+		return drop_because(c, WEIR_STAT_SHIELD_PROOF_FAILED);
 	}
 	st = syn_rate(pid, pol, now);
 	if (st && st->attack && !is_verified(&pkt->key, now)) {
@@ -411,19 +477,12 @@ static __always_inline int shield_tcp(struct stat_block *c, struct xdp_md *ctx, 
 static __always_inline int flow_guard_take(void)
 {
 	__u32 zero = 0;
-	__u64 *tat, now, t;
+	__u64 *tat;
 
 	if (!guard_interval_ns)
 		return 1;
 	tat = bpf_map_lookup_elem(&flow_guard, &zero);
-	if (!tat)
-		return 1;
-	now = bpf_ktime_get_ns();
-	t = *tat > now ? *tat : now;
-	if (t - now + guard_interval_ns > guard_burst_ns)
-		return 0;
-	*tat = t + guard_interval_ns;
-	return 1;
+	return !tat || gcra_take(tat, bpf_ktime_get_ns(), guard_interval_ns, guard_burst_ns);
 }
 
 #endif

@@ -231,6 +231,7 @@ enum weir_stat {
 	/* ICMP for DSR and tunnel VIPs (icmp.h) */
 	WEIR_STAT_ICMP_TO_BACKEND, /* an error about a backend's reply sent on to that backend */
 	WEIR_STAT_ECHO_REPLY,      /* an echo request to a VIP answered */
+	WEIR_STAT_SHIELD_PROOF_STRICT, /* a correct proof held to a second one: proofs fail too often */
 	WEIR_STAT_MAX,
 };
 

@@ -536,8 +536,13 @@ impl Config {
                 if vip.protocol != Protocol::Tcp && o.enabled == Some(true) {
                     bail!("{at}.shield: the SYN-flood shield protects TCP VIPs only");
                 }
-                if o.rate == Some(0) || o.burst == Some(0) {
-                    bail!("{at}.shield: rate and burst must be at least 1");
+                // The same ranges as [shield]'s: above them the interval
+                // rounds to 0 ns, which would silently mean "no limit".
+                if let Some(r) = o.rate.filter(|r| !(1..=1_000_000).contains(r)) {
+                    bail!("{at}.shield.rate: {r} is out of range: 1 to 1000000 SYN/s per source");
+                }
+                if let Some(b) = o.burst.filter(|b| !(1..=1_000_000).contains(b)) {
+                    bail!("{at}.shield.burst: {b} is out of range: 1 to 1000000");
                 }
             }
             vip.validate_mode(&at, addr)?;
@@ -673,6 +678,12 @@ impl Shield {
                 "shield.attack_off ({}) is above shield.attack_on ({}): attack mode would never end",
                 self.attack_off,
                 self.attack_on
+            );
+        }
+        if self.max_new_flows > 100_000_000 {
+            bail!(
+                "shield.max_new_flows: {} is out of range: 0 (no limit) to 100000000 new flows per second",
+                self.max_new_flows
             );
         }
         if self.verified_ttl == 0 {
@@ -844,6 +855,17 @@ weight = 3
         assert!(e.contains("unknown variant `maybe`"), "{e}");
         let e = err(&GOOD.replace("scheduler = \"round-robin\"", "scheduler = \"round-robin\"\nshield = { rate = 5 }"));
         assert!(e.contains("vip[0].shield: per-VIP shield settings need a [shield] section"), "{e}");
+        // Per-VIP rate / burst and max_new_flows: ranges like the global
+        // ones (above them the interval rounded to 0 ns: no limit at all).
+        let vip_shield = |o: &str| with("").replace("scheduler = \"round-robin\"", &format!("scheduler = \"round-robin\"\nshield = {{ {o} }}"));
+        let e = err(&vip_shield("rate = 2000000000"));
+        assert!(e.contains("vip[0].shield.rate: 2000000000 is out of range: 1 to 1000000"), "{e}");
+        let e = err(&vip_shield("burst = 0"));
+        assert!(e.contains("vip[0].shield.burst: 0 is out of range"), "{e}");
+        assert!(Config::from_toml(&vip_shield("rate = 1000000, burst = 1000000")).is_ok());
+        let e = err(&with("max_new_flows = 1500000000"));
+        assert!(e.contains("shield.max_new_flows: 1500000000 is out of range"), "{e}");
+        assert!(Config::from_toml(&with("max_new_flows = 100000000")).is_ok());
         assert_eq!(parse_prefix("198.18.0.7"), Some(("198.18.0.7".parse().unwrap(), 32)));
         assert_eq!(parse_prefix("2001:db8::/32"), Some(("2001:db8::".parse().unwrap(), 32)));
     }

@@ -29,13 +29,10 @@ pub struct ShieldLoad {
 
 impl ShieldLoad {
     pub fn from_config(s: &Shield) -> ShieldLoad {
-        let (gi, gb) = if s.max_new_flows > 0 {
-            let i = NS / u64::from(s.max_new_flows);
-            // One second's worth of burst.
-            (i, i * u64::from(s.max_new_flows))
-        } else {
-            (0, 0)
-        };
+        // The guard is one GCRA per CPU (bpf/shield.h flow_guard): each CPU
+        // admits max_new_flows / N per second, with one second's burst.
+        let cpus = libbpf_rs::num_possible_cpus().unwrap_or(1).max(1) as u64;
+        let (gi, gb) = if s.max_new_flows > 0 { ((NS * cpus) / u64::from(s.max_new_flows), NS) } else { (0, 0) };
         ShieldLoad {
             has_deny: !s.deny.is_empty(),
             has_allow: !s.allow.is_empty(),

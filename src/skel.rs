@@ -111,6 +111,7 @@ pub fn stat_name(idx: usize) -> &'static str {
         "nat_lost_race",
         "icmp_to_backend",
         "echo_reply",
+        "shield_proof_strict",
     ];
     NAMES.get(idx).copied().unwrap_or("unknown")
 }

@@ -219,15 +219,6 @@ fn nat_icmp_leaves_the_bytes_after_the_datagram_alone() {
     ]);
 }
 
-/// Pin the calling thread to one CPU: per-CPU budgets are then one budget.
-pub fn pin_to_cpu(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0, "sched_setaffinity");
-    }
-}
 
 /// Too-big answers go to whatever source a packet claims: at most a burst
 /// of 50, then 1000 per second, per CPU (the kernel's own ICMP budget).

@@ -43,14 +43,6 @@ fn test_run_fd(fd: i32, frame: &[u8]) -> (u32, Vec<u8>) {
     }
 }
 
-fn pin_to_cpu(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0, "sched_setaffinity");
-    }
-}
 
 fn two_cpus() -> bool {
     let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);

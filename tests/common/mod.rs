@@ -64,6 +64,17 @@ pub fn stat(name: &str) -> usize {
         .unwrap_or_else(|| panic!("no counter named {name} in skel::stat_name"))
 }
 
+/// Pin the calling thread to one CPU: BPF_PROG_TEST_RUN runs the program
+/// there, so per-CPU maps and budgets are one CPU's.
+pub fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0, "sched_setaffinity");
+    }
+}
+
 /// Bytes as space-separated hex ("0a 1b ...").
 pub fn hex_row(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" ")
