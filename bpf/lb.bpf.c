@@ -39,7 +39,7 @@ static __always_inline int process(struct xdp_md *ctx, struct packet *pkt, __u32
 	struct backend *be;
 	struct flow *f;
 	__u32 bid = WEIR_NO_BACKEND;
-	int new_flow = 0;
+	int new_flow = 0, in_handshake = 0;
 	int rc;
 
 	*len_out = bytes;
@@ -101,10 +101,18 @@ static __always_inline int process(struct xdp_md *ctx, struct packet *pkt, __u32
 		return nat_forward(c, data, data_end, pkt, vip, bid_out, bytes);
 
 	f = bpf_map_lookup_elem(&flows, &pkt->key);
+	if (!f && pkt->key.proto == IPPROTO_TCP) {
+		/* A handshake in progress (see syn_flows in maps.h). */
+		f = bpf_map_lookup_elem(&syn_flows, &pkt->key);
+		in_handshake = f != NULL;
+	}
 	if (f) {
 		bid = f->backend_id;
 		be = bpf_map_lookup_elem(&backends, &bid);
 		if (be && (be->flags & WEIR_BACKEND_ACTIVE) && be->generation == f->generation) {
+			/* The client's first segment past its SYN: established. */
+			if (in_handshake && (pkt->tcp_flags & (TCP_SYN | TCP_ACK)) != TCP_SYN)
+				bpf_map_update_elem(&flows, &pkt->key, f, BPF_ANY);
 			stat_inc(c, WEIR_STAT_FLOW_HIT);
 			goto send;
 		}
@@ -116,8 +124,9 @@ static __always_inline int process(struct xdp_md *ctx, struct packet *pkt, __u32
 		return rc;
 	{
 		struct flow nf = { .backend_id = bid, .vip_id = vip->vip_id, .generation = be->generation };
+		int syn = pkt->key.proto == IPPROTO_TCP && (pkt->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
 
-		bpf_map_update_elem(&flows, &pkt->key, &nf, BPF_ANY);
+		bpf_map_update_elem(syn ? (void *)&syn_flows : (void *)&flows, &pkt->key, &nf, BPF_ANY);
 	}
 	new_flow = 1;
 	stat_inc(c, WEIR_STAT_FLOW_NEW);

@@ -100,6 +100,20 @@ struct {
 } flows SEC(".maps");
 
 /*
+ * TCP handshakes in progress (DSR and tunnel VIPs): a SYN's flow lives here
+ * until the client's first segment that is not a SYN moves it to `flows`.
+ * A SYN flood, spoofed or not, then churns this table only and never evicts
+ * an established connection from `flows` (a round-robin VIP cannot re-derive
+ * an evicted flow's backend the way Maglev does). Sized with flows / 4.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct flow_key);
+	__type(value, struct flow);
+	__uint(max_entries, 16384);
+} syn_flows SEC(".maps");
+
+/*
  * Full NAT, both directions of each flow (see struct nat_rev); sized with
  * flows. The reverse table is a plain (preallocated) hash, not an LRU: an
  * LRU insert into a full table evicts some entry, and evicting a live flow's

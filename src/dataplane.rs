@@ -41,6 +41,12 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// Entries of the handshake table (bpf/maps.h syn_flows): a quarter of
+    /// the flow table, at least 1024.
+    pub fn syn_flows_size(&self) -> u32 {
+        (self.conntrack_size / 4).max(1024)
+    }
+
     pub fn for_plan(plan: &Plan, iface: &Iface) -> Settings {
         Settings {
             iface_mtu: iface.mtu,
@@ -115,6 +121,7 @@ impl Dataplane {
         let ring_entries = u32::try_from(ring_entries).context("maglev.table_size x VIPs exceeds 2^32 slots")?;
         open.maps.maglev_ring.set_max_entries(ring_entries)?;
         open.maps.flows.set_max_entries(settings.conntrack_size)?;
+        open.maps.syn_flows.set_max_entries(settings.syn_flows_size())?;
         open.maps.nat_fwd.set_max_entries(settings.conntrack_size)?;
         open.maps.nat_rev.set_max_entries(settings.conntrack_size)?;
         let ro = open.maps.rodata_data.as_deref_mut().context("the BPF object has no .rodata")?;
@@ -144,6 +151,7 @@ impl Dataplane {
             for (name, want) in [
                 ("maglev_ring", ring_entries),
                 ("flows", settings.conntrack_size),
+                ("syn_flows", settings.syn_flows_size()),
                 ("nat_fwd", settings.conntrack_size),
                 ("nat_rev", settings.conntrack_size),
             ] {
