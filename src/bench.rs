@@ -116,6 +116,13 @@ pub fn frame_v4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, tcp: bool)
     f
 }
 
+/// The same TCP frame (frame_v4) as an ACK.
+fn ack(syn: &[u8]) -> Vec<u8> {
+    let mut f = syn.to_vec();
+    f[47] = 0x10;
+    f
+}
+
 const BENCH_CONFIG: &str = r#"
 [conntrack]
 size = 262144
@@ -211,16 +218,22 @@ fn run_once(calls: usize) -> Result<Report> {
     let drop = sample(&trivial.progs.xdp_drop, &mut |_| one.clone(), 1)?;
     let non_vip = sample(prog, &mut |_| frame_v4(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(198, 18, 0, 50), 40000, 80, true), 2)?;
     let new_flow = sample(prog, &mut |i| frame_v4(client(i), vip, port(i), 80, true), 3)?;
-    // Same flow again and again: the conntrack hit path.
-    let est = sample(prog, &mut |_| one.clone(), 3)?;
+    // Established: the client's ACKs of a flow whose handshake went by (its
+    // first ACK moves it from the handshake table to the flow table).
+    let one_ack = ack(&one);
+    let _ = test_run(prog, &one, 1)?;
+    let est = sample(prog, &mut |_| one_ack.clone(), 3)?;
     // 65,536 tracked flows (those above plus untimed ones), cycled through:
     // LRU and cache effects show.
     let many = 65536;
-    for i in calls..many {
-        let (a, _, _) = test_run(prog, &frame_v4(client(i), vip, port(i), 80, true), 1)?;
-        anyhow::ensure!(a == 3, "creating flow {i}: action {a}");
+    for i in 0..many {
+        let syn = frame_v4(client(i), vip, port(i), 80, true);
+        for f in [&syn, &ack(&syn)] {
+            let (a, _, _) = test_run(prog, f, 1)?;
+            anyhow::ensure!(a == 3, "creating flow {i}: action {a}");
+        }
     }
-    let est_many = sample(prog, &mut |i| frame_v4(client(i % many), vip, port(i % many), 80, true), 3)?;
+    let est_many = sample(prog, &mut |i| ack(&frame_v4(client(i % many), vip, port(i % many), 80, true)), 3)?;
 
     // The shield's verdicts, each in a data plane configured for it.
     let shield_dp = |shield: &str| -> Result<Dataplane> {
@@ -285,7 +298,7 @@ fn run_once(calls: usize) -> Result<Report> {
     let tunnel = mode_dp("tunnel")?;
     let tun_prog = &tunnel.skel.progs.weir_lb;
     let _ = test_run(tun_prog, &one, 1)?;
-    let tun_est = sample(tun_prog, &mut |_| one.clone(), 3)?;
+    let tun_est = sample(tun_prog, &mut |_| one_ack.clone(), 3)?;
 
     let rows = vec![
         make_row("trivial XDP_PASS (baseline)", "PASS", &base, &base_s),
