@@ -183,11 +183,11 @@ struct traffic {
  * program returned; the rest say why a packet was passed or dropped.
  */
 enum weir_stat {
-	WEIR_STAT_ABORTED = 0,
-	WEIR_STAT_DROP = 1,
-	WEIR_STAT_PASS = 2,
-	WEIR_STAT_TX = 3,
-	WEIR_STAT_REDIRECT = 4,
+	WEIR_STAT_XDP_ABORTED = 0,
+	WEIR_STAT_XDP_DROP = 1,
+	WEIR_STAT_XDP_PASS = 2,
+	WEIR_STAT_XDP_TX = 3,
+	WEIR_STAT_XDP_REDIRECT = 4,
 	/* why a packet went to the kernel */
 	WEIR_STAT_PASS_NOT_IP,
 	WEIR_STAT_PASS_NOT_VIP,

@@ -204,7 +204,7 @@ pub fn run(packets: u32, runs: usize) -> Result<LiveReport> {
             }
         })
         .collect();
-    let forwarded = dp.global_counters()?[crate::skel::weir_stat::WEIR_STAT_TX.0 as usize];
+    let forwarded = dp.global_counters()?[crate::skel::weir_stat::WEIR_STAT_XDP_TX.0 as usize];
     anyhow::ensure!(
         forwarded >= u64::from(packets) * runs.max(1) as u64,
         "weir forwarded {forwarded} frames, fewer than it was given"

@@ -69,52 +69,11 @@ pub const STAT_COUNT: usize = weir_stat::WEIR_STAT_MAX.0 as usize;
 
 /// Names of the global counters, by index (the enum's order in weir.h).
 pub fn stat_name(idx: usize) -> &'static str {
-    const NAMES: [&str; STAT_COUNT] = [
-        "xdp_aborted",
-        "xdp_drop",
-        "xdp_pass",
-        "xdp_tx",
-        "xdp_redirect",
-        "pass_not_ip",
-        "pass_not_vip",
-        "pass_fragment",
-        "pass_ipv6_ext",
-        "pass_unknown_proto",
-        "pass_truncated",
-        "pass_malformed",
-        "pass_arp_other",
-        "drop_no_backend",
-        "drop_tx_port",
-        "arp_reply",
-        "flow_new",
-        "flow_hit",
-        "flow_rescheduled",
-        "shield_denied",
-        "shield_allowed",
-        "shield_bucket_empty",
-        "shield_challenged",
-        "shield_proven",
-        "shield_proof_failed",
-        "shield_verified_pass",
-        "shield_out_of_state",
-        "shield_no_challenge",
-        "shield_dry_run",
-        "shield_flow_guard",
-        "ndp_reply",
-        "nat_reply",
-        "nat_icmp",
-        "drop_nat_ports",
-        "drop_tunnel_mtu",
-        "icmp_too_big",
-        "drop_encap",
-        "drop_nat_not_syn",
-        "nat_lost_race",
-        "icmp_to_backend",
-        "echo_reply",
-        "shield_proof_strict",
-    ];
-    NAMES.get(idx).copied().unwrap_or("unknown")
+    STAT_NAMES.get(idx).copied().unwrap_or("unknown")
 }
+
+include!(concat!(env!("OUT_DIR"), "/stat_names.rs"));
+const _: () = assert!(STAT_NAMES.len() == STAT_COUNT);
 
 /// Bytes of a shared struct, as a map key or value.
 pub fn bytes_of<T: plain::Plain>(v: &T) -> &[u8] {
