@@ -181,13 +181,7 @@ fn packet_table() {
 
     // ARP: the VIP's is answered with the interface MAC, others pass.
     let req = arp_request([198, 18, 0, 1], [198, 18, 0, 100]);
-    let mut reply = CLIENT_MAC.to_vec();
-    reply.extend_from_slice(&LB_MAC);
-    reply.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 2]);
-    reply.extend_from_slice(&LB_MAC);
-    reply.extend_from_slice(&[198, 18, 0, 100]);
-    reply.extend_from_slice(&CLIENT_MAC);
-    reply.extend_from_slice(&[198, 18, 0, 1]);
+    let reply = arp_reply([198, 18, 0, 1], [198, 18, 0, 100]);
     cases.push(Case::new("ARP request for the VIP is answered", req, XDP_TX, Some(reply), &["xdp_tx", "arp_reply"]));
     cases.push(Case::new(
         "ARP request for another address passes",

@@ -299,6 +299,24 @@ pub const EVENTS: [&str; 3] = ["flow_new", "flow_hit", "flow_rescheduled"];
 /// named (once: by one); every other counter must stay (flow events: see
 /// `EVENTS`). A program without counters takes an empty list.
 pub fn expect(name: &str, r: &Run, frame: &[u8], action: u32, output: Option<&[u8]>, counters: &[&str]) {
+    expect_counting(name, r, frame, action, output, counters, false)
+}
+
+/// `expect`, with the flow events held to `counters` too (unnamed: they
+/// must stay), named or not.
+pub fn expect_exact(name: &str, r: &Run, frame: &[u8], action: u32, output: Option<&[u8]>, counters: &[&str]) {
+    expect_counting(name, r, frame, action, output, counters, true)
+}
+
+fn expect_counting(
+    name: &str,
+    r: &Run,
+    frame: &[u8],
+    action: u32,
+    output: Option<&[u8]>,
+    counters: &[&str],
+    events_exact: bool,
+) {
     for c in counters {
         stat(c); // every named counter exists
     }
@@ -318,7 +336,7 @@ pub fn expect(name: &str, r: &Run, frame: &[u8], action: u32, output: Option<&[u
             hexdiff(want, &r.out)
         ));
     }
-    let events_named = counters.iter().any(|c| EVENTS.contains(c));
+    let events_named = events_exact || counters.iter().any(|c| EVENTS.contains(c));
     for i in 0..r.delta.len() {
         let n = stat_name(i);
         if EVENTS.contains(&n) && !events_named {
@@ -358,6 +376,20 @@ pub fn check<T: Target + ?Sized>(
 ) -> Vec<u8> {
     let r = run(t, name, frame);
     expect(name, &r, frame, action, output, counters);
+    r.out
+}
+
+/// `check` with every counter exact, flow events included (`expect_exact`).
+pub fn check_exact<T: Target + ?Sized>(
+    t: &T,
+    name: &str,
+    frame: &[u8],
+    action: u32,
+    output: Option<&[u8]>,
+    counters: &[&str],
+) -> Vec<u8> {
+    let r = run(t, name, frame);
+    expect_exact(name, &r, frame, action, output, counters);
     r.out
 }
 

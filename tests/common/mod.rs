@@ -223,6 +223,19 @@ pub fn arp_request(sender: [u8; 4], target: [u8; 4]) -> Vec<u8> {
     f
 }
 
+/// The balancer's ARP reply to `arp_request(sender, target)`: `target` is
+/// at LB_MAC.
+pub fn arp_reply(sender: [u8; 4], target: [u8; 4]) -> Vec<u8> {
+    let mut f = CLIENT_MAC.to_vec();
+    f.extend_from_slice(&LB_MAC);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 2]);
+    f.extend_from_slice(&LB_MAC);
+    f.extend_from_slice(&target);
+    f.extend_from_slice(&CLIENT_MAC);
+    f.extend_from_slice(&sender);
+    f
+}
+
 /// A NAT VIP (198.18.0.103:80 -> 198.18.0.41:80) with a single SNAT port
 /// (41000 from 198.18.0.40); `ct_extra` goes in [conntrack], `more` after.
 pub fn one_port_nat(ct_extra: &str, more: &str) -> String {
