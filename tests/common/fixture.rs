@@ -366,30 +366,16 @@ fn expect_counting(
     }
 }
 
-pub fn check<T: Target + ?Sized>(
-    t: &T,
-    name: &str,
-    frame: &[u8],
-    action: u32,
-    output: Option<&[u8]>,
-    counters: &[&str],
-) -> Vec<u8> {
-    let r = run(t, name, frame);
-    expect(name, &r, frame, action, output, counters);
+pub fn check<T: Target + ?Sized>(t: &T, name: &str, f: &[u8], a: u32, o: Option<&[u8]>, c: &[&str]) -> Vec<u8> {
+    let r = run(t, name, f);
+    expect(name, &r, f, a, o, c);
     r.out
 }
 
 /// `check` with every counter exact, flow events included (`expect_exact`).
-pub fn check_exact<T: Target + ?Sized>(
-    t: &T,
-    name: &str,
-    frame: &[u8],
-    action: u32,
-    output: Option<&[u8]>,
-    counters: &[&str],
-) -> Vec<u8> {
-    let r = run(t, name, frame);
-    expect_exact(name, &r, frame, action, output, counters);
+pub fn check_exact<T: Target + ?Sized>(t: &T, name: &str, f: &[u8], a: u32, o: Option<&[u8]>, c: &[&str]) -> Vec<u8> {
+    let r = run(t, name, f);
+    expect_exact(name, &r, f, a, o, c);
     r.out
 }
 
