@@ -5,8 +5,9 @@
 //! running config translating, and a new `source_address` applies to new
 //! flows. The contract is docs/nat-tunnel.md.
 //!
-//! Expected frames are built here from scratch with etherparse (checksums
-//! computed by etherparse); the only value read back from an output is the
+//! Expected frames are built here from scratch with common's `Pkt`
+//! (checksums computed by etherparse) and checked by the one fixture runner
+//! (tests/common/fixture.rs); the only value read back from an output is the
 //! SNAT port the program chose, first checked against `source_ports`.
 
 mod common;
@@ -15,12 +16,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use common::*;
-use etherparse::{EtherType, Ethernet2Header, IpNumber, Ipv4Header, TcpHeader};
+use etherparse::TcpHeader;
 use weir::config::Config;
 use weir::dataplane::configured_hops;
 use weir::net::Iface;
 use weir::plan::Plan;
-use weir::skel::{stat_name, STAT_COUNT};
 
 const CLIENT: &str = "10.9.8.7";
 /// The DSR VIP (present in every config).
@@ -84,41 +84,26 @@ fn v4(s: &str) -> [u8; 4] {
     s.parse::<Ipv4Addr>().unwrap().octets()
 }
 
-/// eth / IPv4 (id, DF, ttl 64) / TCP, every checksum computed by etherparse.
+/// eth / IPv4 (id 0x4242, DF, ttl 64) / TCP, every checksum computed by etherparse.
 fn frame(eth_dst: [u8; 6], eth_src: [u8; 6], src: &str, dst: &str, tcp: &TcpHeader, payload: &[u8]) -> Vec<u8> {
-    let mut tcp = tcp.clone();
-    let l4_len = (tcp.header_len() + payload.len()) as u16;
-    let mut ip = Ipv4Header::new(l4_len, 64, IpNumber::TCP, v4(src), v4(dst)).unwrap();
-    ip.identification = 0x4242;
-    ip.dont_fragment = true;
-    ip.header_checksum = ip.calc_header_checksum();
-    tcp.checksum = tcp.calc_checksum_ipv4(&ip, payload).unwrap();
-    let mut f = Ethernet2Header { source: eth_src, destination: eth_dst, ether_type: EtherType::IPV4 }.to_bytes().to_vec();
-    f.extend_from_slice(&ip.to_bytes());
-    f.extend_from_slice(&tcp.to_bytes());
-    f.extend_from_slice(payload);
-    f
+    Pkt::new(src, dst, L4::Tcp(tcp.clone()), payload).macs(eth_dst, eth_src).ip_fields(0, 0x4242, true, 64).frame()
 }
 
 fn syn(sport: u16, dport: u16) -> TcpHeader {
-    let mut h = TcpHeader::new(sport, dport, 0x1000_0000, 64240);
+    let mut h = tcp_hdr(sport, dport, 0x1000_0000, None, 64240);
     h.syn = true;
     h
 }
 
 fn synack(sport: u16, dport: u16) -> TcpHeader {
-    let mut h = TcpHeader::new(sport, dport, 0x2000_0000, 65160);
+    let mut h = tcp_hdr(sport, dport, 0x2000_0000, Some(0x1000_0001), 65160);
     h.syn = true;
-    h.ack = true;
-    h.acknowledgment_number = 0x1000_0001;
     h
 }
 
 fn ack(sport: u16, dport: u16) -> TcpHeader {
-    let mut h = TcpHeader::new(sport, dport, 0x1000_0001, 502);
-    h.ack = true;
+    let mut h = tcp_hdr(sport, dport, 0x1000_0001, Some(0x2000_0001), 502);
     h.psh = true;
-    h.acknowledgment_number = 0x2000_0001;
     h
 }
 
@@ -147,58 +132,14 @@ fn reply_translated(cport: u16) -> Vec<u8> {
 
 // ------------------------------------------------------------- checking ---
 
-/// Run `f` once; returns action, output and the counters that changed.
-fn run(lb: &Lb, name: &str, f: &[u8]) -> (u32, Vec<u8>, BTreeMap<&'static str, u64>) {
-    let before = lb.counters();
-    let (a, out) = lb.dp.run(f).unwrap_or_else(|e| panic!("{name}: test_run: {e:#}"));
-    let after = lb.counters();
-    let rose = (0..STAT_COUNT)
-        .filter(|i| after[*i] != before[*i])
-        .map(|i| (stat_name(i), after[i].wrapping_sub(before[i])))
-        .collect();
-    (a, out, rose)
-}
-
-/// Exactly `counters` rose, each by one; every other counter stayed.
-fn want_counters(name: &str, rose: &BTreeMap<&'static str, u64>, counters: &[&str]) {
-    for c in counters {
-        stat(c);
-    }
-    let want: BTreeMap<&str, u64> = counters.iter().map(|c| (*c, 1)).collect();
-    let got: BTreeMap<&str, u64> = rose.iter().map(|(k, v)| (*k, *v)).collect();
-    assert_eq!(got, want, "{name}: counters that rose (left) differ from the contract (right)");
-}
-
-/// Action, exact output bytes (None: the input unchanged) and counters.
-fn check(lb: &Lb, name: &str, f: &[u8], action: u32, want: Option<&[u8]>, counters: &[&str]) -> Vec<u8> {
-    let (a, out, rose) = run(lb, name, f);
-    assert_eq!(action_name(a), action_name(action), "{name}: XDP action (counters that rose: {rose:?})");
-    let want = want.unwrap_or(f);
-    assert!(out == want, "{name}: output bytes\n  want {}\n  got  {}", hex_row(want), hex_row(&out));
-    want_counters(name, &rose, counters);
-    if action == XDP_TX {
-        verify_v4_tcp(name, &out);
-    }
-    out
-}
-
-/// Independent of the expected frame: the IPv4 header and TCP checksums of
-/// an output verify (etherparse recomputes both).
-fn verify_v4_tcp(name: &str, f: &[u8]) {
-    assert_eq!(&f[12..14], &[0x08, 0x00], "{name}: IPv4 ethertype");
-    let (ip, rest) = Ipv4Header::from_slice(&f[14..]).unwrap_or_else(|e| panic!("{name}: IPv4 header: {e:?}"));
-    assert_eq!(ip.header_checksum, ip.calc_header_checksum(), "{name}: IPv4 header checksum");
-    let (tcp, payload) = TcpHeader::from_slice(rest).unwrap_or_else(|e| panic!("{name}: TCP header: {e:?}"));
-    assert_eq!(tcp.checksum, tcp.calc_checksum_ipv4(&ip, payload).unwrap(), "{name}: TCP checksum");
-}
-
 /// A new NAT flow from `cport`: XDP_TX to the backend from `snat` with a
 /// port in `source_ports`, the rest of the frame exactly the client's.
 /// Returns the SNAT port.
 fn nat_new_flow(lb: &Lb, name: &str, cport: u16, snat: &str) -> u16 {
     let f = client_frame(cport, syn, b"");
-    let (a, out, rose) = run(lb, name, &f);
-    assert_eq!(action_name(a), "XDP_TX", "{name}: XDP action (counters that rose: {rose:?})\n  output {}", hex_row(&out));
+    let r = run(lb, name, &f);
+    let out = &r.out;
+    assert_eq!(action_name(r.action), "XDP_TX", "{name}: XDP action (counters that rose: {})\n  output {}", rose(&r), hex_row(out));
     assert!(out.len() >= 14 + 20 + 20, "{name}: short output {}", hex_row(&out));
     let port = u16::from_be_bytes([out[34], out[35]]);
     assert!((RANGE.0..=RANGE.1).contains(&port), "{name}: SNAT port {port} outside source_ports {RANGE:?}");
@@ -206,15 +147,13 @@ fn nat_new_flow(lb: &Lb, name: &str, cport: u16, snat: &str) -> u16 {
     assert_eq!(out[26..30], v4(snat), "{name}: IPv4 source is the VIP's source_address {snat}");
     assert_eq!(out[30..34], v4(NAT_B), "{name}: IPv4 destination is the backend");
     let want = forwarded(cport, syn, b"", snat, port);
-    assert!(out == want, "{name}: output bytes\n  want {}\n  got  {}", hex_row(&want), hex_row(&out));
-    want_counters(name, &rose, &["xdp_tx", "flow_new"]);
-    verify_v4_tcp(name, &out);
+    expect_exact(name, &r, &f, XDP_TX, Some(&want), &["xdp_tx", "flow_new"]);
     port
 }
 
 /// The backend's reply to `snat`:`port` goes back to the client's `cport`.
 fn nat_reply(lb: &Lb, name: &str, snat: &str, port: u16, cport: u16) {
-    check(lb, name, &reply_frame(snat, port), XDP_TX, Some(&reply_translated(cport)), &["xdp_tx", "nat_reply"]);
+    check_exact(lb, name, &reply_frame(snat, port), XDP_TX, Some(&reply_translated(cport)), &["xdp_tx", "nat_reply"]);
 }
 
 fn plan_after(text: &str, prev: &Plan) -> Plan {
@@ -241,11 +180,11 @@ fn nat_on_follows_reloads() {
     let dsr = lb.plan.clone();
     // A "backend" frame to the would-be SNAT address, before any NAT VIP.
     let stray = reply_frame(SNAT, 25000);
-    check(&lb, "DSR only: frame to the would-be SNAT address", &stray, XDP_PASS, None, &["xdp_pass", "pass_not_vip"]);
+    check_exact(&lb, "DSR only: frame to the would-be SNAT address", &stray, XDP_PASS, None, &["xdp_pass", "pass_not_vip"]);
     // The DSR VIP works (sanity: the program is live).
     let dsr_syn = tcp_syn(CLIENT, DSR_VIP, 40000, 80);
-    let (a, _, _) = run(&lb, "DSR SYN", &dsr_syn);
-    assert_eq!(action_name(a), "XDP_TX", "DSR VIP forwards");
+    let r = run(&lb, "DSR SYN", &dsr_syn);
+    assert_eq!(action_name(r.action), "XDP_TX", "DSR VIP forwards ({})", rose(&r));
 
     // + NAT VIP.
     let nat = plan_after(&with_nat(SNAT, ""), &dsr);
@@ -255,7 +194,7 @@ fn nat_on_follows_reloads() {
     let reply = reply_frame(SNAT, port);
     nat_reply(&lb, "after adding the NAT VIP: backend's reply", SNAT, port, 40001);
     // The client's ACK on the tracked flow: same port, flow_hit.
-    check(
+    check_exact(
         &lb,
         "after adding the NAT VIP: client ACK on the tracked flow",
         &client_frame(40001, ack, b"GET / HTTP/1.1\r\n\r\n"),
@@ -265,7 +204,7 @@ fn nat_on_follows_reloads() {
     );
     // The stray frame still passes (no flow on that port).
     if port != 25000 {
-        check(&lb, "NAT on: frame to an unused SNAT port", &stray, XDP_PASS, None, &["xdp_pass", "pass_not_vip"]);
+        check_exact(&lb, "NAT on: frame to an unused SNAT port", &stray, XDP_PASS, None, &["xdp_pass", "pass_not_vip"]);
     }
 
     // Back to DSR only: the same reply, with its flow still in the table,
@@ -273,9 +212,9 @@ fn nat_on_follows_reloads() {
     let back = plan_after(DSR_ONLY, &nat);
     let said = reload(&lb, &nat, &back).expect("reload removing the NAT VIP");
     assert!(said.contains("1 VIPs (+0 -1)"), "{said}");
-    check(&lb, "back to DSR only: the reply of a live NAT flow", &reply, XDP_PASS, None, &["xdp_pass", "pass_not_vip"]);
+    check_exact(&lb, "back to DSR only: the reply of a live NAT flow", &reply, XDP_PASS, None, &["xdp_pass", "pass_not_vip"]);
     // The client's packets to the removed VIP are not translated either.
-    check(
+    check_exact(
         &lb,
         "back to DSR only: client to the removed NAT VIP",
         &client_frame(40001, ack, b"late"),
@@ -283,8 +222,8 @@ fn nat_on_follows_reloads() {
         None,
         &["xdp_pass", "pass_not_vip"],
     );
-    let (a, _, _) = run(&lb, "DSR SYN after the reloads", &dsr_syn);
-    assert_eq!(action_name(a), "XDP_TX", "the DSR VIP still forwards");
+    let r = run(&lb, "DSR SYN after the reloads", &dsr_syn);
+    assert_eq!(action_name(r.action), "XDP_TX", "the DSR VIP still forwards ({})", rose(&r));
 }
 
 /// A conntrack-timeout change is a restart: refused with the reason,
@@ -312,7 +251,7 @@ fn a_conntrack_timeout_change_is_refused_and_nat_keeps_working() {
 
     // The running config translates on: the old flow both ways, and a new one
     // still from the old source address.
-    check(
+    check_exact(
         &lb,
         "after the refusals: tracked flow, client side",
         &client_frame(41001, ack, b"x"),
@@ -324,7 +263,7 @@ fn a_conntrack_timeout_change_is_refused_and_nat_keeps_working() {
     let port2 = nat_new_flow(&lb, "after the refusals: a new flow", 41002, SNAT);
     nat_reply(&lb, "after the refusals: the new flow's reply", SNAT, port2, 41002);
     // Nothing to the would-be new address is translated.
-    check(&lb, "after the refusals: reply to the refused source", &reply_frame(SNAT2, port2), XDP_PASS, None, &["xdp_pass", "pass_not_vip"]);
+    check_exact(&lb, "after the refusals: reply to the refused source", &reply_frame(SNAT2, port2), XDP_PASS, None, &["xdp_pass", "pass_not_vip"]);
 }
 
 /// A new source_address: new flows leave from it; a flow tracked before
@@ -350,11 +289,11 @@ fn a_new_source_address_applies_to_new_flows() {
         let port = nat_new_flow(&lb, &name, cport, SNAT2);
         nat_reply(&lb, &format!("{name}: reply to the new source"), SNAT2, port, cport);
         // Its reply to the old address is no flow of ours.
-        check(&lb, &format!("{name}: reply to the old source"), &reply_frame(SNAT, port), XDP_PASS, None, &["xdp_pass", "pass_not_vip"]);
+        check_exact(&lb, &format!("{name}: reply to the old source"), &reply_frame(SNAT, port), XDP_PASS, None, &["xdp_pass", "pass_not_vip"]);
     }
 
     // The flow tracked before the change keeps its address both ways.
-    check(
+    check_exact(
         &lb,
         "old flow after the change: client side",
         &client_frame(42001, ack, b"y"),
@@ -363,19 +302,6 @@ fn a_new_source_address_applies_to_new_flows() {
         &["xdp_tx", "flow_hit"],
     );
     nat_reply(&lb, "old flow after the change: reply", SNAT, old_port, 42001);
-}
-
-/// The exact ARP reply the responder builds for `target` (asked by the
-/// client at 198.18.0.1): built here field by field.
-fn arp_reply(target: [u8; 4]) -> Vec<u8> {
-    let mut f = CLIENT_MAC.to_vec();
-    f.extend_from_slice(&LB_MAC);
-    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 2]);
-    f.extend_from_slice(&LB_MAC);
-    f.extend_from_slice(&target);
-    f.extend_from_slice(&CLIENT_MAC);
-    f.extend_from_slice(&[198, 18, 0, 1]);
-    f
 }
 
 /// A NAT source address that is not the interface's own is answered for
@@ -387,14 +313,12 @@ fn the_arp_responder_follows_nat_source_addresses() {
         return;
     }
     let ask = |t: &str| arp_request([198, 18, 0, 1], v4(t));
-    let arp = |lb: &Lb, what: &str, t: &str, action: u32, want: Vec<u8>, counters: &[&str]| {
-        let (a, out, rose) = run(lb, what, &ask(t));
-        assert_eq!(action_name(a), action_name(action), "{what}: XDP action");
-        assert_eq!(out, want, "{what}: output bytes\n{}", hex_row(&out));
-        want_counters(what, &rose, counters);
+    let answered = |lb: &Lb, what: &str, t: &str| {
+        check_exact(lb, what, &ask(t), XDP_TX, Some(&arp_reply([198, 18, 0, 1], v4(t))), &["xdp_tx", "arp_reply"]);
     };
-    let answered = |lb: &Lb, what: &str, t: &str| arp(lb, what, t, XDP_TX, arp_reply(v4(t)), &["xdp_tx", "arp_reply"]);
-    let ignored = |lb: &Lb, what: &str, t: &str| arp(lb, what, t, XDP_PASS, ask(t), &["xdp_pass", "pass_arp_other"]);
+    let ignored = |lb: &Lb, what: &str, t: &str| {
+        check_exact(lb, what, &ask(t), XDP_PASS, None, &["xdp_pass", "pass_arp_other"]);
+    };
     // The test interface has no addresses: every source_address is "not its own".
     let lb = load(DSR_ONLY);
     let dsr = lb.plan.clone();

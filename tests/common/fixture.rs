@@ -5,8 +5,10 @@
 //! and etherparse; never bpf/), inner (tunnelled) and quoted (ICMP) headers
 //! included. Katran's PacketAttributes table, in Rust: see `Case`.
 
+use std::borrow::Cow;
+
 use etherparse::{Ipv4Header, Ipv6Header, TcpHeader, UdpHeader};
-use weir::skel::{stat_name, STAT_COUNT};
+use weir::skel::stat_name;
 
 use super::{action_name, hex_row, stat, Lb, XDP_REDIRECT, XDP_TX};
 
@@ -169,12 +171,24 @@ pub fn verify_frame(what: &str, f: &[u8], problems: &mut Vec<String>) {
         problems.push(format!("{what}: {} bytes, no Ethernet header", f.len()));
         return;
     }
-    let ip = &f[14..];
+    // 802.1Q / 802.1ad tags (any number) before the ethertype.
+    let mut off = 12;
+    while f.len() >= off + 6 && matches!(u16::from_be_bytes([f[off], f[off + 1]]), 0x8100 | 0x88a8) {
+        off += 4;
+    }
+    let ip = &f[off + 2..];
     // Bytes after the datagram are Ethernet padding: legal, and not part of
     // any checksum. A datagram longer than the frame is an error.
-    let len = match u16::from_be_bytes([f[12], f[13]]) {
+    let len = match u16::from_be_bytes([f[off], f[off + 1]]) {
         0x0800 if ip.len() >= 4 => usize::from(u16::from_be_bytes([ip[2], ip[3]])),
         0x86dd if ip.len() >= 6 => 40 + usize::from(u16::from_be_bytes([ip[4], ip[5]])),
+        // ARP (RFC 826) for Ethernet / IPv4: no checksum; the fixed 28 bytes.
+        0x0806 => {
+            if ip.len() < 28 || ip[..6] != [0, 1, 0x08, 0, 6, 4] {
+                problems.push(format!("{what}: not an Ethernet/IPv4 ARP packet"));
+            }
+            return;
+        }
         et => return problems.push(format!("{what}: ethertype {et:#06x}, or no IP header")),
     };
     if len > ip.len() {
@@ -185,16 +199,55 @@ pub fn verify_frame(what: &str, f: &[u8], problems: &mut Vec<String>) {
 
 // ------------------------------------------------------------- checking ---
 
+/// Any XDP program the runner can run: one frame through
+/// BPF_PROG_TEST_RUN, and the program's global counters (indexed as
+/// `weir::skel::stat_name`; empty: the program has none).
+pub trait Target {
+    fn exec(&self, frame: &[u8]) -> anyhow::Result<(u32, Vec<u8>)>;
+    fn counters(&self) -> Vec<u64>;
+}
+
+/// The load balancer (`weir_lb`).
+impl Target for Lb {
+    fn exec(&self, frame: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
+        self.dp.run(frame)
+    }
+    fn counters(&self) -> Vec<u64> {
+        Lb::counters(self)
+    }
+}
+
+/// The standalone shield (`weir shield`'s `weir_shield`).
+impl Target for weir::shield::Standalone {
+    fn exec(&self, frame: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
+        weir::dataplane::test_run(&self.skel.progs.weir_shield, frame, 1).map(|(a, out, _)| (a, out))
+    }
+    fn counters(&self) -> Vec<u64> {
+        weir::shield::Standalone::counters(self).expect("shield counters")
+    }
+}
+
+/// Any other program (e.g. `weir decap`'s `xdp_decap`): no counters.
+impl Target for libbpf_rs::ProgramMut<'_> {
+    fn exec(&self, frame: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
+        weir::dataplane::test_run(self, frame, 1).map(|(a, out, _)| (a, out))
+    }
+    fn counters(&self) -> Vec<u64> {
+        Vec::new()
+    }
+}
+
 pub struct Run {
     pub action: u32,
     pub out: Vec<u8>,
+    /// Counter deltas (empty: the program has no counters).
     pub delta: Vec<u64>,
 }
 
-pub fn run(lb: &Lb, name: &str, frame: &[u8]) -> Run {
-    let before = lb.counters();
-    let (action, out) = lb.dp.run(frame).unwrap_or_else(|e| panic!("{name}: test_run: {e:#}"));
-    let after = lb.counters();
+pub fn run<T: Target + ?Sized>(t: &T, name: &str, frame: &[u8]) -> Run {
+    let before = t.counters();
+    let (action, out) = t.exec(frame).unwrap_or_else(|e| panic!("{name}: test_run: {e:#}"));
+    let after = t.counters();
     let delta = after.iter().zip(&before).map(|(a, b)| a.wrapping_sub(*b)).collect();
     Run { action, out, delta }
 }
@@ -232,7 +285,7 @@ pub fn hexdiff(want: &[u8], got: &[u8]) -> String {
 
 pub fn rose(r: &Run) -> String {
     let v: Vec<String> =
-        (0..STAT_COUNT).filter(|i| r.delta[*i] != 0).map(|i| format!("{}+{}", stat_name(i), r.delta[i])).collect();
+        (0..r.delta.len()).filter(|i| r.delta[*i] != 0).map(|i| format!("{}+{}", stat_name(i), r.delta[i])).collect();
     v.join(", ")
 }
 
@@ -241,10 +294,36 @@ pub fn rose(r: &Run) -> String {
 pub const EVENTS: [&str; 3] = ["flow_new", "flow_hit", "flow_rescheduled"];
 
 /// Action, exact bytes (None: unchanged), counters, output checksums.
+///
+/// `counters`: each named counter must rise by the number of times it is
+/// named (once: by one); every other counter must stay (flow events: see
+/// `EVENTS`). A program without counters takes an empty list.
 pub fn expect(name: &str, r: &Run, frame: &[u8], action: u32, output: Option<&[u8]>, counters: &[&str]) {
+    expect_counting(name, r, frame, action, output, counters, false)
+}
+
+/// `expect`, with the flow events held to `counters` too (unnamed: they
+/// must stay), named or not.
+pub fn expect_exact(name: &str, r: &Run, frame: &[u8], action: u32, output: Option<&[u8]>, counters: &[&str]) {
+    expect_counting(name, r, frame, action, output, counters, true)
+}
+
+fn expect_counting(
+    name: &str,
+    r: &Run,
+    frame: &[u8],
+    action: u32,
+    output: Option<&[u8]>,
+    counters: &[&str],
+    events_exact: bool,
+) {
     for c in counters {
         stat(c); // every named counter exists
     }
+    assert!(
+        !r.delta.is_empty() || counters.is_empty(),
+        "{name}: the program has no counters, the case names {counters:?}"
+    );
     let mut problems = Vec::new();
     if r.action != action {
         problems.push(format!("XDP action {} (want {})", action_name(r.action), action_name(action)));
@@ -257,13 +336,13 @@ pub fn expect(name: &str, r: &Run, frame: &[u8], action: u32, output: Option<&[u
             hexdiff(want, &r.out)
         ));
     }
-    let events_named = counters.iter().any(|c| EVENTS.contains(c));
-    for i in 0..STAT_COUNT {
+    let events_named = events_exact || counters.iter().any(|c| EVENTS.contains(c));
+    for i in 0..r.delta.len() {
         let n = stat_name(i);
         if EVENTS.contains(&n) && !events_named {
             continue;
         }
-        let expected = u64::from(counters.contains(&n));
+        let expected = counters.iter().filter(|c| **c == n).count() as u64;
         if r.delta[i] != expected {
             problems.push(format!("counter {n} rose by {} (want {expected})", r.delta[i]));
         }
@@ -287,9 +366,16 @@ pub fn expect(name: &str, r: &Run, frame: &[u8], action: u32, output: Option<&[u
     }
 }
 
-pub fn check(lb: &Lb, name: &str, frame: &[u8], action: u32, output: Option<&[u8]>, counters: &[&str]) -> Vec<u8> {
-    let r = run(lb, name, frame);
-    expect(name, &r, frame, action, output, counters);
+pub fn check<T: Target + ?Sized>(t: &T, name: &str, f: &[u8], a: u32, o: Option<&[u8]>, c: &[&str]) -> Vec<u8> {
+    let r = run(t, name, f);
+    expect(name, &r, f, a, o, c);
+    r.out
+}
+
+/// `check` with every counter exact, flow events included (`expect_exact`).
+pub fn check_exact<T: Target + ?Sized>(t: &T, name: &str, f: &[u8], a: u32, o: Option<&[u8]>, c: &[&str]) -> Vec<u8> {
+    let r = run(t, name, f);
+    expect_exact(name, &r, f, a, o, c);
     r.out
 }
 
@@ -307,35 +393,42 @@ pub fn out_sport(out: &[u8]) -> Option<u16> {
 
 /// One row of a fixture table: what to set up, the frame, and everything the
 /// run must show. `output: None` means the frame must come out unchanged.
-pub struct Case<'a> {
-    pub name: &'a str,
+pub struct Case<'a, T: ?Sized = Lb> {
+    pub name: Cow<'a, str>,
     /// Map writes (or earlier packets) the row needs, as data for the runner.
-    pub setup: Option<&'a dyn Fn(&Lb)>,
+    pub setup: Option<&'a dyn Fn(&T)>,
     pub input: Vec<u8>,
     pub action: u32,
     pub output: Option<Vec<u8>>,
-    /// Counters that must rise by exactly one; every other stays (flow
-    /// events are only checked when the row names one of them).
+    /// Counters that must rise, each by the number of times it is named;
+    /// every other stays (flow events are only checked when the row names
+    /// one of them).
     pub counters: &'a [&'a str],
 }
 
-impl<'a> Case<'a> {
-    pub fn new(name: &'a str, input: Vec<u8>, action: u32, output: Option<Vec<u8>>, counters: &'a [&'a str]) -> Self {
-        Case { name, setup: None, input, action, output, counters }
+impl<'a, T: ?Sized> Case<'a, T> {
+    pub fn new(
+        name: impl Into<Cow<'a, str>>,
+        input: Vec<u8>,
+        action: u32,
+        output: Option<Vec<u8>>,
+        counters: &'a [&'a str],
+    ) -> Self {
+        Case { name: name.into(), setup: None, input, action, output, counters }
     }
-    pub fn with_setup(mut self, setup: &'a dyn Fn(&Lb)) -> Self {
+    pub fn with_setup(mut self, setup: &'a dyn Fn(&T)) -> Self {
         self.setup = Some(setup);
         self
     }
 }
 
-/// Run every row in order on one data plane; the first failing row panics
+/// Run every row in order on one program; the first failing row panics
 /// with its name, a hex diff and the counters that moved.
-pub fn run_table(lb: &Lb, cases: &[Case]) {
+pub fn run_table<T: Target + ?Sized>(t: &T, cases: &[Case<T>]) {
     for c in cases {
         if let Some(setup) = c.setup {
-            setup(lb);
+            setup(t);
         }
-        check(lb, c.name, &c.input, c.action, c.output.as_deref(), c.counters);
+        check(t, &c.name, &c.input, c.action, c.output.as_deref(), c.counters);
     }
 }

@@ -180,47 +180,23 @@ impl Lb {
 }
 
 // ---------------------------------------------------------------- frames ---
+// Shorthands over `packet::Pkt` (the one frame builder).
+
+/// A bare SYN (ISN 0x1000_0000, window 64240, no options).
 pub fn tcp_syn(src: &str, dst: &str, sport: u16, dport: u16) -> Vec<u8> {
     tcp_payload(src, dst, sport, dport, &[])
 }
 
 pub fn tcp_payload(src: &str, dst: &str, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC);
-    let b = match (src.parse::<IpAddr>().unwrap(), dst.parse::<IpAddr>().unwrap()) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => b.ipv4(s.octets(), d.octets(), 64),
-        (IpAddr::V6(s), IpAddr::V6(d)) => b.ipv6(s.octets(), d.octets(), 64),
-        _ => panic!("mixed families"),
-    };
-    let b = b.tcp(sport, dport, 0x1000_0000, 64240).syn();
-    let mut out = Vec::with_capacity(b.size(payload.len()));
-    b.write(&mut out, payload).unwrap();
-    out
+    Pkt::new(src, dst, syn(sport, dport), payload).seq(0x1000_0000).frame()
 }
 
 pub fn udp(src: &str, dst: &str, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC);
-    let b = match (src.parse::<IpAddr>().unwrap(), dst.parse::<IpAddr>().unwrap()) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => b.ipv4(s.octets(), d.octets(), 64),
-        (IpAddr::V6(s), IpAddr::V6(d)) => b.ipv6(s.octets(), d.octets(), 64),
-        _ => panic!("mixed families"),
-    };
-    let b = b.udp(sport, dport);
-    let mut out = Vec::with_capacity(b.size(payload.len()));
-    b.write(&mut out, payload).unwrap();
-    out
+    Pkt::new(src, dst, udp_l4(sport, dport, true), payload).frame()
 }
 
 pub fn tcp_syn_vlan(src: &str, dst: &str, sport: u16, dport: u16, vid: u16) -> Vec<u8> {
-    let s: std::net::Ipv4Addr = src.parse().unwrap();
-    let d: std::net::Ipv4Addr = dst.parse().unwrap();
-    let b = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
-        .single_vlan(vid.try_into().unwrap())
-        .ipv4(s.octets(), d.octets(), 64)
-        .tcp(sport, dport, 7, 64240)
-        .syn();
-    let mut out = Vec::new();
-    b.write(&mut out, &[]).unwrap();
-    out
+    with_vlan_tag(&Pkt::new(src, dst, syn(sport, dport), b"").seq(7).frame(), 0x8100, vid)
 }
 
 /// IPv4 (IHL 6: one NOP-padded option word) + TCP SYN.
@@ -255,6 +231,19 @@ pub fn arp_request(sender: [u8; 4], target: [u8; 4]) -> Vec<u8> {
     f.extend_from_slice(&sender);
     f.extend_from_slice(&[0; 6]);
     f.extend_from_slice(&target);
+    f
+}
+
+/// The balancer's ARP reply to `arp_request(sender, target)`: `target` is
+/// at LB_MAC.
+pub fn arp_reply(sender: [u8; 4], target: [u8; 4]) -> Vec<u8> {
+    let mut f = CLIENT_MAC.to_vec();
+    f.extend_from_slice(&LB_MAC);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 2]);
+    f.extend_from_slice(&LB_MAC);
+    f.extend_from_slice(&target);
+    f.extend_from_slice(&CLIENT_MAC);
+    f.extend_from_slice(&sender);
     f
 }
 

@@ -96,6 +96,14 @@ impl Pkt {
         self.ttl = ttl;
         self
     }
+    /// The TCP sequence number.
+    pub fn seq(mut self, seq: u32) -> Pkt {
+        match &mut self.l4 {
+            L4::Tcp(h) => h.sequence_number = seq,
+            _ => panic!("seq() on a packet without TCP"),
+        }
+        self
+    }
     pub fn with_payload(mut self, payload: &[u8]) -> Pkt {
         self.payload = payload.to_vec();
         self
@@ -242,6 +250,13 @@ pub fn synack_opts(sport: u16, dport: u16) -> L4 {
         TcpOptionElement::WindowScale(9),
     ])
     .unwrap();
+    L4::Tcp(h)
+}
+
+/// A client RST with sequence number `seq` (window 0).
+pub fn rst(sport: u16, dport: u16, seq: u32) -> L4 {
+    let mut h = tcp_hdr(sport, dport, seq, None, 0);
+    h.rst = true;
     L4::Tcp(h)
 }
 
