@@ -54,7 +54,8 @@ demo: deps build
 bench: build
 	scripts/as-root.sh $(WEIR) bench --live --svg bench.svg
 
-# Static-pie (glibc) per FACTS, then run to prove it works. Ubuntu's libelf.a
+# Static-pie (glibc: there is no musl target here; --target is needed or the
+# proc-macro crates fail), then run to prove it works. Ubuntu's libelf.a
 # needs zstd: link libzstd.a then, and only then (a plain -lzstd here gave a
 # binary that crashed in _init).
 LIBDIR := /usr/lib/$(shell uname -m)-linux-gnu

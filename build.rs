@@ -6,7 +6,7 @@ use libbpf_rs::btf::types::Enum;
 use libbpf_rs::btf::Btf;
 
 /// Each BPF object becomes one skeleton module in OUT_DIR.
-const PROGRAMS: &[&str] = &["lb", "shield", "trivial"];
+const PROGRAMS: &[&str] = &["lb", "shield", "trivial", "decap"];
 
 fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR is set by cargo"));

@@ -2,8 +2,8 @@
 /*
  * ARP responder for IPv4 VIPs: in L2 DSR the VIP lives on the backends' lo
  * (arp_ignore=1), so nobody else may answer for it on this segment. The reply
- * is built in the request's own frame (growing an skb-backed veth frame fails,
- * see FACTS) and sent back with XDP_TX.
+ * is built in the request's own frame (bpf_xdp_adjust_tail cannot grow an
+ * skb-backed veth frame) and sent back with XDP_TX.
  */
 #ifndef WEIR_ARP_H
 #define WEIR_ARP_H

@@ -151,6 +151,36 @@ int weir_lb(struct xdp_md *ctx)
 	return action;
 }
 
+/* The sweep's input and output, in the frame it is run on (test_run). */
+struct nat_sweep_io {
+	__u32 margin; /* seconds past expiry before an entry is freed */
+	__u32 seen;
+	__u32 freed;
+	__u32 pad;
+};
+
+struct nat_sweep_ctx {
+	__u32 now;
+	__u32 margin;
+	__u32 seen;
+	__u32 freed;
+};
+
+static long nat_sweep_one(void *map, const struct flow_key *k, struct nat_rev *r, struct nat_sweep_ctx *sc)
+{
+	__u32 ls = READ_ONCE(r->last_seen);
+
+	sc->seen++;
+	if (ls == WEIR_NAT_BUSY || nat_live_at(ls, r->state, k->proto, sc->now, sc->margin))
+		return 0;
+	/* Free it only if nobody touched or claimed it since `ls` was read. */
+	if (__sync_val_compare_and_swap(&r->last_seen, ls, WEIR_NAT_BUSY) != ls)
+		return 0;
+	bpf_map_delete_elem(&nat_rev, k);
+	sc->freed++;
+	return 0;
+}
+
 /*
  * Free expired NAT flows. Run by weir through BPF_PROG_TEST_RUN on a frame
  * holding a struct nat_sweep_io (never attached): in the kernel, so that

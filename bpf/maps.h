@@ -1,5 +1,10 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* Every map of the load balancer. Names stay within 15 characters. */
+/*
+ * Every map and global of the load balancer (lb.bpf.c), but those it shares
+ * with the standalone shield, which live with their code: the shield's in
+ * shield_maps.h, the counters in stats.h, the trace ring in trace.h. Names
+ * stay within 15 characters (the kernel's map name length).
+ */
 #ifndef WEIR_MAPS_H
 #define WEIR_MAPS_H
 
@@ -17,6 +22,15 @@ const volatile __u32 nat_tcp_timeout = 900;
 const volatile __u32 nat_syn_timeout = 30;
 const volatile __u32 nat_fin_timeout = 120;
 const volatile __u32 nat_udp_timeout = 60;
+
+/* Set by the control plane while some VIP is in NAT mode: only then do
+ * non-VIP packets pay the reverse lookup. */
+__u32 nat_on = 0;
+/*
+ * Seconds added to the NAT clock. 0 in service; tests age every flow at once
+ * with it (the two-CPU ownership test moves it while two CPUs claim ports).
+ */
+__u32 nat_clock_skew = 0;
 
 /*
  * Never read by the program: it puts the shared enums into the object's BTF
@@ -159,4 +173,20 @@ struct {
 	__uint(max_entries, WEIR_MAX_BACKENDS);
 } backend_stats SEC(".maps");
 
+/*
+ * ICMP too-big answers (tunnel.h), one GCRA per CPU so no CPU writes a line
+ * another reads. The kernel's own limit is global
+ * (net.ipv4.icmp_msgs_per_sec = 1000, burst 50); this one is the same per
+ * CPU, so a flood of packets that claim a spoofed source cannot make weir a
+ * reflector.
+ */
+#define ICMP_INTERVAL_NS 1000000ULL        /* 1000 per second ... */
+#define ICMP_BURST_NS (50 * ICMP_INTERVAL_NS) /* ... and a burst of 50 */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64); /* theoretical arrival time */
+	__uint(max_entries, 1);
+} icmp_budget SEC(".maps");
 #endif

@@ -17,24 +17,11 @@
 #include "sched.h"
 #include "admit.h"
 #include "compiler.h"
-
-/* Set by the control plane while some VIP is in NAT mode: only then do
- * non-VIP packets pay the reverse lookup. */
-__u32 nat_on = 0;
-/*
- * Seconds added to the NAT clock. 0 in service; tests age every flow at once
- * with it (the two-CPU ownership test moves it while two CPUs claim ports).
- */
-__u32 nat_clock_skew = 0;
+#include "forward.h"
 
 /* SNAT ports probed for a new flow before it is dropped as "pool full". */
 #define NAT_PROBES 16
 
-#define ICMP_DEST_UNREACH 3
-#define ICMP_TIME_EXCEEDED 11
-#define ICMPV6_DEST_UNREACH 1
-#define ICMPV6_PKT_TOOBIG 2
-#define ICMPV6_TIME_EXCEED 3
 
 static __always_inline __u32 nat_now(void)
 {
@@ -507,36 +494,6 @@ static __always_inline int nat_icmp(struct stat_block *c, void *data, void *data
 	__builtin_memcpy(eth->h_source, r->lb_mac, ETH_ALEN);
 	stat_inc(c, WEIR_STAT_NAT_ICMP);
 	return verdict(c, XDP_TX);
-}
-
-/* The sweep's input and output, in the frame it is run on (test_run). */
-struct nat_sweep_io {
-	__u32 margin; /* seconds past expiry before an entry is freed */
-	__u32 seen;
-	__u32 freed;
-	__u32 pad;
-};
-
-struct nat_sweep_ctx {
-	__u32 now;
-	__u32 margin;
-	__u32 seen;
-	__u32 freed;
-};
-
-static long nat_sweep_one(void *map, const struct flow_key *k, struct nat_rev *r, struct nat_sweep_ctx *sc)
-{
-	__u32 ls = READ_ONCE(r->last_seen);
-
-	sc->seen++;
-	if (ls == WEIR_NAT_BUSY || nat_live_at(ls, r->state, k->proto, sc->now, sc->margin))
-		return 0;
-	/* Free it only if nobody touched or claimed it since `ls` was read. */
-	if (__sync_val_compare_and_swap(&r->last_seen, ls, WEIR_NAT_BUSY) != ls)
-		return 0;
-	bpf_map_delete_elem(&nat_rev, k);
-	sc->freed++;
-	return 0;
 }
 
 #endif

@@ -26,6 +26,14 @@
 #define IP_MF 0x2000
 #define IP_OFFSET 0x1FFF
 
+/* ICMP / ICMPv6 message types weir reads or writes (RFC 792, RFC 4443). */
+#define ICMP_DEST_UNREACH 3
+#define ICMP_FRAG_NEEDED 4 /* code of ICMP_DEST_UNREACH */
+#define ICMP_TIME_EXCEEDED 11
+#define ICMPV6_DEST_UNREACH 1
+#define ICMPV6_PKT_TOOBIG 2
+#define ICMPV6_TIME_EXCEED 3
+
 struct vlan_hdr {
 	__be16 tci;
 	__be16 encap_proto;

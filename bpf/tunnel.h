@@ -4,7 +4,7 @@
  * to the backend unchanged inside IPv4-in-IPv4 (RFC 2003) or IPv6-in-IPv6
  * (RFC 2473), so backends may sit in any subnet. The frame grows at its
  * head (bpf_xdp_adjust_head: growing the tail fails on skb-backed veth
- * frames, see FACTS). A packet that would not fit the MTU once wrapped is
+ * frames, such as a veth peer's generic path). A packet that would not fit the MTU once wrapped is
  * answered with ICMP too-big, built in the same frame, when the VIP asks
  * for it.
  */
@@ -21,7 +21,15 @@
 #ifndef IPPROTO_IPIP
 #define IPPROTO_IPIP 4
 #endif
-#define ICMP_FRAG_NEEDED 4
+
+/* One more too-big answer allowed on this CPU now (icmp_budget, maps.h). */
+static __always_inline int icmp_allowed(void)
+{
+	__u32 zero = 0;
+	__u64 *tat = bpf_map_lookup_elem(&icmp_budget, &zero);
+
+	return tat && gcra_take(tat, bpf_ktime_get_ns(), ICMP_INTERVAL_NS, ICMP_BURST_NS);
+}
 
 /*
  * ICMP frag-needed (IPv4) / packet-too-big (IPv6) to the client, quoting its

@@ -1,7 +1,7 @@
 //! `weir bench`: per-packet cost of the data plane through BPF_PROG_TEST_RUN,
 //! beside a trivial XDP program timed in the same run.
 //!
-//! Method (FACTS: with repeat > 1 the kernel re-runs the program on the frame
+//! Method (BPF_PROG_TEST_RUN with repeat > 1 re-runs the program on the frame
 //! it just rewrote, so a "new flow" would be new only once): every figure is
 //! one test_run call per packet (repeat = 1), many calls, and the trivial
 //! XDP_PASS program's per-call cost is the baseline subtracted from it.

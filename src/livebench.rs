@@ -159,7 +159,8 @@ pub fn run(packets: u32, runs: usize) -> Result<LiveReport> {
     let trivial = TrivialSkelBuilder::default().open(holder)?.load().context("loading the baselines")?;
 
     // The peer drops what it receives natively (XDP_TX needs a native
-    // program on a veth peer to deliver at all: FACTS).
+    // program on a veth peer to deliver at all: without one the frames
+    // vanish, counted only as the sender's xdp_tx_errors).
     net.enter(&net.b)?;
     let bp0 = Iface::lookup("bp0")?;
     let _peer = attach(trivial.progs.xdp_drop.as_fd(), &bp0, AttachMode::Native)?;

@@ -628,7 +628,7 @@ fn decap(iface_name: &str, allow_host_netns: bool) -> Result<()> {
     }
     let iface = Iface::lookup(iface_name)?;
     let holder = Box::leak(Box::new(std::mem::MaybeUninit::uninit()));
-    let skel = weir::skel::trivial::TrivialSkelBuilder::default()
+    let skel = weir::skel::decap::DecapSkelBuilder::default()
         .open(holder)
         .context("opening the decapsulator")?
         .load()

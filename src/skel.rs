@@ -18,6 +18,11 @@ pub mod trivial {
     include!(concat!(env!("OUT_DIR"), "/trivial.skel.rs"));
 }
 
+/// The backends' decapsulator (`weir decap`).
+pub mod decap {
+    include!(concat!(env!("OUT_DIR"), "/decap.skel.rs"));
+}
+
 pub use lb::types::{
     backend as Backend, flow as Flow, in6_key as In6Key, stat_block as StatBlock, lpm_v4 as LpmV4, lpm_v6 as LpmV6,
     shield_policy as ShieldPolicy, shield_state as ShieldState, trace_event as TraceEvent, weir_attack_mode, weir_shield_flags, flow_key as FlowKey, traffic as Traffic, vip_key as VipKey,

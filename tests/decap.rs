@@ -1,4 +1,4 @@
-//! `weir decap`'s program (bpf/trivial.bpf.c `xdp_decap`) through
+//! `weir decap`'s program (bpf/decap.bpf.c `xdp_decap`) through
 //! BPF_PROG_TEST_RUN (root, no lab): it strips an outer IPv4 (protocol 4 or
 //! 41) or IPv6 (next header 41 or 4) header only when the outer destination
 //! is one of the host's own addresses, i.e. a key of `decap_v4` / `decap_v6`
@@ -18,7 +18,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, OpenObject};
-use weir::skel::trivial::{TrivialSkel, TrivialSkelBuilder};
+use weir::skel::decap::{DecapSkel, DecapSkelBuilder};
 
 use common::*;
 
@@ -65,9 +65,9 @@ fn stripped(frame: &[u8], ethertype: [u8; 2], inner: &[u8]) -> Vec<u8> {
     f
 }
 
-fn load() -> TrivialSkel<'static> {
+fn load() -> DecapSkel<'static> {
     let holder: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
-    TrivialSkelBuilder::default()
+    DecapSkelBuilder::default()
         .open(holder)
         .expect("opening the trivial skeleton")
         .load()
@@ -75,13 +75,13 @@ fn load() -> TrivialSkel<'static> {
 }
 
 /// The host's own addresses, keyed as src/main.rs `decap` keys them.
-fn fill(skel: &TrivialSkel<'_>) {
+fn fill(skel: &DecapSkel<'_>) {
     skel.maps.decap_v4.update(&v4(OWN4), &[1], MapFlags::ANY).expect("decap_v4 update");
     skel.maps.decap_v6.update(&v6(OWN6), &[1], MapFlags::ANY).expect("decap_v6 update");
 }
 
 /// `frame` must pass, as `want` (None: unchanged); no counters to check.
-fn expect_pass(skel: &TrivialSkel<'_>, what: &str, frame: &[u8], want: Option<&[u8]>) {
+fn expect_pass(skel: &DecapSkel<'_>, what: &str, frame: &[u8], want: Option<&[u8]>) {
     check(&skel.progs.xdp_decap, what, frame, XDP_PASS, want, &[]);
 }
 
