@@ -414,6 +414,37 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     Some(mac)
 }
 
+/// Config files larger than this are refused before parsing (a config of
+/// 65,536 backends is ~4 MiB).
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
+/// A config file's text, read up to MAX_CONFIG_BYTES (`weir check /dev/zero`
+/// fails at once instead of reading until memory runs out).
+pub fn read_capped(path: &str) -> Result<String> {
+    use std::io::Read as _;
+    let p = esc(path);
+    let f = std::fs::File::open(path).with_context(|| format!("cannot read config file {p} (check the path and permissions)"))?;
+    let mut buf = Vec::new();
+    f.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut buf)
+        .with_context(|| format!("cannot read config file {p} (check the path and permissions)"))?;
+    if buf.len() as u64 > MAX_CONFIG_BYTES {
+        bail!("config file {p} is larger than {} MiB: not a weir config", MAX_CONFIG_BYTES >> 20);
+    }
+    String::from_utf8(buf).map_err(|e| anyhow::anyhow!("config file {p} is not UTF-8 text (byte {})", e.utf8_error().valid_up_to()))
+}
+
+/// A value from a config or the command line as it may be printed: control
+/// characters (newlines, terminal escapes) escaped, so a message is one
+/// line and says what it says.
+pub fn esc(v: &str) -> String {
+    if v.chars().any(|c| c.is_control()) {
+        v.chars().flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] }).collect()
+    } else {
+        v.to_string()
+    }
+}
+
 pub fn format_mac(m: &[u8; 6]) -> String {
     format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
 }
@@ -448,9 +479,8 @@ impl Config {
     }
 
     pub fn load(path: &str) -> Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config file {path} (check the path and permissions)"))?;
-        Config::from_toml(&text).with_context(|| format!("invalid config {path}"))
+        let text = read_capped(path)?;
+        Config::from_toml(&text).with_context(|| format!("invalid config {}", esc(path)))
     }
 
     pub fn validate(&self) -> Result<()> {
