@@ -414,6 +414,18 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     Some(mac)
 }
 
+/// VIP slots the loader sizes the Maglev ring map for: the configured
+/// VIPs, with room for VIPs a reload adds (at least 16).
+pub fn ring_vip_slots(vips: usize) -> u32 {
+    (vips.min(MAX_VIPS as usize) as u32).max(16).min(MAX_VIPS)
+}
+
+/// Bytes of the Maglev ring map the loader allocates for `vips` VIPs of
+/// `table_size` slots: two halves per VIP slot, 8 bytes per value.
+pub fn ring_bytes(table_size: u32, vips: usize) -> u64 {
+    u64::from(table_size) * u64::from(ring_vip_slots(vips)) * 2 * 8
+}
+
 /// Config files larger than this are refused before parsing (a config of
 /// 65,536 backends is ~4 MiB).
 pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
@@ -514,13 +526,15 @@ impl Config {
         if self.vips.len() > MAX_VIPS as usize {
             bail!("{} VIPs defined, at most {MAX_VIPS} are supported", self.vips.len());
         }
-        // Two halves per VIP (tables are swapped, not edited in place); array
-        // map values are rounded up to 8 bytes.
-        let ring_bytes = u64::from(m) * self.vips.len() as u64 * 16;
+        // What the loader allocates (ring_vip_slots): two halves per VIP
+        // slot (tables are swapped, not edited in place); array map values
+        // are rounded up to 8 bytes.
+        let ring_bytes = ring_bytes(m, self.vips.len());
         if ring_bytes > 1 << 30 {
             bail!(
-                "maglev.table_size: {m} slots x {} VIPs needs {} MiB of tables; use a smaller prime (65537 suits up to ~650 backends per VIP)",
-                self.vips.len(),
+                "maglev.table_size: {m} slots x {} VIP slots (room for reloads: at least 16) needs {} MiB of tables; \
+                 use a smaller prime (65537 suits up to ~650 backends per VIP)",
+                ring_vip_slots(self.vips.len()),
                 ring_bytes >> 20
             );
         }
@@ -826,6 +840,17 @@ weight = 3
     }
 
     #[test]
+    fn config_files_are_size_capped_and_values_escaped() {
+        let t = std::time::Instant::now();
+        let e = format!("{:#}", Config::load("/dev/zero").unwrap_err());
+        assert!(e.contains("config file /dev/zero is larger than 16 MiB"), "{e}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+        assert_eq!(esc("web\n\x1b[31mred"), "web\\n\\u{1b}[31mred");
+        let e = format!("{:#}", Config::load("/nonexistent/a\nb").unwrap_err());
+        assert!(!e.contains('\n'), "{e}");
+    }
+
+    #[test]
     fn round_robin_backend_limit_and_table_memory() {
         let mut t = String::from("[[vip]]\naddress = \"198.18.0.100\"\nprotocol = \"tcp\"\nscheduler = \"round-robin\"\n");
         for i in 0..257 {
@@ -838,7 +863,7 @@ weight = 3
             big += &format!("[[vip]]\naddress = \"198.18.1.{i}\"\nprotocol = \"tcp\"\n[[vip.backend]]\naddress = \"198.18.0.11\"\n");
         }
         let e = err(&big);
-        assert!(e.contains("maglev.table_size: 10000019 slots x 15 VIPs needs 2288 MiB"), "{e}");
+        assert!(e.contains("maglev.table_size: 10000019 slots x 16 VIP slots (room for reloads: at least 16) needs 2441 MiB"), "{e}");
         let e = err(&GOOD.replace("size = 1024", "size = 16777217"));
         assert!(e.contains("conntrack.size: 16777217 is out of range"), "{e}");
     }

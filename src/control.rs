@@ -141,6 +141,23 @@ pub struct Instance {
     pub snapshot: Result<Snapshot>,
 }
 
+/// A network namespace by name (`ip netns` names it under /run/netns), or
+/// "inode N" when it has none (the host's own, or a container's).
+pub fn netns_name(inode: u64) -> String {
+    let me = std::fs::metadata("/proc/self/ns/net").map(|m| m.ino()).ok();
+    if let Ok(dir) = std::fs::read_dir("/run/netns") {
+        for e in dir.flatten() {
+            if std::fs::metadata(e.path()).is_ok_and(|m| m.ino() == inode) {
+                return crate::config::esc(&e.file_name().to_string_lossy());
+            }
+        }
+    }
+    if me == Some(inode) && crate::net::in_host_netns().unwrap_or(false) {
+        return "(host)".into();
+    }
+    format!("inode {inode}")
+}
+
 /// Every instance with a control socket, in any network namespace (Unix
 /// sockets are reached by path, whatever the namespace).
 pub fn instances() -> Vec<Instance> {

@@ -50,7 +50,7 @@ impl Settings {
             ring_size: plan.table_size,
             conntrack_size: plan.conntrack_size,
             // Room for VIPs added by a reload (each costs two tables).
-            max_vips: (plan.vips.len() as u32).max(16).min(crate::skel::MAX_VIPS),
+            max_vips: crate::config::ring_vip_slots(plan.vips.len()),
             iface_mac: iface.mac,
             shield: plan.shield.as_ref().map(ShieldLoad::from_config),
         }

@@ -75,3 +75,52 @@ pub fn link_update(link: &OwnedFd, prog: std::os::fd::BorrowedFd<'_>) -> Result<
     Ok(())
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{PlanIds, VipIds};
+    use std::net::IpAddr;
+
+    /// The hand-over message of an instance with 4,096 IPv4 and 4,096 IPv6
+    /// backends (~460 KiB; one read of 64 KiB took a seventh of it).
+    #[test]
+    fn a_hand_over_of_4096_backends_per_family_arrives_whole() {
+        let vips: Vec<VipIds> = (0..32u32)
+            .map(|v| VipIds {
+                id: v,
+                addr: if v % 2 == 0 { format!("198.18.1.{v}") } else { format!("2001:db8:1::{v:x}") }.parse().unwrap(),
+                port: 80,
+                tcp: true,
+                backends: (0..256u32)
+                    .map(|i| {
+                        let n = v * 256 + i;
+                        let a: IpAddr = if v % 2 == 0 {
+                            format!("10.{}.{}.{}", n >> 16, (n >> 8) & 255, n & 255).parse().unwrap()
+                        } else {
+                            format!("2001:db8:ffff:ffff:ffff:ffff:{:x}:{:x}", n >> 16, n & 0xffff).parse().unwrap()
+                        };
+                        (a, n)
+                    })
+                    .collect(),
+            })
+            .collect();
+        let ids = PlanIds { table_size: 65537, conntrack_size: 1 << 20, shield_lists: None, vips, down: (0..8192).step_by(3).collect() };
+        let names: Vec<String> = (0..40).map(|i| format!("map_{i}")).collect();
+        let body = serde_json::json!({ "maps": names, "mode": "native", "ids": ids }).to_string();
+        assert!(body.len() > 256 * 1024, "{} bytes", body.len());
+        let (a, b) = UnixStream::pair().unwrap();
+        let files: Vec<std::fs::File> = (0..41).map(|_| std::fs::File::open("/dev/null").unwrap()).collect();
+        let raw: Vec<i32> = files.iter().map(|f| f.as_raw_fd()).collect();
+        let sent = body.clone();
+        let t = std::thread::spawn(move || send_fds(&a, sent.as_bytes(), &raw));
+        let (payload, fds) = recv_fds(&b).unwrap();
+        t.join().unwrap().unwrap();
+        assert_eq!(fds.len(), 41);
+        let v: serde_json::Value = serde_json::from_slice(&payload).expect("the whole message");
+        let got: PlanIds = serde_json::from_value(v["ids"].clone()).unwrap();
+        assert_eq!(got.vips.iter().map(|v| v.backends.len()).sum::<usize>(), 8192);
+        assert_eq!(got.vips[31].backends[255].1, 8191);
+        drop(files);
+    }
+}

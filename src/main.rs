@@ -130,8 +130,8 @@ enum Cmd {
         /// Only packets from or to this port.
         #[arg(long)]
         port: Option<u16>,
-        /// Only this verdict: pass, drop, tx, redirect.
-        #[arg(long)]
+        /// Only this verdict: pass, drop, tx, redirect, aborted.
+        #[arg(long, value_parser = clap::builder::TypedValueParser::map(clap::builder::PossibleValuesParser::new(weir::tracecli::ACTIONS), |s: String| s), ignore_case = true)]
         action: Option<String>,
         #[arg(long)]
         json: bool,
@@ -203,6 +203,19 @@ fn main() {
 fn real_main() -> Result<()> {
     let cli = Cli::parse();
     init_logs(cli.log_format, cli.log_level);
+    // libbpf's own messages (the verifier log too) go to the log at debug
+    // level: weir's error says what failed, without libbpf's hints first.
+    libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Debug, |lvl, msg| match lvl {
+        libbpf_rs::PrintLevel::Warn => tracing::debug!("libbpf: {}", msg.trim_end()),
+        _ => tracing::trace!("libbpf: {}", msg.trim_end()),
+    })));
+    if matches!(cli.cmd, Cmd::Status | Cmd::Check { .. } | Cmd::Man | Cmd::Bench { .. }) {
+        // Tools that print: a closed stdout (`| head`) ends them quietly,
+        // as it does cat. (`run` keeps ignoring SIGPIPE: a closed stdout
+        // must not take the balancer down.)
+        // SAFETY: setting a signal's disposition to its default.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match cli.cmd {
         Cmd::Run(o) => run(&o),
         Cmd::Shield(o) => shield(&o),
@@ -232,18 +245,19 @@ fn real_main() -> Result<()> {
                 println!("no weir instance is running");
             }
             for i in list {
+                let ns = weir::control::netns_name(i.netns_inode);
                 match i.snapshot {
                     Ok(s) => println!(
                         "{:<16} netns {:<12} {:<6} up {:>7.0}s  {} VIPs  {} flows{}",
                         i.iface,
-                        i.netns_inode,
+                        ns,
                         s.xdp_mode,
                         s.uptime_s,
                         s.vips.len(),
                         s.flows_tracked,
                         if s.shield.is_empty() { "" } else { "  shield" }
                     ),
-                    Err(e) => println!("{:<16} netns {:<12} {e:#}", i.iface, i.netns_inode),
+                    Err(e) => println!("{:<16} netns {:<12} {e:#}", i.iface, ns),
                 }
             }
             Ok(())
@@ -329,10 +343,12 @@ fn stats(iface: &str, json: bool, once: bool, interval: u64) -> Result<()> {
     let mut prev: Option<Snapshot> = None;
     loop {
         let s = fetch(iface)?;
-        if json {
-            println!("{}", serde_json::to_string(&s)?);
-        } else {
-            println!("{}", s.render(prev.as_ref()));
+        let text = if json { serde_json::to_string(&s)? } else { s.render(prev.as_ref()) };
+        if let Err(e) = writeln!(std::io::stdout(), "{text}") {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                return Ok(()); // `weir stats | head`
+            }
+            return Err(e).context("writing to stdout");
         }
         if once {
             return Ok(());

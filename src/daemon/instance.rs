@@ -25,7 +25,7 @@ use crate::stats::{Snapshot, FLOW_COUNT_CAP};
 
 /// How long a start waits for the neighbour table to answer the probes
 /// of all backends at once, before the unresolved ones start down.
-const START_SETTLE: Duration = Duration::from_millis(300);
+const START_SETTLE: Duration = Duration::from_millis(100);
 
 /// `weir run`'s options.
 #[derive(Debug, Clone)]
