@@ -193,6 +193,15 @@ fn a_dead_backend_neither_blocks_the_start_nor_stays_out_once_it_answers() {
     );
     let mut served = None;
     while started.elapsed() < Duration::from_secs(10) {
+        // Ask only once something is attached: a client whose ARP for the
+        // VIP went unanswered before would wait out its own retry timer.
+        if lab.prog_id().is_none() {
+            if let Some(st) = lab.weir.as_mut().unwrap().try_wait().unwrap() {
+                panic!("weir exited at start with a dead backend configured: {st}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
         let o = lab.sh("client", "curl -s --max-time 0.3 http://198.18.0.100/");
         let body = String::from_utf8_lossy(&o.stdout).trim().to_string();
         if body == "b1" || body == "b2" {
