@@ -85,7 +85,8 @@ struct RunOpts {
     /// Permit attaching in the host's own network namespace.
     #[arg(long)]
     allow_host_netns: bool,
-    /// Serve Prometheus metrics on ADDR (127.0.0.1:9477 when given bare).
+    /// Serve Prometheus metrics on ADDR (127.0.0.1:9477 when given bare); an
+    /// address that cannot be bound stops the start.
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:9477")]
     metrics: Option<String>,
 }
@@ -93,14 +94,17 @@ struct RunOpts {
 #[derive(Subcommand)]
 enum Cmd {
     /// Load the balancer, fill its maps from the config and attach it until Ctrl-C / SIGTERM.
+    /// Backends' MACs follow the kernel's neighbour table; one without a MAC
+    /// starts down (unresolved) and joins when it resolves.
     Run(RunOpts),
     /// The SYN-flood shield alone, in front of local TCP ports ([shield] ports).
     Shield(RunOpts),
     /// Validate a config and print the plan, with each backend's Maglev share.
     Check { config: String },
     /// Make a running `weir run` re-read its config and apply the difference
-    /// without detaching (same as SIGHUP to it). A bad config is refused and
-    /// the running one stays.
+    /// without detaching (as SIGHUP to it does). A bad config is refused,
+    /// nothing of it is written, the running one stays, and this command
+    /// exits non-zero (systemd's ExecReload).
     Reload {
         #[arg(long)]
         iface: String,
