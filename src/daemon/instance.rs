@@ -23,9 +23,10 @@ use crate::net::{Iface, Resolver};
 use crate::plan::Plan;
 use crate::stats::{Snapshot, FLOW_COUNT_CAP};
 
-/// How long a start waits for the neighbour table to answer the probes
-/// of all backends at once, before the unresolved ones start down.
-const START_SETTLE: Duration = Duration::from_millis(100);
+/// How long a start or a reload waits for the neighbour table to answer
+/// the probes of all new backends at once, before the unresolved ones start
+/// down (a reload holds the core thread that long at most).
+const SETTLE: Duration = Duration::from_millis(100);
 
 /// `weir run`'s options.
 #[derive(Debug, Clone)]
@@ -84,6 +85,17 @@ fn hops_now(plan: &Plan, iface: &Iface, known: &HopPlan) -> Result<HopPlan> {
         let (nb, mac) = r.lookup(ip, via, mode)?;
         Ok((nb, mac.or_else(|| known_macs.get(&(nb, via.ifindex)).copied())))
     })
+}
+
+/// `hops_now`, then up to SETTLE for the probes to be answered.
+fn settled_hops(plan: &Plan, iface: &Iface, known: &HopPlan) -> Result<HopPlan> {
+    let mut hops = hops_now(plan, iface, known)?;
+    let t = Instant::now();
+    while !hops.unresolved().is_empty() && t.elapsed() < SETTLE {
+        std::thread::sleep(Duration::from_millis(10));
+        hops = hops_now(plan, iface, &hops)?;
+    }
+    Ok(hops)
 }
 
 impl Instance {
@@ -266,7 +278,7 @@ impl Service for Instance {
     fn reload(&mut self) -> Result<String> {
         let cfg = Config::load(&self.config)?;
         let new = Plan::build_after(&cfg, Some(&self.plan))?;
-        let hops = hops_now(&new, &self.iface, &self.hops)?;
+        let hops = settled_hops(&new, &self.iface, &self.hops)?;
         // Down only if still checked: a backend whose check was removed is back.
         let checked: BTreeSet<u32> = health_targets(&new).iter().map(|t| t.backend_id).collect();
         let down: BTreeSet<u32> = self.health_down().into_iter().filter(|id| checked.contains(id)).collect();
@@ -335,6 +347,17 @@ impl Service for Instance {
             Ok(()) => tracing::warn!("the new instance went away before taking over; still serving with our program"),
             Err(e) => tracing::error!("the new instance went away; restoring our program failed: {e:#}"),
         }
+        // It may have written the shared maps too (flipped table halves):
+        // learn the live halves anew and write this instance's tables again.
+        let r = self.dp.adopt_live(&self.plan).and_then(|()| {
+            for v in &self.plan.vips {
+                self.rewrite_vip(v.id)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = r {
+            tracing::error!("rewriting the tables after a failed hand-over: {e:#}");
+        }
     }
 
     fn event(&mut self, m: Msg) {
@@ -400,14 +423,9 @@ pub fn run(o: &Options) -> Result<()> {
     let prev = handoff.as_ref().map(|h| h.ids.skeleton()).transpose()?;
     let plan = Plan::build_after(&cfg, prev.as_ref())?;
     // No waiting per backend: the probes go out together, and after at
-    // most START_SETTLE a backend still without a MAC starts down
+    // most SETTLE a backend still without a MAC starts down
     // (unresolved), followed in the background.
-    let mut hops = hops_now(&plan, &iface, &HopPlan::default())?;
-    let t = Instant::now();
-    while !hops.unresolved().is_empty() && t.elapsed() < START_SETTLE {
-        std::thread::sleep(Duration::from_millis(50));
-        hops = hops_now(&plan, &iface, &hops)?;
-    }
+    let hops = settled_hops(&plan, &iface, &HopPlan::default())?;
     let reuse = handoff.as_ref().map(|h| h.maps.as_slice()).unwrap_or(&[]);
     let dp = Dataplane::load_reusing(Settings::for_plan(&plan, &iface), reuse)?;
     let inherited_down: BTreeSet<u32> = handoff.as_ref().map(|h| h.ids.down.iter().copied().collect()).unwrap_or_default();
