@@ -108,4 +108,27 @@ fn run_reload_and_hand_over_need_exactly_bpf_net_admin_perfmon() {
     assert_ne!(lab.prog_id().expect("still attached"), prog, "the new program was swapped in");
     assert!(curl_ok(&lab), "serves after the hand-over");
     eprintln!("FIGURE run, reload and hand-over worked with exactly CAP_BPF CAP_NET_ADMIN CAP_PERFMON");
+
+    // Safe edges: /run/weir 0700, the socket 0600; another user cannot reload.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &str| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode("/run/weir"), 0o700);
+    let o = lab.sh("lb", "ls /run/weir/veth6.$(stat -L -c %i /proc/self/ns/net).sock");
+    let sock = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    assert_eq!(mode(&sock), 0o600, "{sock}");
+    let o = Command::new("ip")
+        .args(["netns", "exec", &lab.ns("lb"), "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--", WEIR, "reload", "--iface", "veth6"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "nobody reloaded weir: {}", String::from_utf8_lossy(&o.stdout));
+
+    // kill -9 leaves the socket file; the next start replaces it.
+    let w = lab.weir.as_mut().unwrap();
+    // SAFETY: our own child, by PID.
+    unsafe { libc::kill(w.id() as i32, libc::SIGKILL) };
+    let _ = w.wait();
+    lab.weir = None;
+    assert!(std::path::Path::new(&sock).exists(), "a killed instance leaves its socket");
+    lab.start_weir(CONFIG);
+    assert!(curl_ok(&lab), "a new instance starts over the stale socket");
 }
