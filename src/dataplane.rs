@@ -312,14 +312,7 @@ impl Dataplane {
         }
         let mut sources = BTreeMap::new();
         for vip in &plan.vips {
-            if vip.id >= self.settings.max_vips {
-                bail!(
-                    "VIP {} needs table room {} but this instance has room for {} VIPs: restart weir to add more",
-                    vip.name,
-                    vip.id,
-                    self.settings.max_vips
-                );
-            }
+            self.check_room(vip)?;
             sources.insert(vip.id, self.source_of(vip)?);
         }
         Ok(sources)
@@ -380,8 +373,8 @@ impl Dataplane {
         self.publish_with(vip, ring, rr, source)
     }
 
-    /// `publish` with the VIP's source address already resolved.
-    fn publish_with(&self, vip: &crate::plan::PlannedVip, ring: &[u32], rr: &[u32], source: Option<IpAddr>) -> Result<()> {
+    /// A VIP's tables need a slot of the ring map sized at load.
+    fn check_room(&self, vip: &crate::plan::PlannedVip) -> Result<()> {
         if vip.id >= self.settings.max_vips {
             bail!(
                 "VIP {} needs table room {} but this instance has room for {} VIPs: restart weir to add more",
@@ -390,6 +383,12 @@ impl Dataplane {
                 self.settings.max_vips
             );
         }
+        Ok(())
+    }
+
+    /// `publish` with the VIP's source address already resolved.
+    fn publish_with(&self, vip: &crate::plan::PlannedVip, ring: &[u32], rr: &[u32], source: Option<IpAddr>) -> Result<()> {
+        self.check_room(vip)?;
         let (addr, family) = addr_words(vip.addr);
         let key = VipKey { addr, port: vip.port.to_be(), proto: vip.proto.number(), family };
         let prev = self.live.borrow().get(&vip.id).copied();

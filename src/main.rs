@@ -12,7 +12,7 @@ use libbpf_rs::{Xdp, XdpFlags};
 use weir::attach::AttachMode;
 use weir::config::Config;
 use weir::control::fetch;
-use weir::net::{in_host_netns, Iface};
+use weir::net::{refuse_host_netns, Iface};
 use weir::plan::Plan;
 use weir::stats::Snapshot;
 
@@ -221,8 +221,8 @@ fn real_main() -> Result<()> {
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
     match cli.cmd {
-        Cmd::Run(o) => run(&o),
-        Cmd::Shield(o) => shield(&o),
+        Cmd::Run(o) => weir::daemon::instance::run(&o.options()),
+        Cmd::Shield(o) => weir::daemon::shield::run(&o.options()),
         Cmd::Reload { iface } => {
             println!("reloaded: {}", weir::control::reload(&iface)?);
             Ok(())
@@ -311,36 +311,17 @@ fn real_main() -> Result<()> {
     }
 }
 
-fn refuse_host_netns(what: &str) -> Result<()> {
-    if in_host_netns()? {
-        bail!(
-            "refusing to {what} outside a named network namespace (this may be the host's own); run inside one \
-             (`ip netns exec NS weir ...`), or pass --allow-host-netns on a dedicated balancer host"
-        );
+impl RunOpts {
+    fn options(&self) -> weir::daemon::instance::Options {
+        weir::daemon::instance::Options {
+            iface: self.iface.clone(),
+            config: self.config.clone(),
+            mode: self.mode,
+            interval: self.interval,
+            allow_host_netns: self.allow_host_netns,
+            metrics: self.metrics.clone(),
+        }
     }
-    Ok(())
-}
-
-fn run(o: &RunOpts) -> Result<()> {
-    weir::daemon::instance::run(&weir::daemon::instance::Options {
-        iface: o.iface.clone(),
-        config: o.config.clone(),
-        mode: o.mode,
-        interval: o.interval,
-        allow_host_netns: o.allow_host_netns,
-        metrics: o.metrics.clone(),
-    })
-}
-
-fn shield(o: &RunOpts) -> Result<()> {
-    weir::daemon::shield::run(&weir::daemon::instance::Options {
-        iface: o.iface.clone(),
-        config: o.config.clone(),
-        mode: o.mode,
-        interval: o.interval,
-        allow_host_netns: o.allow_host_netns,
-        metrics: o.metrics.clone(),
-    })
 }
 
 fn stats(iface: &str, json: bool, once: bool, interval: u64) -> Result<()> {

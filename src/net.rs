@@ -52,6 +52,18 @@ pub fn next_hop_of(ip: IpAddr) -> Result<IpAddr> {
     Ok(gw.unwrap_or(ip))
 }
 
+/// An error unless this process runs in a named network namespace: weir
+/// never lands on the host's own link by mistake.
+pub fn refuse_host_netns(what: &str) -> Result<()> {
+    if in_host_netns()? {
+        bail!(
+            "refusing to {what} outside a named network namespace (this may be the host's own); run inside one \
+             (`ip netns exec NS weir ...`), or pass --allow-host-netns on a dedicated balancer host"
+        );
+    }
+    Ok(())
+}
+
 /// True unless this process runs in a named network namespace (one of
 /// /run/netns/*, as `ip netns add` makes). PID 1's namespace cannot be read
 /// in every container, so "named" is the test: the host's own namespace is

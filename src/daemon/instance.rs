@@ -398,16 +398,6 @@ fn flow_counter(dp: &Dataplane, out: Arc<AtomicUsize>) -> Result<()> {
     Ok(())
 }
 
-fn refuse_host_netns(what: &str) -> Result<()> {
-    if crate::net::in_host_netns()? {
-        bail!(
-            "refusing to {what} outside a named network namespace (this may be the host's own); run inside one \
-             (`ip netns exec NS weir ...`), or pass --allow-host-netns on a dedicated balancer host"
-        );
-    }
-    Ok(())
-}
-
 /// `weir run`: load, fill, attach, serve until stopped or handed over.
 pub fn run(o: &Options) -> Result<()> {
     let iface_name = o.iface.as_str();
@@ -415,7 +405,7 @@ pub fn run(o: &Options) -> Result<()> {
     Plan::build(&cfg)?; // a bad config fails before anything else happens
     let iface = Iface::lookup(iface_name)?;
     if !o.allow_host_netns {
-        refuse_host_netns(&format!("attach to {iface_name}"))?;
+        crate::net::refuse_host_netns(&format!("attach to {iface_name}"))?;
     }
     // An instance already running here hands over its maps and its link;
     // its ids are kept so its tracked flows and counters keep their meaning.

@@ -55,11 +55,8 @@ pub fn run(o: &Options) -> Result<()> {
     let sh = f.shield.with_context(|| format!("invalid config {config}: no [shield] section"))?;
     sh.validate().with_context(|| format!("invalid config {config}"))?;
     let iface = Iface::lookup(iface_name)?;
-    if !o.allow_host_netns && crate::net::in_host_netns()? {
-        bail!(
-            "refusing to attach to {iface_name} outside a named network namespace (this may be the host's own); run inside one \
-             (`ip netns exec NS weir ...`), or pass --allow-host-netns on a dedicated balancer host"
-        );
+    if !o.allow_host_netns {
+        crate::net::refuse_host_netns(&format!("attach to {iface_name}"))?;
     }
     let sp = crate::shield::Standalone::load(&sh).with_context(|| format!("invalid config {config}"))?;
     let control = ControlSocket::bind(iface_name)?;
