@@ -429,7 +429,7 @@ pub fn control_plane(with_kernel: bool) -> Result<Vec<ControlRow>> {
         dp.reload(&plan, &plan2, &hops2, &tx2, &Default::default())?;
         rows.push(ControlRow { what: "reload 1000 backends / 10 VIPs (all weights)".into(), ms: t.elapsed().as_secs_f64() * 1e3 });
         let t = std::time::Instant::now();
-        let snap = crate::stats::Snapshot::collect(&dp, &plan2, "bench", "none", std::time::Instant::now(), &|_| None)?;
+        let snap = crate::stats::Snapshot::collect(&dp, &plan2, "bench", "none", std::time::Instant::now(), &|_| None, dp.flow_count(crate::stats::FLOW_COUNT_CAP))?;
         let text = crate::metrics::render(&snap);
         anyhow::ensure!(text.contains("weir_backend_packets_total"), "metrics rendered nothing");
         rows.push(ControlRow {

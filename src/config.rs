@@ -418,6 +418,49 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     Some(mac)
 }
 
+/// VIP slots the loader sizes the Maglev ring map for: the configured
+/// VIPs, with room for VIPs a reload adds (at least 16).
+pub fn ring_vip_slots(vips: usize) -> u32 {
+    (vips.min(MAX_VIPS as usize) as u32).max(16).min(MAX_VIPS)
+}
+
+/// Bytes of the Maglev ring map the loader allocates for `vips` VIPs of
+/// `table_size` slots: two halves per VIP slot, 8 bytes per value.
+pub fn ring_bytes(table_size: u32, vips: usize) -> u64 {
+    u64::from(table_size) * u64::from(ring_vip_slots(vips)) * 2 * 8
+}
+
+/// Config files larger than this are refused before parsing (a config of
+/// 65,536 backends is ~4 MiB).
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
+/// A config file's text, read up to MAX_CONFIG_BYTES (`weir check /dev/zero`
+/// fails at once instead of reading until memory runs out).
+pub fn read_capped(path: &str) -> Result<String> {
+    use std::io::Read as _;
+    let p = esc(path);
+    let f = std::fs::File::open(path).with_context(|| format!("cannot read config file {p} (check the path and permissions)"))?;
+    let mut buf = Vec::new();
+    f.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut buf)
+        .with_context(|| format!("cannot read config file {p} (check the path and permissions)"))?;
+    if buf.len() as u64 > MAX_CONFIG_BYTES {
+        bail!("config file {p} is larger than {} MiB: not a weir config", MAX_CONFIG_BYTES >> 20);
+    }
+    String::from_utf8(buf).map_err(|e| anyhow::anyhow!("config file {p} is not UTF-8 text (byte {})", e.utf8_error().valid_up_to()))
+}
+
+/// A value from a config or the command line as it may be printed: control
+/// characters (newlines, terminal escapes) escaped, so a message is one
+/// line and says what it says.
+pub fn esc(v: &str) -> String {
+    if v.chars().any(|c| c.is_control()) {
+        v.chars().flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] }).collect()
+    } else {
+        v.to_string()
+    }
+}
+
 pub fn format_mac(m: &[u8; 6]) -> String {
     format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
 }
@@ -452,9 +495,8 @@ impl Config {
     }
 
     pub fn load(path: &str) -> Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config file {path} (check the path and permissions)"))?;
-        Config::from_toml(&text).with_context(|| format!("invalid config {path}"))
+        let text = read_capped(path)?;
+        Config::from_toml(&text).with_context(|| format!("invalid config {}", esc(path)))
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -488,13 +530,15 @@ impl Config {
         if self.vips.len() > MAX_VIPS as usize {
             bail!("{} VIPs defined, at most {MAX_VIPS} are supported", self.vips.len());
         }
-        // Two halves per VIP (tables are swapped, not edited in place); array
-        // map values are rounded up to 8 bytes.
-        let ring_bytes = u64::from(m) * self.vips.len() as u64 * 16;
+        // What the loader allocates (ring_vip_slots): two halves per VIP
+        // slot (tables are swapped, not edited in place); array map values
+        // are rounded up to 8 bytes.
+        let ring_bytes = ring_bytes(m, self.vips.len());
         if ring_bytes > 1 << 30 {
             bail!(
-                "maglev.table_size: {m} slots x {} VIPs needs {} MiB of tables; use a smaller prime (65537 suits up to ~650 backends per VIP)",
-                self.vips.len(),
+                "maglev.table_size: {m} slots x {} VIP slots (room for reloads: at least 16) needs {} MiB of tables; \
+                 use a smaller prime (65537 suits up to ~650 backends per VIP)",
+                ring_vip_slots(self.vips.len()),
                 ring_bytes >> 20
             );
         }
@@ -822,6 +866,17 @@ weight = 3
     }
 
     #[test]
+    fn config_files_are_size_capped_and_values_escaped() {
+        let t = std::time::Instant::now();
+        let e = format!("{:#}", Config::load("/dev/zero").unwrap_err());
+        assert!(e.contains("config file /dev/zero is larger than 16 MiB"), "{e}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+        assert_eq!(esc("web\n\x1b[31mred"), "web\\n\\u{1b}[31mred");
+        let e = format!("{:#}", Config::load("/nonexistent/a\nb").unwrap_err());
+        assert!(!e.contains('\n'), "{e}");
+    }
+
+    #[test]
     fn round_robin_backend_limit_and_table_memory() {
         let mut t = String::from("[[vip]]\naddress = \"198.18.0.100\"\nprotocol = \"tcp\"\nscheduler = \"round-robin\"\n");
         for i in 0..257 {
@@ -834,7 +889,7 @@ weight = 3
             big += &format!("[[vip]]\naddress = \"198.18.1.{i}\"\nprotocol = \"tcp\"\n[[vip.backend]]\naddress = \"198.18.0.11\"\n");
         }
         let e = err(&big);
-        assert!(e.contains("maglev.table_size: 10000019 slots x 15 VIPs needs 2288 MiB"), "{e}");
+        assert!(e.contains("maglev.table_size: 10000019 slots x 16 VIP slots (room for reloads: at least 16) needs 2441 MiB"), "{e}");
         let e = err(&GOOD.replace("size = 1024", "size = 16777217"));
         assert!(e.contains("conntrack.size: 16777217 is out of range"), "{e}");
     }

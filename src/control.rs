@@ -15,9 +15,6 @@ use crate::stats::Snapshot;
 
 pub const RUN_DIR: &str = "/run/weir";
 
-/// Set by `weir stop`; the control loop exits and detaches.
-pub static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
 pub fn socket_path(iface: &str) -> Result<PathBuf> {
     let ns = std::fs::metadata("/proc/self/ns/net").context("reading /proc/self/ns/net")?.ino();
     Ok(PathBuf::from(format!("{RUN_DIR}/{iface}.{ns}.sock")))
@@ -29,8 +26,14 @@ pub struct ControlSocket {
 }
 
 impl ControlSocket {
+    /// Bind the instance's socket: /run/weir 0700, the socket 0600. A socket
+    /// nobody answers on (a killed instance's) is replaced; a live one is
+    /// an error.
     pub fn bind(iface: &str) -> Result<ControlSocket> {
+        use std::os::unix::fs::PermissionsExt;
         std::fs::create_dir_all(RUN_DIR).with_context(|| format!("creating {RUN_DIR}"))?;
+        std::fs::set_permissions(RUN_DIR, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("making {RUN_DIR} private (0700)"))?;
         let path = socket_path(iface)?;
         if path.exists() {
             if UnixStream::connect(&path).is_ok() {
@@ -38,67 +41,19 @@ impl ControlSocket {
             }
             std::fs::remove_file(&path).with_context(|| format!("removing stale {}", path.display()))?;
         }
-        let listener = UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
-        listener.set_nonblocking(true)?;
+        // Created 0600 from the start: no window where others may connect.
+        // SAFETY: umask only changes this process's file creation mask.
+        let old = unsafe { libc::umask(0o177) };
+        let bound = UnixListener::bind(&path);
+        // SAFETY: as above.
+        unsafe { libc::umask(old) };
+        let listener = bound.with_context(|| format!("binding {}", path.display()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
         Ok(ControlSocket { listener, path })
     }
 
-    /// Answer every client waiting now; never blocks for long. A client
-    /// sends one command line: `stats` (also the default) or `reload`.
-    /// `handoff` serves a successor (see handoff.rs); true when this
-    /// instance has handed over and must exit without detaching.
-    pub fn serve(
-        &self,
-        snapshot: &mut dyn FnMut() -> Result<Snapshot>,
-        reload: &mut dyn FnMut() -> Result<String>,
-        handoff: &mut dyn FnMut(&UnixStream) -> Result<bool>,
-        trace: &mut dyn FnMut(&str, &UnixStream) -> Result<()>,
-    ) -> bool {
-        while let Ok((mut stream, _)) = self.listener.accept() {
-            let _ = stream.set_nonblocking(false);
-            let _ = stream.set_read_timeout(Some(Duration::from_millis(300)));
-            let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-            let mut cmd = [0u8; 64];
-            let n = stream.read(&mut cmd).unwrap_or(0);
-            let cmd = String::from_utf8_lossy(&cmd[..n]).trim().to_string();
-            if cmd == "handoff" {
-                match handoff(&stream) {
-                    Ok(true) => return true,
-                    Ok(false) => continue,
-                    Err(e) => {
-                        eprintln!("weir: hand-over failed, still serving: {e:#}");
-                        let body = serde_json::json!({ "error": format!("{e:#}") }).to_string();
-                        let _ = crate::handoff::send_fds(&stream, body.as_bytes(), &[]);
-                        continue;
-                    }
-                }
-            }
-            if let Some(arg) = cmd.strip_prefix("trace") {
-                if let Err(e) = trace(arg.trim(), &stream) {
-                    let body = serde_json::json!({ "error": format!("{e:#}") }).to_string();
-                    let _ = crate::handoff::send_fds(&stream, body.as_bytes(), &[]);
-                }
-                continue;
-            }
-            let body = match cmd.as_str() {
-                "stop" => {
-                    let _ = stream.write_all(br#"{"ok":"stopping"}"#);
-                    crate::control::STOP.store(true, std::sync::atomic::Ordering::SeqCst);
-                    continue;
-                }
-                "reload" => match reload() {
-                    Ok(summary) => serde_json::json!({ "ok": summary }).to_string(),
-                    Err(e) => serde_json::json!({ "error": format!("{e:#}") }).to_string(),
-                },
-                "" | "stats" => match snapshot() {
-                    Ok(s) => serde_json::to_string(&s).unwrap_or_default(),
-                    Err(e) => serde_json::json!({ "error": format!("{e:#}") }).to_string(),
-                },
-                other => serde_json::json!({ "error": format!("unknown command '{other}'") }).to_string(),
-            };
-            let _ = stream.write_all(body.as_bytes());
-        }
-        false
+    pub fn listener(&self) -> &UnixListener {
+        &self.listener
     }
 }
 
@@ -106,6 +61,34 @@ impl Drop for ControlSocket {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// The uid of the process at the other end of `s` (SO_PEERCRED).
+pub fn peer_uid(s: &UnixStream) -> Result<u32> {
+    let mut cred = libc::ucred { pid: 0, uid: u32::MAX, gid: u32::MAX };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: a valid socket and an out-buffer of the size given.
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(s),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        bail!("SO_PEERCRED: {}", std::io::Error::last_os_error());
+    }
+    Ok(cred.uid)
+}
+
+/// Mutating verbs (reload, stop, handoff, trace) are for root and for the
+/// instance's own user.
+pub fn may_mutate(s: &UnixStream) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    peer_uid(s).is_ok_and(|u| u == 0 || u == me)
 }
 
 fn request(iface: &str, cmd: &str, timeout: Duration) -> Result<serde_json::Value> {
@@ -158,6 +141,23 @@ pub struct Instance {
     pub snapshot: Result<Snapshot>,
 }
 
+/// A network namespace by name (`ip netns` names it under /run/netns), or
+/// "inode N" when it has none (the host's own, or a container's).
+pub fn netns_name(inode: u64) -> String {
+    let me = std::fs::metadata("/proc/self/ns/net").map(|m| m.ino()).ok();
+    if let Ok(dir) = std::fs::read_dir("/run/netns") {
+        for e in dir.flatten() {
+            if std::fs::metadata(e.path()).is_ok_and(|m| m.ino() == inode) {
+                return crate::config::esc(&e.file_name().to_string_lossy());
+            }
+        }
+    }
+    if me == Some(inode) && crate::net::in_host_netns().unwrap_or(false) {
+        return "(host)".into();
+    }
+    format!("inode {inode}")
+}
+
 /// Every instance with a control socket, in any network namespace (Unix
 /// sockets are reached by path, whatever the namespace).
 pub fn instances() -> Vec<Instance> {
@@ -199,7 +199,7 @@ pub fn trace(iface: &str, every: u32) -> Result<(OwnedFd, serde_json::Value, Uni
     })?;
     s.write_all(format!("trace {every}\n").as_bytes())?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let (payload, mut fds) = crate::handoff::recv_fds(&s)?;
+    let (payload, mut fds) = crate::fdpass::recv_fds(&s)?;
     let v: serde_json::Value = serde_json::from_slice(&payload).context("the instance sent invalid JSON")?;
     if let Some(e) = v.get("error") {
         bail!("{}", e.as_str().unwrap_or_default());

@@ -2,7 +2,7 @@
 //! both `weir run` and the tests configure the data plane.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::mem::MaybeUninit;
 use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
@@ -11,13 +11,17 @@ use anyhow::{bail, Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, OpenObject, ProgramInput};
 
+pub use crate::mapio::{addr_words, read_counters};
+
+mod hops;
+pub use hops::{configured_hops, next_hops, resolve_hops, Followed, HopPlan, NextHop};
 use crate::net::Iface;
 use crate::shield::{policy, ShieldLoad, ShieldMaps};
 use crate::plan::Plan;
 use crate::skel::lb::{LbSkel, LbSkelBuilder};
 use crate::skel::{
-    bytes_of, from_bytes, weir_backend_flags, weir_vip_flags, Backend, In6Key, StatBlock, Traffic, VipKey, VipMeta, FAMILY_V4, FAMILY_V6, MAX_TX_PORTS,
-    RR_SLOTS, STAT_COUNT,
+    bytes_of, from_bytes, weir_backend_flags, weir_vip_flags, Backend, In6Key, Traffic, VipKey, VipMeta, FAMILY_V4, MAX_TX_PORTS,
+    RR_SLOTS,
 };
 
 /// Load-time settings: they size maps or are constants in the program.
@@ -55,20 +59,11 @@ impl Settings {
             ring_size: plan.table_size,
             conntrack_size: plan.conntrack_size,
             // Room for VIPs added by a reload (each costs two tables).
-            max_vips: (plan.vips.len() as u32).max(16).min(crate::skel::MAX_VIPS),
+            max_vips: crate::config::ring_vip_slots(plan.vips.len()),
             iface_mac: iface.mac,
             shield: plan.shield.as_ref().map(ShieldLoad::from_config),
         }
     }
-}
-
-/// Where a backend's frames leave: its MAC, the egress interface's MAC, and
-/// the DEVMAP slot (0: XDP_TX out of the receiving interface).
-#[derive(Debug, Clone, Copy)]
-pub struct NextHop {
-    pub mac: [u8; 6],
-    pub src_mac: [u8; 6],
-    pub tx_port: u32,
 }
 
 pub struct Dataplane {
@@ -78,22 +73,6 @@ pub struct Dataplane {
     live: RefCell<BTreeMap<u32, (VipKey, VipMeta)>>,
     /// Backends as `apply` wrote them, to restore after a health check.
     backend_entries: RefCell<BTreeMap<u32, Backend>>,
-}
-
-pub fn addr_words(a: IpAddr) -> ([u32; 4], u8) {
-    let mut w = [0u32; 4];
-    match a {
-        IpAddr::V4(v) => {
-            w[0] = u32::from_ne_bytes(v.octets());
-            (w, FAMILY_V4)
-        }
-        IpAddr::V6(v) => {
-            for (i, c) in v.octets().chunks(4).enumerate() {
-                w[i] = u32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
-            }
-            (w, FAMILY_V6)
-        }
-    }
 }
 
 fn key32(k: u32) -> [u8; 4] {
@@ -157,7 +136,7 @@ impl Dataplane {
             ] {
                 // A map the running instance does not have (an older weir) is made anew.
                 let Some(fd) = reuse.iter().find(|(n, _)| n == name).map(|(_, f)| f) else { continue };
-                let have = crate::handoff::max_entries(fd)?;
+                let have = crate::mapio::max_entries(fd)?;
                 if have != want {
                     bail!(
                         "the running instance's {name} holds {have} entries, this config needs {want}: \
@@ -279,40 +258,72 @@ impl Dataplane {
     /// Write a plan into the maps. `hops` gives each backend id its next hop;
     /// `tx_ifindex` maps DEVMAP slots to interfaces.
     pub fn apply(&self, plan: &Plan, hops: &BTreeMap<u32, NextHop>, tx_ifindex: &BTreeMap<u32, u32>) -> Result<()> {
+        self.apply_down(plan, hops, tx_ifindex, &BTreeSet::new())
+    }
+
+    /// `apply`, with `down` backends (and those without a next hop yet)
+    /// out of the tables. Everything that can refuse the plan is checked
+    /// before the first write.
+    pub fn apply_down(
+        &self,
+        plan: &Plan,
+        hops: &BTreeMap<u32, NextHop>,
+        tx_ifindex: &BTreeMap<u32, u32>,
+        down: &BTreeSet<u32>,
+    ) -> Result<()> {
         if plan.table_size != self.settings.ring_size {
             bail!("plan's table size {} differs from the loaded {}", plan.table_size, self.settings.ring_size);
         }
         if plan.vips.len() as u32 > self.settings.max_vips {
             bail!("plan has {} VIPs, the program was sized for {}", plan.vips.len(), self.settings.max_vips);
         }
-        self.check_sources(plan)?;
+        let sources = self.resolve_writes(plan, tx_ifindex)?;
         let maps = &self.skel.maps;
         if let Some(sh) = &plan.shield {
-            let pols: Vec<_> = plan
-                .vips
-                .iter()
-                .filter(|v| v.proto == crate::config::Protocol::Tcp)
-                .map(|v| (v.id, policy(sh, v.shield.as_ref())))
-                .collect();
-            self.shield_maps().apply(sh, &pols)?;
+            self.shield_maps().apply(sh, &shield_policies(plan, sh))?;
         }
         for (slot, ifindex) in tx_ifindex {
-            if *slot == 0 || *slot >= MAX_TX_PORTS {
-                bail!("DEVMAP slot {slot} out of range");
-            }
             maps.tx_ports
                 .update(&key32(*slot), &ifindex.to_ne_bytes(), MapFlags::ANY)
                 .with_context(|| format!("adding ifindex {ifindex} to the redirect DEVMAP (does it support XDP?)"))?;
         }
         for vip in &plan.vips {
+            let mut out: BTreeSet<u32> = down.clone();
             for b in &vip.backends {
-                let hop = hops.get(&b.id).with_context(|| format!("backend {} has no next hop", b.addr))?;
-                self.write_backend(b, hop, false)?;
+                match hops.get(&b.id) {
+                    Some(hop) => self.write_backend(b, hop, false)?,
+                    None => {
+                        out.insert(b.id);
+                    }
+                }
             }
-            self.publish(vip, &vip.ring, &vip.rr)?;
+            if vip.backends.iter().any(|b| out.contains(&b.id)) {
+                let (ring, rr, _) = crate::plan::tables(&vip.backends, plan.table_size, &out);
+                self.publish_with(vip, &ring, &rr, sources[&vip.id])?;
+            } else {
+                self.publish_with(vip, &vip.ring, &vip.rr, sources[&vip.id])?;
+            }
         }
         self.sync_neighbours(plan)?;
         self.set_nat_on(plan)
+    }
+
+    /// Phase one of a write: everything that can refuse `plan` on this
+    /// data plane, resolved before anything is written (a refused plan
+    /// writes nothing). The source address of every VIP.
+    fn resolve_writes(&self, plan: &Plan, tx_ifindex: &BTreeMap<u32, u32>) -> Result<BTreeMap<u32, Option<IpAddr>>> {
+        self.check_sources(plan)?;
+        for slot in tx_ifindex.keys() {
+            if *slot == 0 || *slot >= MAX_TX_PORTS {
+                bail!("DEVMAP slot {slot} out of range");
+            }
+        }
+        let mut sources = BTreeMap::new();
+        for vip in &plan.vips {
+            self.check_room(vip)?;
+            sources.insert(vip.id, self.source_of(vip)?);
+        }
+        Ok(sources)
     }
 
     /// The addresses the XDP ARP / NDP responder answers for: every VIP, and
@@ -369,6 +380,12 @@ impl Dataplane {
     /// switched to the spare half in one update (see write_tables). The ARP /
     /// NDP responder learns its address in sync_neighbours.
     pub fn publish(&self, vip: &crate::plan::PlannedVip, ring: &[u32], rr: &[u32]) -> Result<()> {
+        let source = self.source_of(vip)?;
+        self.publish_with(vip, ring, rr, source)
+    }
+
+    /// A VIP's tables need a slot of the ring map sized at load.
+    fn check_room(&self, vip: &crate::plan::PlannedVip) -> Result<()> {
         if vip.id >= self.settings.max_vips {
             bail!(
                 "VIP {} needs table room {} but this instance has room for {} VIPs: restart weir to add more",
@@ -377,6 +394,12 @@ impl Dataplane {
                 self.settings.max_vips
             );
         }
+        Ok(())
+    }
+
+    /// `publish` with the VIP's source address already resolved.
+    fn publish_with(&self, vip: &crate::plan::PlannedVip, ring: &[u32], rr: &[u32], source: Option<IpAddr>) -> Result<()> {
+        self.check_room(vip)?;
         let (addr, family) = addr_words(vip.addr);
         let key = VipKey { addr, port: vip.port.to_be(), proto: vip.proto.number(), family };
         let prev = self.live.borrow().get(&vip.id).copied();
@@ -392,7 +415,7 @@ impl Dataplane {
             mode: vip.mode as u8,
             rr_len: rr.len() as u16,
             half,
-            source: self.source_of(vip)?.map(|a| addr_words(a).0).unwrap_or_default(),
+            source: source.map(|a| addr_words(a).0).unwrap_or_default(),
             port_lo: lo,
             // hi - lo + 1 ports; a full 1-65535 range is one short of 65535 + 1.
             port_span: (u32::from(hi) - u32::from(lo) + 1).min(65535) as u16,
@@ -458,7 +481,7 @@ impl Dataplane {
         new: &Plan,
         hops: &BTreeMap<u32, NextHop>,
         tx_ifindex: &BTreeMap<u32, u32>,
-        down: &std::collections::BTreeSet<u32>,
+        down: &BTreeSet<u32>,
     ) -> Result<String> {
         if new.table_size != self.settings.ring_size {
             bail!("maglev.table_size changed ({} -> {}): restart weir to apply it", self.settings.ring_size, new.table_size);
@@ -469,7 +492,6 @@ impl Dataplane {
         if new.nat_timeouts != self.settings.nat_timeouts {
             bail!("a conntrack timeout changed: restart weir to apply it (they are constants of the loaded program)");
         }
-        self.check_sources(new)?;
         let lists = |p: &Plan| p.shield.as_ref().map(|s| (!s.deny.is_empty(), !s.allow.is_empty()));
         if lists(new) != lists(old) {
             bail!("[shield] was added or removed, or its allow/deny lists became empty or non-empty: restart weir to apply it");
@@ -477,31 +499,33 @@ impl Dataplane {
         if let Some(v) = new.vips.iter().find(|v| v.id >= self.settings.max_vips) {
             bail!("VIP {} does not fit: this instance has room for {} VIPs; restart weir to add more", v.name, self.settings.max_vips);
         }
+        let sources = self.resolve_writes(new, tx_ifindex)?;
+        // Phase two: the writes, in dependency order.
         for (slot, ifindex) in tx_ifindex {
             self.skel.maps.tx_ports.update(&key32(*slot), &ifindex.to_ne_bytes(), MapFlags::ANY)?;
         }
         if let Some(sh) = &new.shield {
-            let m = self.shield_maps();
-            let pols: Vec<_> = new
-                .vips
-                .iter()
-                .filter(|v| v.proto == crate::config::Protocol::Tcp)
-                .map(|v| (v.id, policy(sh, v.shield.as_ref())))
-                .collect();
-            m.replace(sh, &pols)?;
+            self.shield_maps().replace(sh, &shield_policies(new, sh))?;
         }
-        let ids = |p: &Plan| -> std::collections::BTreeSet<u32> { p.vips.iter().flat_map(|v| v.backends.iter().map(|b| b.id)).collect() };
+        let ids = |p: &Plan| -> BTreeSet<u32> { p.vips.iter().flat_map(|v| v.backends.iter().map(|b| b.id)).collect() };
         let (old_b, new_b) = (ids(old), ids(new));
         for vip in &new.vips {
+            let mut out: BTreeSet<u32> = down.clone();
             for b in &vip.backends {
-                let hop = hops.get(&b.id).with_context(|| format!("backend {} has no next hop", b.addr))?;
+                let Some(hop) = hops.get(&b.id) else {
+                    // No MAC yet: out of the tables until it resolves.
+                    out.insert(b.id);
+                    self.remove_backend(b.id)?;
+                    self.backend_entries.borrow_mut().remove(&b.id);
+                    continue;
+                };
                 self.write_backend(b, hop, !old_b.contains(&b.id))?;
                 if down.contains(&b.id) && vip.on_down == crate::config::OnDown::Reschedule {
                     self.remove_backend(b.id)?;
                 }
             }
-            let (ring, rr, _) = crate::plan::tables(&vip.backends, new.table_size, down);
-            self.publish(vip, &ring, &rr)?;
+            let (ring, rr, _) = crate::plan::tables(&vip.backends, new.table_size, &out);
+            self.publish_with(vip, &ring, &rr, sources[&vip.id])?;
         }
         let gone_vips: Vec<&crate::plan::PlannedVip> =
             old.vips.iter().filter(|o| !new.vips.iter().any(|n| n.id == o.id)).collect();
@@ -534,6 +558,27 @@ impl Dataplane {
         };
         let zero = Backend { generation, ..Default::default() };
         self.skel.maps.backends.update(&key32(id), bytes_of(&zero), MapFlags::ANY)?;
+        Ok(())
+    }
+
+    /// A backend's next hop changed (its MAC, in the neighbour table): the
+    /// entry kept for `restore_backend` takes it, and the map too while the
+    /// backend is live there (one down for its health check stays out).
+    pub fn set_backend_mac(&self, id: u32, hop: &NextHop) -> Result<()> {
+        let mut entries = self.backend_entries.borrow_mut();
+        let be = entries.get_mut(&id).with_context(|| format!("no backend {id}"))?;
+        be.mac = hop.mac;
+        be.src_mac = hop.src_mac;
+        be.tx_port = hop.tx_port;
+        if let Some(v) = self.skel.maps.backends.lookup(&key32(id), MapFlags::ANY)? {
+            let mut cur: Backend = from_bytes(&v)?;
+            if cur.flags & weir_backend_flags::WEIR_BACKEND_ACTIVE.0 as u8 != 0 {
+                cur.mac = hop.mac;
+                cur.src_mac = hop.src_mac;
+                cur.tx_port = hop.tx_port;
+                self.skel.maps.backends.update(&key32(id), bytes_of(&cur), MapFlags::ANY).context("writing a backend's MAC")?;
+            }
+        }
         Ok(())
     }
 
@@ -665,6 +710,11 @@ impl Dataplane {
     }
 }
 
+/// The shield policy of every TCP VIP.
+fn shield_policies(plan: &Plan, sh: &crate::config::Shield) -> Vec<(u32, crate::skel::ShieldPolicy)> {
+    plan.vips.iter().filter(|v| v.proto == crate::config::Protocol::Tcp).map(|v| (v.id, policy(sh, v.shield.as_ref()))).collect()
+}
+
 /// The kernel's ephemeral port range (net.ipv4.ip_local_port_range, which
 /// IPv6 shares); Linux's default when it cannot be read.
 fn ephemeral_ports() -> (u16, u16) {
@@ -675,18 +725,6 @@ fn ephemeral_ports() -> (u16, u16) {
             Some((it.next()?, it.next()?))
         })
         .unwrap_or((32768, 60999))
-}
-
-/// Sum the per-CPU global counter blocks of a `stats` map.
-pub fn read_counters(map: &dyn MapCore) -> Result<Vec<u64>> {
-    let mut out = vec![0u64; STAT_COUNT];
-    for cpu in map.lookup_percpu(&key32(0), MapFlags::ANY)?.into_iter().flatten() {
-        let block: StatBlock = from_bytes(&cpu)?;
-        for (o, v) in out.iter_mut().zip(block.n.iter()) {
-            *o += v;
-        }
-    }
-    Ok(out)
 }
 
 /// One BPF_PROG_TEST_RUN call: action, output frame, mean ns per repetition.
@@ -703,56 +741,10 @@ pub fn test_run(prog: &libbpf_rs::ProgramMut<'_>, frame: &[u8], repeat: u32) -> 
     Ok((action, out, ns))
 }
 
-/// Next hops when every backend's MAC is in the config (bench, tests): no
-/// neighbour table is consulted.
-pub fn configured_hops(plan: &Plan, iface: &Iface) -> Result<(BTreeMap<u32, NextHop>, BTreeMap<u32, u32>)> {
-    next_hops(plan, iface, &mut |ip, _, _| bail!("backend {ip} has no `mac` in the config"))
-}
-
 /// Load and fill a data plane for a plan whose backends carry their MACs.
 pub fn load_configured(plan: &Plan, iface: &Iface) -> Result<Dataplane> {
     let (hops, tx) = configured_hops(plan, iface)?;
     let dp = Dataplane::load(Settings::for_plan(plan, iface))?;
     dp.apply(plan, &hops, &tx)?;
     Ok(dp)
-}
-
-/// The next hop of every backend of `plan`: MACs resolved, redirect
-/// interfaces given DEVMAP slots.
-pub fn next_hops(
-    plan: &Plan,
-    iface: &Iface,
-    resolve: &mut dyn FnMut(IpAddr, &Iface, crate::config::Mode) -> Result<[u8; 6]>,
-) -> Result<(BTreeMap<u32, NextHop>, BTreeMap<u32, u32>)> {
-    let mut hops = BTreeMap::new();
-    let mut slots: BTreeMap<String, (u32, Iface)> = BTreeMap::new();
-    for vip in &plan.vips {
-        for b in &vip.backends {
-            let (out_iface, tx_port) = match &b.iface {
-                None => (iface.clone(), 0),
-                Some(name) if name == &iface.name => (iface.clone(), 0),
-                Some(name) => {
-                    if !slots.contains_key(name) {
-                        let n = slots.len() as u32 + 1;
-                        if n >= MAX_TX_PORTS {
-                            bail!("more than {} redirect interfaces", MAX_TX_PORTS - 1);
-                        }
-                        let i = Iface::lookup(name)
-                            .with_context(|| format!("backend {} of {}: iface {name}", b.addr, vip.name))?;
-                        slots.insert(name.clone(), (n, i));
-                    }
-                    let (n, i) = &slots[name];
-                    (i.clone(), *n)
-                }
-            };
-            let mac = match b.mac {
-                Some(m) => m,
-                None => resolve(b.addr, &out_iface, vip.mode)
-                    .with_context(|| format!("backend {} of {}", b.addr, vip.name))?,
-            };
-            hops.insert(b.id, NextHop { mac, src_mac: out_iface.mac, tx_port });
-        }
-    }
-    let tx = slots.values().map(|(n, i)| (*n, i.ifindex)).collect();
-    Ok((hops, tx))
 }

@@ -7,77 +7,13 @@
 //! tracked flow or counter is lost.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-const MAX_FDS: usize = 64;
-
-/// Send `payload` with `fds` attached.
-pub fn send_fds(s: &UnixStream, payload: &[u8], fds: &[RawFd]) -> Result<()> {
-    anyhow::ensure!(fds.len() <= MAX_FDS, "too many fds");
-    let mut iov = libc::iovec { iov_base: payload.as_ptr() as *mut _, iov_len: payload.len() };
-    // SAFETY: CMSG_SPACE is a pure size computation.
-    let space = unsafe { libc::CMSG_SPACE((fds.len() * std::mem::size_of::<RawFd>()) as u32) } as usize;
-    let mut cbuf = vec![0u8; space];
-    // SAFETY: msghdr is plain data; the pointers below outlive the call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
-    // SAFETY: the control buffer is sized by CMSG_SPACE for these fds.
-    unsafe {
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        (*c).cmsg_level = libc::SOL_SOCKET;
-        (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN((fds.len() * std::mem::size_of::<RawFd>()) as u32) as _;
-        std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(c).cast::<RawFd>(), fds.len());
-        if libc::sendmsg(s.as_raw_fd(), &msg, 0) < 0 {
-            bail!("sendmsg: {}", std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
-/// Receive a payload and the fds sent with it.
-pub fn recv_fds(s: &UnixStream) -> Result<(Vec<u8>, Vec<OwnedFd>)> {
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-    // SAFETY: pure size computation.
-    let space = unsafe { libc::CMSG_SPACE((MAX_FDS * std::mem::size_of::<RawFd>()) as u32) } as usize;
-    let mut cbuf = vec![0u8; space];
-    // SAFETY: plain data; buffers outlive the call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
-    // SAFETY: valid socket and msghdr; MSG_CMSG_CLOEXEC keeps fds private.
-    let n = unsafe { libc::recvmsg(s.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-    if n < 0 {
-        bail!("recvmsg: {}", std::io::Error::last_os_error());
-    }
-    let mut fds = Vec::new();
-    // SAFETY: walking the control messages the kernel filled in.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let bytes = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-                let p = libc::CMSG_DATA(c).cast::<RawFd>();
-                for i in 0..bytes / std::mem::size_of::<RawFd>() {
-                    fds.push(OwnedFd::from_raw_fd(*p.add(i)));
-                }
-            }
-            c = libc::CMSG_NXTHDR(&msg, c);
-        }
-    }
-    buf.truncate(n as usize);
-    Ok((buf, fds))
-}
+pub use crate::fdpass::{recv_fds, send_fds};
 
 /// What the new instance receives.
 pub struct Handoff {
@@ -139,11 +75,52 @@ pub fn link_update(link: &OwnedFd, prog: std::os::fd::BorrowedFd<'_>) -> Result<
     Ok(())
 }
 
-/// max_entries of the map behind `fd` (from /proc/self/fdinfo).
-pub fn max_entries(fd: &OwnedFd) -> Result<u32> {
-    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))?;
-    info.lines()
-        .find_map(|l| l.strip_prefix("max_entries:").map(|v| v.trim().parse()))
-        .context("not a BPF map")?
-        .context("bad max_entries")
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{PlanIds, VipIds};
+    use std::net::IpAddr;
+
+    /// The hand-over message of an instance with 4,096 IPv4 and 4,096 IPv6
+    /// backends (~460 KiB; one read of 64 KiB took a seventh of it).
+    #[test]
+    fn a_hand_over_of_4096_backends_per_family_arrives_whole() {
+        let vips: Vec<VipIds> = (0..32u32)
+            .map(|v| VipIds {
+                id: v,
+                addr: if v % 2 == 0 { format!("198.18.1.{v}") } else { format!("2001:db8:1::{v:x}") }.parse().unwrap(),
+                port: 80,
+                tcp: true,
+                backends: (0..256u32)
+                    .map(|i| {
+                        let n = v * 256 + i;
+                        let a: IpAddr = if v % 2 == 0 {
+                            format!("10.{}.{}.{}", n >> 16, (n >> 8) & 255, n & 255).parse().unwrap()
+                        } else {
+                            format!("2001:db8:ffff:ffff:ffff:ffff:{:x}:{:x}", n >> 16, n & 0xffff).parse().unwrap()
+                        };
+                        (a, n)
+                    })
+                    .collect(),
+            })
+            .collect();
+        let ids = PlanIds { table_size: 65537, conntrack_size: 1 << 20, shield_lists: None, vips, down: (0..8192).step_by(3).collect() };
+        let names: Vec<String> = (0..40).map(|i| format!("map_{i}")).collect();
+        let body = serde_json::json!({ "maps": names, "mode": "native", "ids": ids }).to_string();
+        assert!(body.len() > 256 * 1024, "{} bytes", body.len());
+        let (a, b) = UnixStream::pair().unwrap();
+        let files: Vec<std::fs::File> = (0..41).map(|_| std::fs::File::open("/dev/null").unwrap()).collect();
+        let raw: Vec<i32> = files.iter().map(|f| f.as_raw_fd()).collect();
+        let sent = body.clone();
+        let t = std::thread::spawn(move || send_fds(&a, sent.as_bytes(), &raw));
+        let (payload, fds) = recv_fds(&b).unwrap();
+        t.join().unwrap().unwrap();
+        assert_eq!(fds.len(), 41);
+        let v: serde_json::Value = serde_json::from_slice(&payload).expect("the whole message");
+        let got: PlanIds = serde_json::from_value(v["ids"].clone()).unwrap();
+        assert_eq!(got.vips.iter().map(|v| v.backends.len()).sum::<usize>(), 8192);
+        assert_eq!(got.vips[31].backends[255].1, 8191);
+        drop(files);
+    }
 }

@@ -1,6 +1,6 @@
 //! Prometheus text exposition (format 0.0.4) of a snapshot, served on a
-//! plain TCP listener by the control loop (no extra thread, no extra crate:
-//! one small GET handler is all a scraper needs).
+//! plain TCP listener (no extra crate: one small GET handler is all a
+//! scraper needs); `weir run` answers each scrape on a thread of its own.
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -99,29 +99,55 @@ impl MetricsServer {
     pub fn serve(&self, snapshot: &mut dyn FnMut() -> Result<Snapshot>) {
         while let Ok((mut s, _)) = self.listener.accept() {
             let _ = s.set_nonblocking(false);
-            let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
-            let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
-            let mut buf = [0u8; 1024];
-            let n = s.read(&mut buf).unwrap_or(0);
-            let req = String::from_utf8_lossy(&buf[..n]);
-            let path = req.split_whitespace().nth(1).unwrap_or("");
-            let (status, body) = if !req.starts_with("GET ") {
-                ("405 Method Not Allowed", String::from("GET only\n"))
-            } else if path != "/metrics" && path != "/" {
-                ("404 Not Found", String::from("try /metrics\n"))
-            } else {
-                match snapshot() {
-                    Ok(snap) => ("200 OK", render(&snap)),
-                    Err(e) => ("500 Internal Server Error", format!("{e:#}\n")),
-                }
-            };
-            let _ = write!(
-                s,
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
+            answer(&mut s, Duration::from_millis(200), snapshot);
         }
     }
+
+    /// The listener, for a thread that accepts (see daemon::serve).
+    pub fn listener(&self) -> &TcpListener {
+        &self.listener
+    }
+}
+
+/// Read one request (within `deadline` in all, however slowly it arrives)
+/// and answer it.
+pub fn answer(s: &mut std::net::TcpStream, deadline: Duration, snapshot: &mut dyn FnMut() -> Result<Snapshot>) {
+    let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
+    let end = std::time::Instant::now() + deadline;
+    let mut buf = [0u8; 1024];
+    let mut n = 0;
+    // Up to the end of the request head (or of the buffer, or the deadline).
+    while n < buf.len() && !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") && !buf[..n].windows(2).any(|w| w == b"\n\n") {
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let _ = s.set_read_timeout(Some(left));
+        match s.read(&mut buf[n..]) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => n += k,
+        }
+    }
+    if n == 0 {
+        return;
+    }
+    let req = String::from_utf8_lossy(&buf[..n]);
+    let path = req.split_whitespace().nth(1).unwrap_or("");
+    let (status, body) = if !req.starts_with("GET ") {
+        ("405 Method Not Allowed", String::from("GET only\n"))
+    } else if path != "/metrics" && path != "/" {
+        ("404 Not Found", String::from("try /metrics\n"))
+    } else {
+        match snapshot() {
+            Ok(snap) => ("200 OK", render(&snap)),
+            Err(e) => ("500 Internal Server Error", format!("{e:#}\n")),
+        }
+    };
+    let _ = write!(
+        s,
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
 }
 
 #[cfg(test)]

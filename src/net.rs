@@ -3,12 +3,11 @@
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::unix::fs::MetadataExt;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::config::parse_mac;
+use crate::netlink::{Neighbour, NudState, Rtnl};
 
 #[derive(Debug, Clone)]
 pub struct Iface {
@@ -27,69 +26,42 @@ impl Iface {
         Iface { name: name.to_string(), ifindex: 1, mac, mtu: 1500, addrs: Vec::new() }
     }
 
-    /// Ask the kernel through netlink (`ip -j link`), which answers for the
-    /// caller's network namespace; /sys/class/net answers for whichever
-    /// namespace mounted /sys, which under `nsenter` is not ours.
+    /// Ask the kernel through netlink, which answers for the caller's
+    /// network namespace; /sys/class/net answers for whichever namespace
+    /// mounted /sys, which under `nsenter` is not ours.
     pub fn lookup(name: &str) -> Result<Iface> {
         if name.is_empty() || name.len() > 15 || name.contains('/') || name.contains(char::is_whitespace) {
-            bail!("'{name}' is not an interface name");
+            bail!("'{}' is not an interface name", name.escape_debug());
         }
-        let out = Command::new("ip")
-            .args(["-j", "link", "show", "dev", name])
-            .output()
-            .context("running `ip link` (install iproute2)")?;
-        if !out.status.success() {
+        let mut nl = Rtnl::open()?;
+        let Some(l) = nl.link(name)? else {
             bail!(
                 "interface '{name}' not found in this network namespace \
                  (`ip link` lists the ones here; run weir inside the interface's namespace, e.g. `ip netns exec NS weir ...`)"
             );
-        }
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("parsing `ip -j link` output")?;
-        let l = &v[0];
-        let ifindex = l["ifindex"].as_u64().context("`ip link` gave no ifindex")? as u32;
-        let mtu = l["mtu"].as_u64().unwrap_or(1500) as u32;
-        let mac_s = l["address"].as_str().unwrap_or("");
-        let mac = parse_mac(mac_s).with_context(|| format!("interface {name} has no Ethernet address ('{mac_s}')"))?;
-        Ok(Iface { name: name.to_string(), ifindex, mac, mtu, addrs: global_addrs(name)? })
+        };
+        let mac = l.mac.with_context(|| format!("interface {name} has no Ethernet address"))?;
+        Ok(Iface { name: name.to_string(), ifindex: l.ifindex, mac, mtu: l.mtu, addrs: nl.global_addrs(l.ifindex)? })
     }
-}
-
-/// `ip -j ARGS` in this network namespace, parsed; an error names the
-/// command and carries its stderr.
-fn ip_json(args: &[&str]) -> Result<serde_json::Value> {
-    let out = Command::new("ip")
-        .arg("-j")
-        .args(args)
-        .output()
-        .with_context(|| format!("running `ip {}` (install iproute2)", args[0]))?;
-    if !out.status.success() {
-        bail!("`ip {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-    }
-    // Some iproute2 versions print nothing, not [], when nothing matches.
-    if out.stdout.iter().all(u8::is_ascii_whitespace) {
-        return Ok(serde_json::Value::Null);
-    }
-    serde_json::from_slice(&out.stdout).with_context(|| format!("parsing `ip -j {}` output", args[0]))
-}
-
-/// The interface's global addresses (`ip -j addr`), IPv4 and IPv6.
-fn global_addrs(name: &str) -> Result<Vec<IpAddr>> {
-    let v = ip_json(&["addr", "show", "dev", name])?;
-    Ok(v[0]["addr_info"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|a| a["scope"].as_str() == Some("global"))
-        .filter_map(|a| a["local"].as_str().and_then(|s| s.parse().ok()))
-        .collect())
 }
 
 /// The neighbour a packet to `ip` is handed to: `ip` itself when on-link,
-/// else the gateway of its route (`ip route get`).
+/// else the gateway of its route.
 pub fn next_hop_of(ip: IpAddr) -> Result<IpAddr> {
-    let v = ip_json(&["route", "get", &ip.to_string()])
-        .with_context(|| format!("no route to {ip} (add one, or set the backend's `mac`)"))?;
-    Ok(v[0]["gateway"].as_str().and_then(|g| g.parse().ok()).unwrap_or(ip))
+    let gw = Rtnl::open()?.gateway_of(ip).with_context(|| format!("no route to {ip} (add one, or set the backend's `mac`)"))?;
+    Ok(gw.unwrap_or(ip))
+}
+
+/// An error unless this process runs in a named network namespace: weir
+/// never lands on the host's own link by mistake.
+pub fn refuse_host_netns(what: &str) -> Result<()> {
+    if in_host_netns()? {
+        bail!(
+            "refusing to {what} outside a named network namespace (this may be the host's own); run inside one \
+             (`ip netns exec NS weir ...`), or pass --allow-host-netns on a dedicated balancer host"
+        );
+    }
+    Ok(())
 }
 
 /// True unless this process runs in a named network namespace (one of
@@ -117,54 +89,83 @@ pub fn in_host_netns() -> Result<bool> {
     Ok(true)
 }
 
-/// The neighbour table's MAC for `ip` on `iface`, if it has a usable one.
-fn neighbour(ip: IpAddr, iface: &str) -> Result<Option<[u8; 6]>> {
-    let v = ip_json(&["neigh", "show", "to", &ip.to_string(), "dev", iface])?;
-    for n in v.as_array().into_iter().flatten() {
-        let states: Vec<&str> =
-            n["state"].as_array().into_iter().flatten().filter_map(|s| s.as_str()).collect();
-        if states.iter().any(|s| *s == "FAILED" || *s == "INCOMPLETE") {
-            continue;
-        }
-        if let Some(mac) = n["lladdr"].as_str().and_then(parse_mac) {
-            return Ok(Some(mac));
-        }
+/// Make the kernel resolve `ip` (ARP / NDP): one UDP datagram to the
+/// discard port. Errors are ignored: the neighbour table says what came of it.
+pub fn probe_neighbour(ip: IpAddr) {
+    let bind: SocketAddr = if ip.is_ipv4() { (std::net::Ipv4Addr::UNSPECIFIED, 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+    if let Ok(sock) = UdpSocket::bind(bind) {
+        let _ = sock.send_to(b"weir neighbour probe", SocketAddr::new(ip, 9));
     }
-    Ok(None)
 }
 
-/// Resolve a backend's MAC from the kernel's neighbour table, probing it
-/// (one UDP datagram to the discard port makes the kernel ARP / NDP) when
-/// the entry is missing.
-pub fn resolve_mac(backend: IpAddr, iface: &str, mode: crate::config::Mode, timeout: Duration) -> Result<[u8; 6]> {
-    // An off-link backend (tunnel or NAT mode) is reached through its gateway.
-    let ip = next_hop_of(backend).unwrap_or(backend);
-    if ip != backend && mode == crate::config::Mode::Dsr {
-        bail!(
-            "{backend} is reached through the gateway {ip}, but direct server return (mode = \"dsr\") only rewrites MACs: \
-             it needs backends on {iface}'s segment; use mode = \"tunnel\" or \"nat\" for backends in other subnets"
-        );
+/// Looks up many backends' next hops at once: one netlink socket, one dump
+/// of the neighbour table.
+pub struct Resolver {
+    nl: Rtnl,
+    table: Option<Vec<Neighbour>>,
+}
+
+impl Resolver {
+    pub fn new() -> Result<Resolver> {
+        Ok(Resolver { nl: Rtnl::open()?, table: None })
     }
-    if let Some(m) = neighbour(ip, iface)? {
-        return Ok(m);
-    }
-    let bind: SocketAddr = if ip.is_ipv4() { "0.0.0.0:0".parse()? } else { "[::]:0".parse()? };
-    let sock = UdpSocket::bind(bind).context("opening a UDP socket to probe a neighbour")?;
-    let start = Instant::now();
-    let mut last_probe = None::<Instant>;
-    while start.elapsed() < timeout {
-        if last_probe.is_none_or(|t| t.elapsed() > Duration::from_millis(500)) {
-            let _ = sock.send_to(b"weir neighbour probe", SocketAddr::new(ip, 9));
-            last_probe = Some(Instant::now());
+
+    /// Where a backend's frames go: the neighbour (itself, or its gateway)
+    /// and the MAC the kernel's neighbour table has for it now. `None` for
+    /// the MAC when it has none usable yet (a probe is sent: the caller
+    /// follows the neighbour table). A DSR backend behind a gateway is an error.
+    pub fn lookup(&mut self, backend: IpAddr, iface: &Iface, mode: crate::config::Mode) -> Result<(IpAddr, Option<[u8; 6]>)> {
+        // An off-link backend (tunnel or NAT mode) is reached through its gateway.
+        let ip = self.nl.gateway_of(backend).ok().flatten().unwrap_or(backend);
+        if ip != backend && mode == crate::config::Mode::Dsr {
+            bail!(
+                "{backend} is reached through the gateway {ip}, but direct server return (mode = \"dsr\") only rewrites MACs: \
+                 it needs backends on {}'s segment; use mode = \"tunnel\" or \"nat\" for backends in other subnets",
+                iface.name
+            );
         }
-        std::thread::sleep(Duration::from_millis(50));
-        if let Some(m) = neighbour(ip, iface)? {
+        if self.table.is_none() {
+            self.table = Some(self.nl.neighbours()?);
+        }
+        let n = self.table.iter().flatten().find(|n| n.ip == ip && n.ifindex == iface.ifindex);
+        match n {
+            Some(Neighbour { mac: Some(m), state, .. }) if *state != NudState::Unusable => {
+                if *state == NudState::Unconfirmed {
+                    probe_neighbour(ip); // confirmed, or replaced, soon
+                }
+                Ok((ip, Some(*m)))
+            }
+            _ => {
+                probe_neighbour(ip);
+                Ok((ip, None))
+            }
+        }
+    }
+}
+
+/// `Resolver::lookup` for one backend.
+pub fn lookup_mac(backend: IpAddr, iface: &Iface, mode: crate::config::Mode) -> Result<(IpAddr, Option<[u8; 6]>)> {
+    Resolver::new()?.lookup(backend, iface, mode)
+}
+
+/// Resolve a backend's MAC from the kernel's neighbour table, probing until
+/// `timeout` (tools and tests; `weir run` never waits: see daemon::neigh).
+pub fn resolve_mac(backend: IpAddr, iface: &Iface, mode: crate::config::Mode, timeout: Duration) -> Result<[u8; 6]> {
+    let start = Instant::now();
+    loop {
+        let (ip, mac) = lookup_mac(backend, iface, mode)?;
+        if let Some(m) = mac {
             return Ok(m);
         }
+        if start.elapsed() >= timeout {
+            bail!(
+                "no MAC for backend {ip} on {} after {:.1}s of probing: is it up and on {}'s segment? \
+                 (or set `mac = \"..\"` for it in the config)",
+                iface.name,
+                timeout.as_secs_f64(),
+                iface.name
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
-    bail!(
-        "no MAC for backend {ip} on {iface} after {:.1}s of probing: is it up and on {iface}'s segment? \
-         (or set `mac = \"..\"` for it in the config)",
-        timeout.as_secs_f64()
-    )
 }

@@ -10,7 +10,7 @@ use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, OpenObject};
 
 use crate::config::{parse_prefix, AttackMode, Shield, VipShield};
-use crate::dataplane::{addr_words, read_counters};
+use crate::mapio::{addr_words, read_counters};
 use crate::skel::shield::{ShieldSkel, ShieldSkelBuilder};
 use crate::skel::{bytes_of, from_bytes, weir_attack_mode, weir_shield_flags, LpmV4, LpmV6, ShieldPolicy, ShieldState};
 

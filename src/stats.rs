@@ -56,7 +56,8 @@ pub struct VipStats {
 pub struct BackendStats {
     pub address: String,
     pub weight: u32,
-    /// "up" / "down" when health-checked.
+    /// "up" / "down" when health-checked; "down (unresolved)" while its
+    /// MAC is unknown.
     #[serde(default)]
     pub health: Option<String>,
     pub packets: u64,
@@ -71,7 +72,8 @@ impl Snapshot {
         iface: &str,
         mode: &str,
         started: Instant,
-        health: &dyn Fn(u32) -> Option<bool>,
+        health: &dyn Fn(u32) -> Option<String>,
+        flows_tracked: usize,
     ) -> Result<Snapshot> {
         let g = dp.global_counters()?;
         let counters = (0..STAT_COUNT).map(|i| (stat_name(i).to_string(), g[i])).collect();
@@ -84,7 +86,7 @@ impl Snapshot {
                 backends.push(BackendStats {
                     address: b.addr.to_string(),
                     weight: b.weight,
-                    health: health(b.id).map(|up| if up { "up" } else { "down" }.to_string()),
+                    health: health(b.id),
                     packets: bt.packets,
                     bytes: bt.bytes,
                     new_flows: bt.new_flows,
@@ -115,7 +117,7 @@ impl Snapshot {
             iface: iface.to_string(),
             xdp_mode: mode.to_string(),
             uptime_s: started.elapsed().as_secs_f64(),
-            flows_tracked: dp.flow_count(FLOW_COUNT_CAP),
+            flows_tracked,
             counters,
             vips,
             shield,

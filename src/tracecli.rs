@@ -64,10 +64,54 @@ fn map_id(fd: &OwnedFd) -> Result<u32> {
         .context("bad map_id")
 }
 
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid timespec out-pointer.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// A UTC wall-clock time, RFC 3339 with microseconds, of `ns` since the epoch.
+pub fn rfc3339(ns: u64) -> String {
+    let secs = ns / 1_000_000_000;
+    let (days, rem) = (secs / 86400, secs % 86400);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ns % 1_000_000_000 / 1000
+    )
+}
+
+/// The verdicts `--action` takes.
+pub const ACTIONS: [&str; 5] = ["pass", "drop", "tx", "redirect", "aborted"];
+
 pub fn run(o: &Options) -> Result<()> {
+    if let Some(a) = &o.action {
+        if !ACTIONS.contains(&a.to_lowercase().as_str()) {
+            anyhow::bail!("--action {}: not a verdict (one of {})", crate::config::esc(a), ACTIONS.join(", "));
+        }
+    }
+    // Events from before this trace (a ring buffer a former trace left
+    // unread) are not this trace's.
+    let since = clock_ns(libc::CLOCK_MONOTONIC);
+    // Event times are CLOCK_MONOTONIC (bpf_ktime_get_ns): shown as wall-clock time.
+    let wall_offset = clock_ns(libc::CLOCK_REALTIME).saturating_sub(since);
     let (fd, names, _keepalive) = crate::control::trace(&o.iface, o.every.max(1))?;
     let ring = MapHandle::from_map_id(map_id(&fd)?).context("opening the trace ring buffer")?;
     let seen = RefCell::new(0u64);
+    let closed = RefCell::new(false);
     let want_action = o.action.as_ref().map(|a| a.to_uppercase());
     let mut b = RingBufferBuilder::new();
     b.add(&ring, |data: &[u8]| {
@@ -75,6 +119,10 @@ pub fn run(o: &Options) -> Result<()> {
             return 0;
         }
         let Ok(e) = from_bytes::<TraceEvent>(data) else { return 0 };
+        if e.ts_ns < since {
+            return 0;
+        }
+        let time = rfc3339(e.ts_ns + wall_offset);
         let (src, dst) = (addr(&e.key.src, e.key.family), addr(&e.key.dst, e.key.family));
         let (sport, dport) = (u16::from_be(e.key.sport), u16::from_be(e.key.dport));
         if o.host.is_some_and(|h| h != src && h != dst) || o.port.is_some_and(|p| p != sport && p != dport) {
@@ -101,20 +149,24 @@ pub fn run(o: &Options) -> Result<()> {
         let (vip, backend) = (lookup("vips", e.vip_id), lookup("backends", e.backend_id));
         let line = if o.json {
             serde_json::json!({
-                "ts_ns": e.ts_ns, "src": src.to_string(), "sport": sport, "dst": dst.to_string(), "dport": dport,
+                "time": time, "ts_ns": e.ts_ns, "src": src.to_string(), "sport": sport, "dst": dst.to_string(), "dport": dport,
                 "proto": proto, "flags": flags(e.tcp_flags), "action": act, "reason": reason,
                 "vip": vip, "backend": backend, "len": e.len,
             })
             .to_string()
         } else {
             format!(
-                "{:>16.6} {src}:{sport} > {dst}:{dport} {proto} [{}] {act} reason={reason} vip={vip} backend={backend} len={}",
-                e.ts_ns as f64 / 1e9,
+                "{} {src}:{sport} > {dst}:{dport} {proto} [{}] {act} reason={reason} vip={vip} backend={backend} len={}",
+                &time[11..time.len() - 1],
                 flags(e.tcp_flags),
                 e.len
             )
         };
-        println!("{line}");
+        use std::io::Write as _;
+        if writeln!(std::io::stdout(), "{line}").is_err() {
+            *closed.borrow_mut() = true; // stdout closed (| head): done
+            return -1;
+        }
         *seen.borrow_mut() += 1;
         0
     })?;
@@ -124,7 +176,11 @@ pub fn run(o: &Options) -> Result<()> {
     ctrlc::set_handler(move || s.store(true, Ordering::SeqCst)).context("installing the SIGINT handler")?;
     let start = Instant::now();
     while !stop.load(Ordering::SeqCst) {
-        rb.poll(Duration::from_millis(100))?;
+        let r = rb.poll(Duration::from_millis(100));
+        if *closed.borrow() {
+            break;
+        }
+        r?;
         if o.count > 0 && *seen.borrow() >= o.count {
             break;
         }
@@ -138,6 +194,13 @@ pub fn run(o: &Options) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wall_clock_times() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(rfc3339(1_764_666_000_123_456_789), "2025-12-02T09:00:00.123456Z");
+        assert_eq!(rfc3339(951_782_400_000_000_000), "2000-02-29T00:00:00.000000Z");
+    }
 
     #[test]
     fn tcp_flags_and_actions_read_like_tcpdump() {

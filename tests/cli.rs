@@ -40,3 +40,81 @@ fn man_page_covers_every_command() {
         assert!(out.contains(sub), "man page lacks {sub}");
     }
 }
+
+#[test]
+fn check_of_an_endless_file_fails_fast() {
+    let t = std::time::Instant::now();
+    let (ok, _, err) = weir(&["check", "/dev/zero"]);
+    assert!(!ok);
+    assert!(err.contains("config file /dev/zero is larger than 16 MiB"), "{err}");
+    assert!(t.elapsed() < std::time::Duration::from_secs(5), "took {:?}", t.elapsed());
+}
+
+#[test]
+fn trace_refuses_an_unknown_verdict() {
+    let (ok, _, err) = weir(&["trace", "--iface", "nosuch0", "--action", "foo"]);
+    assert!(!ok);
+    assert!(err.contains("invalid value 'foo' for '--action"), "{err}");
+    assert!(!err.contains("no weir instance"), "refused before connecting: {err}");
+}
+
+/// A stand-in instance: answers `stats` on the control socket path of a
+/// namespace of its own; removed (socket and namespace) on drop.
+struct FakeInstance {
+    ns: String,
+    path: std::path::PathBuf,
+}
+impl FakeInstance {
+    fn start(ns: &str, iface: &str) -> FakeInstance {
+        use std::io::{Read, Write};
+        use std::os::unix::fs::MetadataExt;
+        assert!(Command::new("ip").args(["netns", "add", ns]).status().unwrap().success());
+        let ino = std::fs::metadata(format!("/run/netns/{ns}")).unwrap().ino();
+        std::fs::create_dir_all("/run/weir").unwrap();
+        let path = std::path::PathBuf::from(format!("/run/weir/{iface}.{ino}.sock"));
+        let _ = std::fs::remove_file(&path);
+        let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let body = format!(
+            r#"{{"iface":"{iface}","xdp_mode":"native","uptime_s":1.0,"flows_tracked":0,"counters":{{}},"vips":[]}}"#
+        );
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                let mut s = s;
+                let mut b = [0u8; 64];
+                let _ = s.read(&mut b);
+                let _ = s.write_all(body.as_bytes());
+            }
+        });
+        FakeInstance { ns: ns.into(), path }
+    }
+}
+impl Drop for FakeInstance {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+#[test]
+fn stats_into_a_closed_pipe_exits_quietly_and_status_names_namespaces() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(std::env::var("CI").is_err(), "needs root (a namespace and /run/weir) and CI is set");
+        eprintln!("SKIPPED: needs root");
+        return;
+    }
+    let ns = format!("wcli{}", std::process::id());
+    let _fake = FakeInstance::start(&ns, "wcli0");
+    let o = Command::new("ip")
+        .args(["netns", "exec", &ns, "bash", "-c"])
+        .arg(format!("{WEIR} stats --iface wcli0 --interval 1 | head -n 1 >/dev/null; echo rc=${{PIPESTATUS[0]}}"))
+        .output()
+        .unwrap();
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("rc=0"), "weir stats | head: {out} {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let (ok, out, err) = weir(&["status"]);
+    assert!(ok, "{err}");
+    let line = out.lines().find(|l| l.starts_with("wcli0")).unwrap_or_else(|| panic!("{out}"));
+    assert!(line.contains(&format!("netns {ns}")), "the namespace by name: {line}");
+}

@@ -137,11 +137,8 @@ fn bad_config_or_interface_leaves_nothing_attached() {
     assert!(!o.status.success());
     assert!(err.contains("interface 'nosuch0' not found in this network namespace"), "{err}");
 
-    // A backend that does not answer ARP: resolution fails before attach.
-    std::fs::write(&bad, CONFIG.replace("198.18.0.13", "198.18.0.77")).unwrap();
-    let o = run(&["run", "--iface", "veth6", "--config", bad.to_str().unwrap()]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("no MAC for backend 198.18.0.77 on veth6"), "{err}");
+    // (A backend that does not answer ARP no longer fails the start: it
+    // starts down (unresolved); see tests/daemon_e2e.rs.)
 
     let link = lab.sh("lb", "ip link show veth6");
     assert!(!String::from_utf8_lossy(&link.stdout).contains("xdp"), "nothing attached after failures");

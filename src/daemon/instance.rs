@@ -1,0 +1,538 @@
+//! `weir run`: one running instance of the load balancer, owned by the core
+//! thread (see mod.rs), with a method per thing it does.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use super::neigh::Watched;
+use super::{Msg, Outcome, Service};
+use crate::attach::{attach, AttachMode, XdpLink};
+use crate::config::{Config, OnDown};
+use crate::control::ControlSocket;
+use crate::dataplane::{resolve_hops, Dataplane, HopPlan, NextHop, Settings};
+use crate::health::{Checker, Health, Target};
+use crate::metrics::MetricsServer;
+use crate::net::{Iface, Resolver};
+use crate::plan::Plan;
+use crate::stats::{Snapshot, FLOW_COUNT_CAP};
+
+/// How long a start or a reload waits for the neighbour table to answer
+/// the probes of all new backends at once, before the unresolved ones start
+/// down (a reload holds the core thread that long at most).
+const SETTLE: Duration = Duration::from_millis(100);
+
+/// `weir run`'s options.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub iface: String,
+    pub config: String,
+    pub mode: AttachMode,
+    pub interval: u64,
+    pub allow_host_netns: bool,
+    pub metrics: Option<String>,
+}
+
+pub struct Instance {
+    dp: Dataplane,
+    plan: Plan,
+    iface: Iface,
+    config: String,
+    link: XdpLink,
+    mode: String,
+    started: Instant,
+    health: BTreeMap<u32, Health>,
+    /// Probers of health-check generation `health_gen`.
+    probers: Option<Checker>,
+    health_gen: u64,
+    hops: HopPlan,
+    watched: Watched,
+    tracing: bool,
+    flows: Arc<AtomicUsize>,
+    core: Sender<Msg>,
+    last_sweep: Instant,
+}
+
+fn health_targets(p: &Plan) -> Vec<Target> {
+    p.vips
+        .iter()
+        .flat_map(|v| {
+            v.backends.iter().filter_map(move |b| {
+                b.check.clone().map(|check| Target { vip_id: v.id, backend_id: b.id, addr: b.addr, check })
+            })
+        })
+        .collect()
+}
+
+/// Resolve a plan's next hops without waiting: MACs the kernel has now, or
+/// else the ones this instance already follows (`known`); the rest start
+/// unresolved.
+fn hops_now(plan: &Plan, iface: &Iface, known: &HopPlan) -> Result<HopPlan> {
+    let mut known_macs: BTreeMap<(IpAddr, u32), [u8; 6]> = BTreeMap::new();
+    for (id, f) in &known.followed {
+        if let Some(h) = known.hops.get(id) {
+            known_macs.insert((f.neighbour, f.ifindex), h.mac);
+        }
+    }
+    let mut r = Resolver::new()?;
+    resolve_hops(plan, iface, &mut |ip, via, mode| {
+        let (nb, mac) = r.lookup(ip, via, mode)?;
+        Ok((nb, mac.or_else(|| known_macs.get(&(nb, via.ifindex)).copied())))
+    })
+}
+
+/// `hops_now`, then up to SETTLE for the probes to be answered.
+fn settled_hops(plan: &Plan, iface: &Iface, known: &HopPlan) -> Result<HopPlan> {
+    let mut hops = hops_now(plan, iface, known)?;
+    let t = Instant::now();
+    while !hops.unresolved().is_empty() && t.elapsed() < SETTLE {
+        std::thread::sleep(Duration::from_millis(10));
+        hops = hops_now(plan, iface, &hops)?;
+    }
+    Ok(hops)
+}
+
+impl Instance {
+    /// Backends out of the tables: failing their checks, or unresolved.
+    fn down(&self) -> BTreeSet<u32> {
+        let mut d: BTreeSet<u32> = self.health.iter().filter(|(_, h)| !h.up).map(|(id, _)| *id).collect();
+        d.extend(self.hops.unresolved());
+        d
+    }
+
+    fn health_down(&self) -> BTreeSet<u32> {
+        self.health.iter().filter(|(_, h)| !h.up).map(|(id, _)| *id).collect()
+    }
+
+    fn start_probers(&mut self) {
+        let targets = health_targets(&self.plan);
+        let keep: BTreeMap<u32, Health> =
+            targets.iter().map(|t| (t.backend_id, self.health.get(&t.backend_id).copied().unwrap_or_default())).collect();
+        self.health = keep;
+        // The old probers stop (joined) before the new ones start; their
+        // late events carry the old generation and are ignored.
+        self.probers = None;
+        self.health_gen += 1;
+        let (checker, rx) = Checker::start(targets);
+        let (gen, core) = (self.health_gen, self.core.clone());
+        let _ = std::thread::Builder::new().name("weir-health".into()).spawn(move || {
+            for ev in rx {
+                if core.send(Msg::Health(gen, ev)).is_err() {
+                    return;
+                }
+            }
+        });
+        self.probers = Some(checker);
+    }
+
+    fn update_watched(&self) {
+        let set: BTreeSet<(IpAddr, u32)> = self.hops.followed.values().map(|f| (f.neighbour, f.ifindex)).collect();
+        if let Ok(mut w) = self.watched.lock() {
+            *w = set;
+        }
+    }
+
+    fn log_unresolved(&self) {
+        for vip in &self.plan.vips {
+            for b in vip.backends.iter().filter(|b| self.hops.unresolved().contains(&b.id)) {
+                tracing::warn!(
+                    "backend {} of {} is down (unresolved): no MAC for it yet; probing, it joins when it answers",
+                    b.addr,
+                    crate::config::esc(&vip.name)
+                );
+            }
+        }
+    }
+
+    /// Rebuild one VIP's tables from the current down set.
+    fn rewrite_vip(&self, vip_id: u32) -> Result<()> {
+        let vip = self.plan.vips.iter().find(|v| v.id == vip_id).context("unknown VIP")?;
+        let down = self.down();
+        let (ring, rr, _) = crate::plan::tables(&vip.backends, self.plan.table_size, &down);
+        self.dp.write_tables(vip.id, &ring, &rr)
+    }
+
+    /// A probe result: update the backend's state; on a change, rebuild its
+    /// VIP's tables without the backends that are down (the spare half, then
+    /// a flip) and apply the VIP's policy for tracked flows.
+    fn on_health(&mut self, ev: crate::health::Event) -> Result<()> {
+        let vip = self.plan.vips.iter().find(|v| v.id == ev.vip_id).context("unknown VIP")?;
+        let b = vip.backends.iter().find(|b| b.id == ev.backend_id).context("unknown backend")?;
+        let Some(check) = &b.check else { return Ok(()) };
+        let change = self.health.get_mut(&b.id).and_then(|h| h.observe(ev.result.is_ok(), check.rise, check.fall));
+        let Some(up) = change else { return Ok(()) };
+        let unresolved = self.hops.unresolved().contains(&b.id);
+        let down = self.down();
+        // Coming up: the backend entry before the tables that point at it.
+        // Going down: the tables first, then its tracked flows per on_down.
+        if up && vip.on_down == OnDown::Reschedule && !unresolved {
+            self.dp.restore_backend(b.id)?;
+        }
+        let (ring, rr, _) = crate::plan::tables(&vip.backends, self.plan.table_size, &down);
+        self.dp.write_tables(vip.id, &ring, &rr)?;
+        if !up && vip.on_down == OnDown::Reschedule {
+            self.dp.remove_backend(b.id)?;
+        }
+        let name = crate::config::esc(&vip.name);
+        match (&ev.result, up) {
+            (Err(why), false) => tracing::warn!(
+                "backend {} of {name} is DOWN after {} failed checks ({why}); {} backends left in rotation",
+                b.addr,
+                check.fall,
+                vip.backends.len() - vip.backends.iter().filter(|x| down.contains(&x.id)).count()
+            ),
+            _ if unresolved => {
+                tracing::info!("backend {} of {name} passes its checks; still unresolved (no MAC)", b.addr)
+            }
+            _ => tracing::info!("backend {} of {name} is UP after {} good checks; back in rotation", b.addr, check.rise),
+        }
+        Ok(())
+    }
+
+    /// A neighbour the instance follows changed (or was re-read): backends
+    /// behind it get its MAC; unresolved ones join their VIPs' tables.
+    fn on_neighbour(&mut self, n: crate::netlink::Neighbour) -> Result<()> {
+        let Some(mac) = n.mac else { return Ok(()) };
+        if n.state == crate::netlink::NudState::Unusable {
+            return Ok(()); // the last MAC stays; health checks judge
+        }
+        let ids: Vec<u32> = self
+            .hops
+            .followed
+            .iter()
+            .filter(|(_, f)| f.neighbour == n.ip && f.ifindex == n.ifindex)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut vips_to_rewrite = BTreeSet::new();
+        for id in ids {
+            let f = self.hops.followed[&id];
+            let hop = NextHop { mac, src_mac: f.src_mac, tx_port: f.tx_port };
+            let Some((vip, b)) = self.plan.vips.iter().find_map(|v| v.backends.iter().find(|b| b.id == id).map(|b| (v, b))) else {
+                continue;
+            };
+            match self.hops.hops.get(&id) {
+                Some(h) if h.mac == mac => {}
+                Some(h) => {
+                    tracing::info!(
+                        "backend {}: MAC {} -> {} (neighbour table)",
+                        b.addr,
+                        crate::config::format_mac(&h.mac),
+                        crate::config::format_mac(&mac)
+                    );
+                    self.dp.set_backend_mac(id, &hop)?;
+                    self.hops.hops.insert(id, hop);
+                }
+                None => {
+                    self.dp.write_backend(b, &hop, true)?;
+                    if self.health.get(&id).is_some_and(|h| !h.up) && vip.on_down == OnDown::Reschedule {
+                        self.dp.remove_backend(id)?;
+                    }
+                    self.hops.hops.insert(id, hop);
+                    tracing::info!(
+                        "backend {} of {} resolved ({}): joins rotation",
+                        b.addr,
+                        crate::config::esc(&vip.name),
+                        crate::config::format_mac(&mac)
+                    );
+                    vips_to_rewrite.insert(vip.id);
+                }
+            }
+        }
+        for v in vips_to_rewrite {
+            self.rewrite_vip(v)?;
+        }
+        Ok(())
+    }
+
+    fn snapshot_now(&self) -> Result<Snapshot> {
+        let unresolved = self.hops.unresolved();
+        let flows = self.flows.load(Ordering::Relaxed);
+        Snapshot::collect(
+            &self.dp,
+            &self.plan,
+            &self.iface.name,
+            &self.mode,
+            self.started,
+            &|id| {
+                if unresolved.contains(&id) {
+                    return Some("down (unresolved)".to_string());
+                }
+                self.health.get(&id).map(|h| if h.up { "up" } else { "down" }.to_string())
+            },
+            flows,
+        )
+    }
+}
+
+impl Service for Instance {
+    fn snapshot(&mut self) -> Result<Snapshot> {
+        self.snapshot_now()
+    }
+
+    fn reload(&mut self) -> Result<String> {
+        let cfg = Config::load(&self.config)?;
+        let new = Plan::build_after(&cfg, Some(&self.plan))?;
+        let hops = settled_hops(&new, &self.iface, &self.hops)?;
+        // Down only if still checked: a backend whose check was removed is back.
+        let checked: BTreeSet<u32> = health_targets(&new).iter().map(|t| t.backend_id).collect();
+        let down: BTreeSet<u32> = self.health_down().into_iter().filter(|id| checked.contains(id)).collect();
+        let summary = self.dp.reload(&self.plan, &new, &hops.hops, &hops.tx, &down)?;
+        self.plan = new;
+        self.hops = hops;
+        self.update_watched();
+        self.start_probers();
+        self.log_unresolved();
+        let n = self.hops.unresolved().len();
+        Ok(if n > 0 { format!("{summary}; {n} backends down (unresolved)") } else { summary })
+    }
+
+    fn trace(&mut self, every: u32) -> Result<(String, Vec<OwnedFd>)> {
+        if self.tracing {
+            bail!("another weir trace is running on this instance (they would share one ring buffer)");
+        }
+        let vips: BTreeMap<String, String> = self.plan.vips.iter().map(|v| (v.id.to_string(), v.name.clone())).collect();
+        let backends: BTreeMap<String, String> = self
+            .plan
+            .vips
+            .iter()
+            .flat_map(|v| v.backends.iter().map(|b| (b.id.to_string(), b.addr.to_string())))
+            .collect();
+        let body = serde_json::json!({ "ok": true, "vips": vips, "backends": backends }).to_string();
+        let fd = self.dp.skel.maps.trace_rb.as_fd().try_clone_to_owned()?;
+        self.dp.set_trace(every)?;
+        self.tracing = true;
+        tracing::info!("tracing one packet in {every} for a client");
+        Ok((body, vec![fd]))
+    }
+
+    fn trace_off(&mut self) {
+        if self.tracing {
+            self.tracing = false;
+            let _ = self.dp.set_trace(0);
+            tracing::info!("tracing off");
+        }
+    }
+
+    fn handoff(&mut self) -> Result<(String, Vec<OwnedFd>)> {
+        let maps = self.dp.shareable_maps();
+        let names: Vec<&str> = maps.iter().map(|(n, _)| n.as_str()).collect();
+        let mut fds = vec![self.link.fd().try_clone_to_owned()?];
+        for (_, fd) in &maps {
+            // SAFETY: the map fds are valid while the data plane lives; dup'd here.
+            let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) };
+            fds.push(b.try_clone_to_owned()?);
+        }
+        let down: Vec<u32> = self.health_down().into_iter().collect();
+        let ids = crate::plan::PlanIds::of(&self.plan, down);
+        let body = serde_json::json!({ "maps": names, "mode": self.mode, "ids": ids }).to_string();
+        Ok((body, fds))
+    }
+
+    fn handoff_failed(&mut self) {
+        // It may have swapped its program in before failing: put ours back,
+        // the one whose constants and trace switch this instance owns.
+        let r = self
+            .link
+            .fd()
+            .try_clone_to_owned()
+            .map_err(anyhow::Error::from)
+            .and_then(|l| crate::handoff::link_update(&l, self.dp.prog_fd()));
+        match r {
+            Ok(()) => tracing::warn!("the new instance went away before taking over; still serving with our program"),
+            Err(e) => tracing::error!("the new instance went away; restoring our program failed: {e:#}"),
+        }
+        // It may have written the shared maps too (flipped table halves):
+        // learn the live halves anew and write this instance's tables again.
+        let r = self.dp.adopt_live(&self.plan).and_then(|()| {
+            for v in &self.plan.vips {
+                self.rewrite_vip(v.id)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = r {
+            tracing::error!("rewriting the tables after a failed hand-over: {e:#}");
+        }
+    }
+
+    fn event(&mut self, m: Msg) {
+        let r = match m {
+            Msg::Health(gen, ev) if gen == self.health_gen => self.on_health(ev).context("applying a health change"),
+            Msg::Neighbour(n) => self.on_neighbour(n).context("applying a neighbour change"),
+            _ => Ok(()),
+        };
+        if let Err(e) = r {
+            tracing::warn!("{e:#}");
+        }
+    }
+
+    fn tick(&mut self) {
+        // NAT flows that timed out give their ports back (the reverse table
+        // is a plain hash: full means "no port", never "evict a live flow").
+        if self.last_sweep.elapsed() >= Duration::from_secs(2) {
+            self.last_sweep = Instant::now();
+            if let Err(e) = self.dp.sweep_nat(2) {
+                tracing::warn!("sweeping expired NAT flows: {e:#}");
+            }
+        }
+    }
+}
+
+/// Count the flow table's entries off the core thread, once a second, up
+/// to FLOW_COUNT_CAP (a walk is one syscall per entry).
+fn flow_counter(dp: &Dataplane, out: Arc<AtomicUsize>) -> Result<()> {
+    let flows = libbpf_rs::MapHandle::try_from(&dp.skel.maps.flows)?;
+    let nat = libbpf_rs::MapHandle::try_from(&dp.skel.maps.nat_fwd)?;
+    std::thread::Builder::new().name("weir-flows".into()).spawn(move || loop {
+        use libbpf_rs::MapCore;
+        let dsr = flows.keys().take(FLOW_COUNT_CAP).count();
+        let n = dsr + nat.keys().take(FLOW_COUNT_CAP - dsr).count();
+        out.store(n, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_secs(1));
+    })?;
+    Ok(())
+}
+
+/// `weir run`: load, fill, attach, serve until stopped or handed over.
+pub fn run(o: &Options) -> Result<()> {
+    let iface_name = o.iface.as_str();
+    let cfg = Config::load(&o.config)?;
+    Plan::build(&cfg)?; // a bad config fails before anything else happens
+    let iface = Iface::lookup(iface_name)?;
+    if !o.allow_host_netns {
+        crate::net::refuse_host_netns(&format!("attach to {iface_name}"))?;
+    }
+    // An instance already running here hands over its maps and its link;
+    // its ids are kept so its tracked flows and counters keep their meaning.
+    let handoff = crate::handoff::request(iface_name)?;
+    let prev = handoff.as_ref().map(|h| h.ids.skeleton()).transpose()?;
+    let plan = Plan::build_after(&cfg, prev.as_ref())?;
+    // No waiting per backend: the probes go out together, and after at
+    // most SETTLE a backend still without a MAC starts down
+    // (unresolved), followed in the background.
+    let hops = settled_hops(&plan, &iface, &HopPlan::default())?;
+    let reuse = handoff.as_ref().map(|h| h.maps.as_slice()).unwrap_or(&[]);
+    let dp = Dataplane::load_reusing(Settings::for_plan(&plan, &iface), reuse)?;
+    let inherited_down: BTreeSet<u32> = handoff.as_ref().map(|h| h.ids.down.iter().copied().collect()).unwrap_or_default();
+    match &prev {
+        Some(prev) => {
+            dp.adopt_live(prev)?;
+            dp.reload(prev, &plan, &hops.hops, &hops.tx, &inherited_down)?;
+        }
+        None => dp.apply_down(&plan, &hops.hops, &hops.tx, &BTreeSet::new())?,
+    }
+
+    let mut metrics = None;
+    let (link, control) = match handoff {
+        Some(mut h) => {
+            // The running program is replaced in place: the interface is
+            // never without one, the old instance goes after the swap.
+            crate::handoff::link_update(&h.link, dp.prog_fd())?;
+            let fd = std::mem::replace(&mut h.link, std::fs::File::open("/dev/null")?.into());
+            let mode = h.mode.clone();
+            h.release()?;
+            let path = crate::control::socket_path(iface_name)?;
+            let t = Instant::now();
+            while path.exists() && t.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            tracing::info!("took over {} from the running instance (maps, flows and counters kept)", iface.name);
+            let link = XdpLink::adopt(fd, iface_name, &mode);
+            // After a take-over the link is ours alone: failing here would
+            // detach the interface, so the control socket and metrics are
+            // retried (the old instance frees them as it exits).
+            let t = Instant::now();
+            let control = loop {
+                match ControlSocket::bind(iface_name) {
+                    Ok(c) => break c,
+                    Err(e) if t.elapsed() > Duration::from_secs(20) => return Err(e),
+                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                }
+            };
+            if let Some(addr) = o.metrics.as_deref() {
+                let t = Instant::now();
+                metrics = loop {
+                    match MetricsServer::bind(addr) {
+                        Ok(m) => break Some(m),
+                        Err(e) if t.elapsed() > Duration::from_secs(10) => {
+                            tracing::error!("metrics not served: {e:#}");
+                            break None;
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                    }
+                };
+            }
+            (link, control)
+        }
+        // Nothing is attached before this point; the link detaches when dropped.
+        None => {
+            // An unusable /run/weir or metrics address fails here, before
+            // anything is attached.
+            let control = ControlSocket::bind(iface_name)?;
+            metrics = o.metrics.as_deref().map(MetricsServer::bind).transpose()?;
+            (attach(dp.prog_fd(), &iface, o.mode)?, control)
+        }
+    };
+    let (tx, rx) = channel();
+    let flows = Arc::new(AtomicUsize::new(0));
+    flow_counter(&dp, flows.clone())?;
+    let watched: Watched = Arc::new(Mutex::new(BTreeSet::new()));
+    let mode = link.mode.to_string();
+    let mut inst = Instance {
+        dp,
+        plan,
+        iface,
+        config: o.config.clone(),
+        link,
+        mode,
+        started: Instant::now(),
+        health: BTreeMap::new(),
+        probers: None,
+        health_gen: 0,
+        hops,
+        watched: watched.clone(),
+        tracing: false,
+        flows,
+        core: tx.clone(),
+        last_sweep: Instant::now(),
+    };
+    inst.start_probers();
+    for id in &inherited_down {
+        if let Some(h) = inst.health.get_mut(id) {
+            *h = Health::down();
+        }
+    }
+    inst.update_watched();
+    super::serve::signals(tx.clone())?;
+    super::neigh::start(watched, tx.clone())?;
+    super::serve::control(control.listener().try_clone()?, tx.clone())?;
+    if let Some(m) = &metrics {
+        super::serve::metrics(m.listener().try_clone()?, tx.clone())?;
+    }
+    eprint!("{}", inst.plan.describe());
+    tracing::info!("attached to {} in {} mode; Ctrl-C or SIGTERM detaches", inst.iface.name, inst.link.mode);
+    inst.log_unresolved();
+    super::notify::ready(None);
+    let outcome = super::run_core(&mut inst, &rx, o.interval);
+    super::notify::stopping();
+    if outcome == Outcome::HandedOver {
+        // Free the socket path first (the successor waits for it), then the
+        // rest. Our link fd closes, but the successor holds the link: it stays.
+        drop(control);
+        tracing::info!("handed {} over to a new instance; exiting without detaching", inst.iface.name);
+        return Ok(());
+    }
+    // Detach first: the probers and the rest go after.
+    let Instance { link, iface, dp, probers, .. } = inst;
+    drop(link);
+    tracing::info!("detached from {}", iface.name);
+    drop(control);
+    drop(probers);
+    drop(dp);
+    Ok(())
+}

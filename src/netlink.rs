@@ -1,0 +1,282 @@
+//! The kernel's view of the network through rtnetlink (links, addresses,
+//! routes, neighbours), in the caller's network namespace, without `ip`
+//! subprocesses; and a subscription to neighbour events.
+
+use std::net::IpAddr;
+
+use anyhow::{bail, Context, Result};
+use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
+use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+
+/// rtnetlink multicast groups (linux/rtnetlink.h, RTMGRP_*).
+pub const GROUP_LINK: u32 = 0x1;
+pub const GROUP_NEIGH: u32 = 0x4;
+pub const GROUP_IPV4_IFADDR: u32 = 0x10;
+pub const GROUP_IPV6_IFADDR: u32 = 0x100;
+
+/// One link as the kernel reports it.
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub name: String,
+    pub ifindex: u32,
+    pub mac: Option<[u8; 6]>,
+    pub mtu: u32,
+}
+
+/// One neighbour-table entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Neighbour {
+    pub ip: IpAddr,
+    pub ifindex: u32,
+    pub mac: Option<[u8; 6]>,
+    pub state: NudState,
+}
+
+/// The neighbour states weir acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NudState {
+    /// Confirmed recently, or configured (PERMANENT, NOARP).
+    Usable,
+    /// STALE / DELAY / PROBE: the MAC is the last one seen, not confirmed.
+    Unconfirmed,
+    /// INCOMPLETE / FAILED / NONE: no usable MAC.
+    Unusable,
+}
+
+fn nud(s: NeighbourState) -> NudState {
+    match s {
+        NeighbourState::Reachable | NeighbourState::Permanent | NeighbourState::Noarp => NudState::Usable,
+        NeighbourState::Stale | NeighbourState::Delay | NeighbourState::Probe => NudState::Unconfirmed,
+        _ => NudState::Unusable,
+    }
+}
+
+/// A request / reply socket.
+pub struct Rtnl {
+    sock: Socket,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+impl Rtnl {
+    pub fn open() -> Result<Rtnl> {
+        let mut sock = Socket::new(NETLINK_ROUTE).context("opening a netlink socket")?;
+        sock.bind_auto().context("binding a netlink socket")?;
+        sock.connect(&SocketAddr::new(0, 0)).context("connecting a netlink socket")?;
+        Ok(Rtnl { sock, seq: 0, buf: vec![0; 64 * 1024] })
+    }
+
+    /// Send one request; every reply message until DONE (dumps) or the
+    /// first one (a plain request). A netlink error is returned as an error.
+    fn request(&mut self, msg: RouteNetlinkMessage, dump: bool) -> Result<Vec<RouteNetlinkMessage>> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut hdr = NetlinkHeader::default();
+        hdr.flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { 0 };
+        hdr.sequence_number = self.seq;
+        let mut req = NetlinkMessage::new(hdr, NetlinkPayload::from(msg));
+        req.finalize();
+        let mut out = vec![0; req.header.length as usize];
+        req.serialize(&mut out);
+        self.sock.send(&out, 0).context("sending a netlink request")?;
+        let mut replies = Vec::new();
+        loop {
+            let n = self.sock.recv(&mut &mut self.buf[..], 0).context("reading a netlink reply")?;
+            let mut off = 0;
+            while off < n {
+                let m: NetlinkMessage<RouteNetlinkMessage> =
+                    NetlinkMessage::deserialize(&self.buf[off..n]).context("parsing a netlink reply")?;
+                let len = m.header.length as usize;
+                if m.header.sequence_number == self.seq {
+                    match m.payload {
+                        NetlinkPayload::Done(_) => return Ok(replies),
+                        NetlinkPayload::Error(e) => match e.code {
+                            Some(c) => bail!("{}", std::io::Error::from_raw_os_error(-c.get())),
+                            None => return Ok(replies),
+                        },
+                        NetlinkPayload::InnerMessage(r) => {
+                            replies.push(r);
+                            if !dump {
+                                return Ok(replies);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                if len == 0 {
+                    break;
+                }
+                off += len;
+            }
+        }
+    }
+
+    pub fn links(&mut self) -> Result<Vec<Link>> {
+        let r = self.request(RouteNetlinkMessage::GetLink(LinkMessage::default()), true)?;
+        Ok(r.into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(link_of(&l)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    pub fn link(&mut self, name: &str) -> Result<Option<Link>> {
+        Ok(self.links()?.into_iter().find(|l| l.name == name))
+    }
+
+    pub fn link_by_index(&mut self, ifindex: u32) -> Result<Option<Link>> {
+        Ok(self.links()?.into_iter().find(|l| l.ifindex == ifindex))
+    }
+
+    /// Global (scope universe) addresses of `ifindex`, in the kernel's order.
+    pub fn global_addrs(&mut self, ifindex: u32) -> Result<Vec<IpAddr>> {
+        let r = self.request(RouteNetlinkMessage::GetAddress(AddressMessage::default()), true)?;
+        let mut out = Vec::new();
+        for m in r {
+            let RouteNetlinkMessage::NewAddress(a) = m else { continue };
+            if a.header.index != ifindex || a.header.scope != AddressScope::Universe {
+                continue;
+            }
+            let local = a.attributes.iter().find_map(|x| match x {
+                AddressAttribute::Local(ip) => Some(*ip),
+                _ => None,
+            });
+            let addr = a.attributes.iter().find_map(|x| match x {
+                AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            });
+            out.extend(local.or(addr));
+        }
+        Ok(out)
+    }
+
+    /// The gateway of the route to `ip` (`ip route get`), None when on-link.
+    pub fn gateway_of(&mut self, ip: IpAddr) -> Result<Option<IpAddr>> {
+        let mut m = RouteMessage::default();
+        let (family, len, dst) = match ip {
+            IpAddr::V4(v) => (AddressFamily::Inet, 32, RouteAddress::Inet(v)),
+            IpAddr::V6(v) => (AddressFamily::Inet6, 128, RouteAddress::Inet6(v)),
+        };
+        m.header.address_family = family;
+        m.header.destination_prefix_length = len;
+        m.attributes.push(RouteAttribute::Destination(dst));
+        let r = self.request(RouteNetlinkMessage::GetRoute(m), false).with_context(|| format!("no route to {ip}"))?;
+        Ok(r.iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewRoute(rt) => rt.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Gateway(RouteAddress::Inet(g)) => Some(IpAddr::V4(*g)),
+                RouteAttribute::Gateway(RouteAddress::Inet6(g)) => Some(IpAddr::V6(*g)),
+                _ => None,
+            }),
+            _ => None,
+        }))
+    }
+
+    /// Every neighbour entry (IPv4 and IPv6).
+    pub fn neighbours(&mut self) -> Result<Vec<Neighbour>> {
+        let r = self.request(RouteNetlinkMessage::GetNeighbour(NeighbourMessage::default()), true)?;
+        Ok(r.iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewNeighbour(n) => neighbour_of(n),
+                _ => None,
+            })
+            .collect())
+    }
+
+    pub fn neighbour(&mut self, ip: IpAddr, ifindex: u32) -> Result<Option<Neighbour>> {
+        Ok(self.neighbours()?.into_iter().find(|n| n.ip == ip && n.ifindex == ifindex))
+    }
+}
+
+fn link_of(l: &LinkMessage) -> Link {
+    let mut out = Link { name: String::new(), ifindex: l.header.index, mac: None, mtu: 1500 };
+    for a in &l.attributes {
+        match a {
+            LinkAttribute::IfName(n) => out.name = n.clone(),
+            LinkAttribute::Mtu(m) => out.mtu = *m,
+            LinkAttribute::Address(b) if b.len() == 6 => out.mac = b.as_slice().try_into().ok(),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn neighbour_of(n: &NeighbourMessage) -> Option<Neighbour> {
+    let ip = n.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => Some(IpAddr::V4(*v)),
+        NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => Some(IpAddr::V6(*v)),
+        _ => None,
+    })?;
+    let mac = n.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => b.as_slice().try_into().ok(),
+        _ => None,
+    });
+    Some(Neighbour { ip, ifindex: n.header.ifindex, mac, state: nud(n.header.state) })
+}
+
+/// What a subscription reports.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A neighbour entry was added or changed.
+    Neighbour(Neighbour),
+    /// A neighbour entry was deleted.
+    NeighbourGone { ip: IpAddr, ifindex: u32 },
+    /// A link or an address changed.
+    LinkOrAddress,
+}
+
+/// A socket subscribed to rtnetlink groups.
+pub struct Subscription {
+    sock: Socket,
+    buf: Vec<u8>,
+}
+
+impl Subscription {
+    pub fn open(groups: u32) -> Result<Subscription> {
+        let mut sock = Socket::new(NETLINK_ROUTE).context("opening a netlink socket")?;
+        sock.bind(&SocketAddr::new(0, groups)).context("subscribing to netlink events")?;
+        // Events lost to a full buffer are recovered by the periodic dump.
+        let _ = sock.set_rx_buf_sz(1 << 20);
+        Ok(Subscription { sock, buf: vec![0; 64 * 1024] })
+    }
+
+    /// Events that arrive within `timeout` (an empty list when none do).
+    /// An overrun (ENOBUFS) is an error: the caller dumps the table anew.
+    pub fn next(&mut self, timeout: std::time::Duration) -> Result<Vec<Event>> {
+        let mut pfd = libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(&self.sock), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd.
+        let r = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis().min(i32::MAX as u128) as i32) };
+        if r <= 0 {
+            return Ok(Vec::new());
+        }
+        let n = self.sock.recv(&mut &mut self.buf[..], libc::MSG_DONTWAIT).context("reading netlink events")?;
+        let mut out = Vec::new();
+        let mut off = 0;
+        while off < n {
+            let Ok(m) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[off..n]) else { break };
+            let len = m.header.length as usize;
+            if let NetlinkPayload::InnerMessage(r) = m.payload {
+                match r {
+                    RouteNetlinkMessage::NewNeighbour(n) => out.extend(neighbour_of(&n).map(Event::Neighbour)),
+                    RouteNetlinkMessage::DelNeighbour(n) => {
+                        out.extend(neighbour_of(&n).map(|x| Event::NeighbourGone { ip: x.ip, ifindex: x.ifindex }))
+                    }
+                    RouteNetlinkMessage::NewLink(_)
+                    | RouteNetlinkMessage::DelLink(_)
+                    | RouteNetlinkMessage::NewAddress(_)
+                    | RouteNetlinkMessage::DelAddress(_) => out.push(Event::LinkOrAddress),
+                    _ => {}
+                }
+            }
+            if len == 0 {
+                break;
+            }
+            off += len;
+        }
+        Ok(out)
+    }
+}
