@@ -124,6 +124,23 @@ pub fn reload(iface: &str) -> Result<String> {
     Ok(v["ok"].as_str().unwrap_or_default().to_string())
 }
 
+/// What a reload of `config` (None: the instance's own file) would change
+/// on the instance on `iface`; nothing is applied.
+pub fn reload_diff(iface: &str, config: Option<&str>) -> Result<Vec<String>> {
+    let cmd = match config {
+        Some(c) => {
+            let abs = std::fs::canonicalize(c).with_context(|| format!("config {c}: cannot be read"))?;
+            format!("diff {}", abs.display())
+        }
+        None => "diff".into(),
+    };
+    let v = request(iface, &cmd, Duration::from_secs(30))?;
+    if let Some(e) = v.get("error") {
+        bail!("this config would be refused: {}", e.as_str().unwrap_or_default());
+    }
+    Ok(v["ok"].as_array().map(|a| a.iter().filter_map(|l| l.as_str().map(str::to_string)).collect()).unwrap_or_default())
+}
+
 /// Ask the instance on `iface` to detach and exit.
 pub fn stop(iface: &str) -> Result<()> {
     let v = request(iface, "stop", Duration::from_secs(5))?;

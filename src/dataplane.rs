@@ -235,6 +235,37 @@ impl Dataplane {
         Ok(Some(src))
     }
 
+    /// The interface's global addresses changed to `addrs`: NAT and tunnel
+    /// VIPs without a configured source_address now send from the new
+    /// address of their family (one map update per VIP: a packet sees the
+    /// old source or the new one). A VIP whose family has no address left
+    /// keeps its old source (and says so). What changed, one line each.
+    pub fn follow_addresses(&mut self, plan: &Plan, addrs: Vec<IpAddr>) -> Result<Vec<String>> {
+        self.settings.iface_addrs = addrs;
+        let mut lines = Vec::new();
+        for v in plan.vips.iter().filter(|v| v.mode != crate::config::Mode::Dsr && v.source.is_none()) {
+            let Some((key, mut meta)) = self.live.borrow().get(&v.id).copied() else { continue };
+            let src = match self.source_of(v) {
+                Ok(Some(s)) => s,
+                Ok(None) => continue,
+                Err(e) => {
+                    lines.push(format!("VIP {}: keeps its source address: {e:#}", v.name));
+                    continue;
+                }
+            };
+            let words = addr_words(src).0;
+            if meta.source == words {
+                continue;
+            }
+            meta.source = words;
+            self.skel.maps.vips.update(bytes_of(&key), bytes_of(&meta), MapFlags::ANY).context("switching a VIP's source address")?;
+            self.live.borrow_mut().insert(v.id, (key, meta));
+            lines.push(format!("VIP {} (mode {}): new flows now leave from {src}", v.name, v.mode));
+        }
+        self.sync_neighbours(plan)?;
+        Ok(lines)
+    }
+
     pub fn trace_ring_fd(&self) -> std::os::fd::RawFd {
         self.skel.maps.trace_rb.as_fd().as_raw_fd()
     }

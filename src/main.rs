@@ -108,6 +108,14 @@ enum Cmd {
     Reload {
         #[arg(long)]
         iface: String,
+        /// Print what the reload would change (VIPs and backends added and
+        /// removed, weight changes, drains, the share of Maglev slots that
+        /// move) and apply nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// With --dry-run: compare this file instead of the instance's own.
+        #[arg(long, requires = "dry_run")]
+        config: Option<String>,
     },
     /// Detach the instance on IFACE (this namespace) and make it exit.
     Stop {
@@ -223,7 +231,17 @@ fn real_main() -> Result<()> {
     match cli.cmd {
         Cmd::Run(o) => weir::daemon::instance::run(&o.options()),
         Cmd::Shield(o) => weir::daemon::shield::run(&o.options()),
-        Cmd::Reload { iface } => {
+        Cmd::Reload { iface, dry_run: true, config } => {
+            let lines = weir::control::reload_diff(&iface, config.as_deref())?;
+            if lines.is_empty() {
+                println!("no change");
+            }
+            for l in lines {
+                println!("{l}");
+            }
+            Ok(())
+        }
+        Cmd::Reload { iface, .. } => {
             println!("reloaded: {}", weir::control::reload(&iface)?);
             Ok(())
         }

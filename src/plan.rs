@@ -276,8 +276,123 @@ pub fn fmt_addr(a: IpAddr) -> String {
     }
 }
 
+/// What a reload from `old` to `new` changes, one line per change, in the
+/// words an operator uses: VIPs and backends added and removed, weight
+/// changes, drains (weight 0) and undrains, and for each VIP that stays the
+/// share of its Maglev slots whose backend changes (the flows that are not
+/// yet tracked and would go elsewhere). A pure function of the two plans.
+pub fn diff(old: &Plan, new: &Plan) -> Vec<String> {
+    let key = |v: &PlannedVip| (v.addr, v.port, v.proto);
+    let show = |v: &PlannedVip| format!("{} ({}:{}/{})", v.name, v.addr, v.port, v.proto);
+    let mut out = Vec::new();
+    for v in &new.vips {
+        if !old.vips.iter().any(|o| key(o) == key(v)) {
+            let bs: Vec<String> = v.backends.iter().map(|b| format!("{} w{}", b.addr, b.weight)).collect();
+            out.push(format!("+ vip {} with {}", show(v), bs.join(", ")));
+        }
+    }
+    for o in &old.vips {
+        let Some(v) = new.vips.iter().find(|v| key(v) == key(o)) else {
+            out.push(format!("- vip {}", show(o)));
+            continue;
+        };
+        for b in &v.backends {
+            match o.backends.iter().find(|x| x.addr == b.addr) {
+                None => out.push(format!("  vip {}: + backend {} (weight {})", v.name, b.addr, b.weight)),
+                Some(x) if x.weight != b.weight && b.weight == 0 => {
+                    out.push(format!("  vip {}: backend {} drained (weight {} -> 0)", v.name, b.addr, x.weight))
+                }
+                Some(x) if x.weight != b.weight && x.weight == 0 => {
+                    out.push(format!("  vip {}: backend {} back in (weight 0 -> {})", v.name, b.addr, b.weight))
+                }
+                Some(x) if x.weight != b.weight => {
+                    out.push(format!("  vip {}: backend {} weight {} -> {}", v.name, b.addr, x.weight, b.weight))
+                }
+                _ => {}
+            }
+        }
+        for x in &o.backends {
+            if !v.backends.iter().any(|b| b.addr == x.addr) {
+                out.push(format!("  vip {}: - backend {}", v.name, x.addr));
+            }
+        }
+        let moved = ring_moved(o, v);
+        if moved > 0.0 {
+            out.push(format!("  vip {}: {:.1}% of Maglev slots move", v.name, moved * 100.0));
+        }
+    }
+    out
+}
+
+/// Share of a VIP's Maglev slots whose backend (by address) differs between
+/// two plans of it; tables of different sizes count as all moved.
+fn ring_moved(old: &PlannedVip, new: &PlannedVip) -> f64 {
+    if old.ring.len() != new.ring.len() || new.ring.is_empty() {
+        return if old.ring == new.ring { 0.0 } else { 1.0 };
+    }
+    let addr = |v: &PlannedVip, id: u32| v.backends.iter().find(|b| b.id == id).map(|b| b.addr);
+    let moved = old.ring.iter().zip(&new.ring).filter(|(a, b)| addr(old, **a) != addr(new, **b)).count();
+    moved as f64 / new.ring.len() as f64
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_reload_diff_names_every_change() {
+        let base = r#"
+[maglev]
+table_size = 251
+[[vip]]
+name = "web"
+address = "198.18.0.100"
+port = 80
+protocol = "tcp"
+[[vip.backend]]
+address = "198.18.0.11"
+mac = "02:00:00:00:00:0b"
+[[vip.backend]]
+address = "198.18.0.12"
+mac = "02:00:00:00:00:0c"
+[[vip.backend]]
+address = "198.18.0.13"
+mac = "02:00:00:00:00:0d"
+[[vip]]
+name = "dns"
+address = "198.18.0.100"
+port = 53
+protocol = "udp"
+[[vip.backend]]
+address = "198.18.0.21"
+mac = "02:00:00:00:00:15"
+"#;
+        let old = Plan::build(&Config::from_toml(base).unwrap()).unwrap();
+        assert!(diff(&old, &old).is_empty(), "no change, no lines");
+        let changed = base
+            .replace("address = \"198.18.0.12\"\n", "address = \"198.18.0.12\"\nweight = 0\n")
+            .replace("address = \"198.18.0.13\"\n", "address = \"198.18.0.13\"\nweight = 3\n")
+            .replace("address = \"198.18.0.21\"", "address = \"198.18.0.22\"")
+            + "[[vip]]\nname = \"new\"\naddress = \"198.18.0.101\"\nport = 443\nprotocol = \"tcp\"\n[[vip.backend]]\naddress = \"198.18.0.31\"\nmac = \"02:00:00:00:00:1f\"\n";
+        let new = Plan::build_after(&Config::from_toml(&changed).unwrap(), Some(&old)).unwrap();
+        let d = diff(&old, &new);
+        let text = d.join("\n");
+        for want in [
+            "+ vip new (198.18.0.101:443/tcp) with 198.18.0.31 w1",
+            "  vip web: backend 198.18.0.12 drained (weight 1 -> 0)",
+            "  vip web: backend 198.18.0.13 weight 1 -> 3",
+            "  vip dns: + backend 198.18.0.22 (weight 1)",
+            "  vip dns: - backend 198.18.0.21",
+            "  vip dns: 100.0% of Maglev slots move",
+        ] {
+            assert!(d.iter().any(|l| l == want), "missing {want:?} in:\n{text}");
+        }
+        // web: .12 drained, .13 tripled: exactly the slots whose owner changed.
+        let web = |p: &Plan| p.vips.iter().find(|v| v.name == "web").cloned().unwrap();
+        let share = ring_moved(&web(&old), &web(&new));
+        assert!(share > 0.3 && share < 0.8, "web moves {share}");
+        assert!(text.contains(&format!("vip web: {:.1}% of Maglev slots move", share * 100.0)), "{text}");
+        assert_eq!(d.len(), 7, "exactly the changes: {text}");
+    }
+
     #[test]
     fn the_memory_check_budgets_what_the_loader_allocates() {
         let iface = crate::net::Iface::unattached("t0", [2, 0, 0, 0, 0, 1]);

@@ -78,9 +78,28 @@ fn reloads_keep_a_download_and_refuse_bad_configs() {
     assert!(!a.contains(&name(other)), "removed backend still answers: {a:?}");
     assert!(a.contains(&"b3".to_string()) && !a.contains(&"FAILED".to_string()), "{a:?}");
 
+    // A dry run of the drain names it and changes nothing: new flows still
+    // reach the download's backend.
+    let drained = std::env::temp_dir().join(format!("{}-drain.toml", lab.prefix));
+    std::fs::write(&drained, config(&[(serving, 0), ("13", 1)])).unwrap();
+    let o = Command::new("ip")
+        .args(["netns", "exec", &lab.ns("lb"), WEIR, "reload", "--iface", "veth6", "--dry-run", "--config"])
+        .arg(&drained)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&o.stdout).to_string();
+    println!("weir reload --dry-run:\n{said}");
+    assert!(o.status.success(), "dry run: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(said.contains(&format!("backend 198.18.0.{serving} drained (weight 1 -> 0)")), "{said}");
+    assert!(said.contains("of Maglev slots move"), "{said}");
+    let a = answers(&lab);
+    assert!(a.contains(&name(serving)), "a dry run applied the drain: {a:?}");
+
     // Drain the download's backend: new flows avoid it, the download goes on.
     let o = reload(&lab, &config(&[(serving, 0), ("13", 1)]));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("drained (weight 1 -> 0)"), "the summary names the drain");
+    let _ = std::fs::remove_file(&drained);
     let a = answers(&lab);
     assert!(a.iter().all(|x| x == "b3"), "drained backend still gets new flows: {a:?}");
 

@@ -57,6 +57,7 @@ pub struct Instance {
     flows: Arc<AtomicUsize>,
     core: Sender<Msg>,
     last_sweep: Instant,
+    last_addr_check: Instant,
 }
 
 fn health_targets(p: &Plan) -> Vec<Target> {
@@ -275,9 +276,19 @@ impl Service for Instance {
         self.snapshot_now()
     }
 
+    fn diff(&mut self, config: Option<&str>) -> Result<Vec<String>> {
+        let cfg = Config::load(config.unwrap_or(&self.config))?;
+        let new = Plan::build_after(&cfg, Some(&self.plan))?;
+        Ok(crate::plan::diff(&self.plan, &new))
+    }
+
     fn reload(&mut self) -> Result<String> {
         let cfg = Config::load(&self.config)?;
         let new = Plan::build_after(&cfg, Some(&self.plan))?;
+        let changes = crate::plan::diff(&self.plan, &new);
+        for line in &changes {
+            tracing::info!("reload: {}", line.trim());
+        }
         let hops = settled_hops(&new, &self.iface, &self.hops)?;
         // Down only if still checked: a backend whose check was removed is back.
         let checked: BTreeSet<u32> = health_targets(&new).iter().map(|t| t.backend_id).collect();
@@ -289,7 +300,11 @@ impl Service for Instance {
         self.start_probers();
         self.log_unresolved();
         let n = self.hops.unresolved().len();
-        Ok(if n > 0 { format!("{summary}; {n} backends down (unresolved)") } else { summary })
+        let summary = if n > 0 { format!("{summary}; {n} backends down (unresolved)") } else { summary };
+        // The summary names weight changes and drains, not only counts.
+        let named: Vec<&str> =
+            changes.iter().map(|l| l.trim()).filter(|l| l.contains("weight") || l.contains("drained")).collect();
+        Ok(if named.is_empty() { summary } else { format!("{summary}; {}", named.join("; ")) })
     }
 
     fn trace(&mut self, every: u32) -> Result<(String, Vec<OwnedFd>)> {
@@ -378,6 +393,24 @@ impl Service for Instance {
             self.last_sweep = Instant::now();
             if let Err(e) = self.dp.sweep_nat(2) {
                 tracing::warn!("sweeping expired NAT flows: {e:#}");
+            }
+        }
+        // The interface's addresses, once a second over netlink (a local
+        // request, no client in the way): NAT and tunnel VIPs without a
+        // source_address send from the interface's current one.
+        if self.last_addr_check.elapsed() >= Duration::from_secs(1) {
+            self.last_addr_check = Instant::now();
+            match Iface::lookup(&self.iface.name) {
+                Ok(now) if now.addrs != self.iface.addrs => {
+                    tracing::info!("{}: addresses now {:?} (were {:?})", self.iface.name, now.addrs, self.iface.addrs);
+                    self.iface.addrs = now.addrs.clone();
+                    match self.dp.follow_addresses(&self.plan, now.addrs) {
+                        Ok(lines) => lines.iter().for_each(|l| tracing::info!("{l}")),
+                        Err(e) => tracing::warn!("following the interface's addresses: {e:#}"),
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("reading {}'s addresses: {e:#}", self.iface.name),
             }
         }
     }
@@ -500,6 +533,7 @@ pub fn run(o: &Options) -> Result<()> {
         flows,
         core: tx.clone(),
         last_sweep: Instant::now(),
+        last_addr_check: Instant::now(),
     };
     inst.start_probers();
     for id in &inherited_down {

@@ -43,6 +43,9 @@ pub enum Msg {
 pub enum Request {
     Snapshot,
     Reload,
+    /// What a reload of this config file (None: the instance's own) would
+    /// change, applying nothing.
+    Diff(Option<String>),
     Stop,
     Trace(u32),
     Handoff,
@@ -62,6 +65,12 @@ pub trait Service {
     fn snapshot(&mut self) -> Result<Snapshot>;
     /// Re-read the config; a summary of what changed.
     fn reload(&mut self) -> Result<String>;
+    /// What a reload of `config` (None: the instance's own file) would
+    /// change, one line each; nothing is written.
+    fn diff(&mut self, config: Option<&str>) -> Result<Vec<String>> {
+        let _ = config;
+        anyhow::bail!("this service has no reload diff")
+    }
     /// Start tracing one packet in `every`: the body and the ring's fd.
     fn trace(&mut self, every: u32) -> Result<(String, Vec<OwnedFd>)>;
     fn trace_off(&mut self);
@@ -144,6 +153,13 @@ pub fn run_core(svc: &mut dyn Service, rx: &Receiver<Msg>, interval: u64) -> Out
                     cached = None;
                     let body = match r {
                         Ok(s) => serde_json::json!({ "ok": s }),
+                        Err(e) => serde_json::json!({ "error": format!("{e:#}") }),
+                    };
+                    let _ = reply.send(Reply::Json(body.to_string()));
+                }
+                Request::Diff(config) => {
+                    let body = match svc.diff(config.as_deref()) {
+                        Ok(lines) => serde_json::json!({ "ok": lines }),
                         Err(e) => serde_json::json!({ "error": format!("{e:#}") }),
                     };
                     let _ = reply.send(Reply::Json(body.to_string()));

@@ -99,7 +99,8 @@ fn read_command(s: &mut UnixStream) -> Option<String> {
     let end = Instant::now() + REQUEST_DEADLINE;
     let mut buf = Vec::with_capacity(64);
     let mut b = [0u8; 64];
-    while buf.len() < 64 && !buf.contains(&b'\n') {
+    // A verb and at most a path: 4 KiB.
+    while buf.len() < 4096 && !buf.contains(&b'\n') {
         let left = end.saturating_duration_since(Instant::now());
         if left.is_zero() {
             break;
@@ -135,6 +136,14 @@ fn control_client(mut s: UnixStream, core: &Sender<Msg>) {
                 Some(Reply::Snapshot(Ok(snap))) => serde_json::to_string(&snap).unwrap_or_default(),
                 Some(Reply::Snapshot(Err(e))) => serde_json::json!({ "error": e }).to_string(),
                 _ => serde_json::json!({ "error": "the instance is stopping" }).to_string(),
+            };
+            let _ = s.write_all(body.as_bytes());
+        }
+        "diff" => {
+            let config = Some(arg.trim()).filter(|a| !a.is_empty()).map(str::to_string);
+            let body = match ask(core, Request::Diff(config), Duration::from_secs(60)) {
+                Some(Reply::Json(b)) => b,
+                _ => serde_json::json!({ "error": "the instance did not answer" }).to_string(),
             };
             let _ = s.write_all(body.as_bytes());
         }
