@@ -23,6 +23,7 @@ build:
 # Unit tests need nothing; BPF fixture and netns end-to-end tests need root.
 # With CI set, a test that would skip fails instead.
 test: deps
+	python3 scripts/module-cycles.py
 	$(CARGO) build --release
 	scripts/as-root.sh $(CARGO) test --release -- --test-threads=1
 

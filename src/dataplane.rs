@@ -277,3 +277,25 @@ pub fn load_configured(plan: &Plan, iface: &Iface) -> Result<Dataplane> {
     dp.apply(plan, &hops, &tx)?;
     Ok(dp)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use crate::plan::Plan;
+
+    #[test]
+    fn the_memory_check_budgets_what_the_loader_allocates() {
+        let iface = crate::net::Iface::unattached("t0", [2, 0, 0, 0, 0, 1]);
+        for n in [1usize, 15, 16, 17, 40] {
+            let mut t = String::from("[maglev]\ntable_size = 65537\n");
+            for i in 0..n {
+                t += &format!("[[vip]]\naddress = \"198.18.1.{}\"\nport = 80\nprotocol = \"tcp\"\n[[vip.backend]]\naddress = \"198.18.0.11\"\nmac = \"02:00:00:00:00:0b\"\n", i + 1);
+            }
+            let plan = Plan::build(&Config::from_toml(&t).unwrap()).unwrap();
+            let s = super::Settings::for_plan(&plan, &iface);
+            // The loader: ring_size x max_vips x 2 halves, 8-byte values.
+            let loader = u64::from(s.ring_size) * u64::from(s.max_vips) * 2 * 8;
+            assert_eq!(loader, crate::config::ring_bytes(plan.table_size, n), "{n} VIPs");
+        }
+    }
+}

@@ -9,7 +9,6 @@ pub mod dataplane;
 pub mod fdpass;
 pub mod handoff;
 pub mod health;
-pub mod livebench;
 pub mod maglev;
 pub mod mapio;
 pub mod metrics;

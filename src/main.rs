@@ -293,7 +293,7 @@ fn real_main() -> Result<()> {
         Cmd::Stats { iface, json, once, interval } => stats(&iface, json, once, interval),
         Cmd::Bench { calls, repeats, json, live, live_packets, svg } => {
             let r = weir::bench::run(calls, repeats)?;
-            let l = if live { Some(weir::livebench::run(live_packets, repeats)?) } else { None };
+            let l = if live { Some(weir::bench::live::run(live_packets, repeats)?) } else { None };
             let cp = weir::bench::control_plane(true)?;
             if json {
                 let v = serde_json::json!({ "per_packet": r, "throughput": l, "control_plane": cp });

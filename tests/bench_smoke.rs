@@ -28,7 +28,7 @@ fn live_throughput_smoke() {
     if !common::require_root("live-frames smoke run") {
         return;
     }
-    let r = weir::livebench::run(200_000, 1).expect("live bench runs (it checks weir forwarded every frame)");
+    let r = weir::bench::live::run(200_000, 1).expect("live bench runs (it checks weir forwarded every frame)");
     let names: Vec<&str> = r.rows.iter().map(|x| x.program.as_str()).collect();
     assert_eq!(names, ["trivial XDP_DROP", "trivial XDP_TX reflector", "weir DSR (XDP_TX)"]);
     assert_eq!(r.rows[1].ratio_to_reflector, 1.0);

@@ -18,7 +18,7 @@ use libbpf_rs::OpenObject;
 use serde::Serialize;
 
 use crate::attach::{attach, AttachMode};
-use crate::bench::{frame_v4, summarize};
+use super::{frame_v4, summarize};
 use crate::config::Config;
 use crate::dataplane;
 use crate::net::Iface;

@@ -6,6 +6,8 @@
 //! one test_run call per packet (repeat = 1), many calls, and the trivial
 //! XDP_PASS program's per-call cost is the baseline subtracted from it.
 
+pub mod live;
+
 use std::mem::MaybeUninit;
 use std::net::Ipv4Addr;
 
@@ -449,7 +451,7 @@ pub fn render_control(rows: &[ControlRow]) -> String {
 }
 
 /// A bar chart a person would rather look at than a table.
-pub fn svg(per: &Report, live: Option<&crate::livebench::LiveReport>) -> String {
+pub fn svg(per: &Report, live: Option<&live::LiveReport>) -> String {
     let bar_h = 22.0;
     let left = 300.0;
     let width = 1100.0;
