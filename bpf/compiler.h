@@ -9,6 +9,5 @@
 #define WEIR_COMPILER_H
 
 #define READ_ONCE(x) (*(volatile typeof(x) *)&(x))
-#define WRITE_ONCE(x, v) (*(volatile typeof(x) *)&(x) = (v))
 
 #endif

@@ -9,14 +9,20 @@
 
 #include <linux/bpf.h>
 
+/* True when a budget whose arrival time is `tat` has nothing left now. */
+static __always_inline int gcra_spent(__u64 tat, __u64 now, __u64 interval, __u64 burst)
+{
+	__u64 t = tat > now ? tat : now;
+
+	return t - now + interval > burst;
+}
+
 /* GCRA on one per-CPU slot: true when one more may be sent now. */
 static __always_inline int gcra_take(__u64 *tat, __u64 now, __u64 interval, __u64 burst)
 {
-	__u64 t = *tat > now ? *tat : now;
-
-	if (t - now + interval > burst)
+	if (gcra_spent(*tat, now, interval, burst))
 		return 0;
-	*tat = t + interval;
+	*tat = (*tat > now ? *tat : now) + interval;
 	return 1;
 }
 
@@ -33,11 +39,10 @@ static __always_inline int gcra_take_shared(__u64 *tat, __u64 now, __u64 interva
 #pragma unroll
 	for (i = 0; i < 2; i++) {
 		__u64 old = *(volatile __u64 *)tat;
-		__u64 t = old > now ? old : now;
 
-		if (t - now + interval > burst)
+		if (gcra_spent(old, now, interval, burst))
 			return 0;
-		if (__sync_val_compare_and_swap(tat, old, t + interval) == old)
+		if (__sync_val_compare_and_swap(tat, old, (old > now ? old : now) + interval) == old)
 			return 1;
 	}
 	return 0;

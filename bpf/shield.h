@@ -258,12 +258,8 @@ static __always_inline void proof_failed(__u32 pid, __u64 now)
 static __always_inline int proofs_strict(__u32 pid, __u64 now)
 {
 	__u64 *tat = bpf_map_lookup_elem(&proof_fail, &pid);
-	__u64 t;
 
-	if (!tat)
-		return 0;
-	t = *tat > now ? *tat : now;
-	return t - now + PROOF_FAIL_INTERVAL_NS > PROOF_FAIL_BURST_NS;
+	return tat && gcra_spent(*tat, now, PROOF_FAIL_INTERVAL_NS, PROOF_FAIL_BURST_NS);
 }
 
 /* A correct answer to a challenge: the source is proven for verified_ttl,
