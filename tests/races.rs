@@ -157,24 +157,6 @@ fn a_snat_port_is_never_owned_by_two_clients() {
     assert!(both.is_empty(), "the port was owned by both clients in {} epochs, e.g. {:?}", both.len(), &both[..both.len().min(5)]);
 }
 
-fn shield_config() -> String {
-    r#"
-[shield]
-attack = "auto"
-attack_on = 1000
-attack_off = 500
-
-[[vip]]
-name = "web"
-address = "198.18.0.100"
-port = 80
-protocol = "tcp"
-[[vip.backend]]
-address = "198.18.0.11"
-mac = "02:00:00:00:00:0b"
-"#
-    .into()
-}
 
 /// A SYN from a random source (never proven, no bucket).
 fn random_syn(i: u64) -> Vec<u8> {
@@ -197,7 +179,7 @@ fn a_window_closed_ahead_of_now_keeps_attack_mode() {
     if !require_root("shield race replay") {
         return;
     }
-    let lb = load(&shield_config());
+    let lb = load(&shield_config("attack = \"auto\"\nattack_on = 1000\nattack_off = 500"));
     let prog = lb.dp.prog_fd().as_raw_fd();
     let mut i = 0;
     while !challenged(test_run_fd(prog, &random_syn(i)).0, &test_run_fd(prog, &random_syn(i + 1)).1) {
@@ -227,7 +209,7 @@ fn attack_mode_holds_under_a_two_cpu_flood() {
     if !require_root("two-CPU race tests") || !two_cpus() {
         return;
     }
-    let lb = load(&shield_config());
+    let lb = load(&shield_config("attack = \"auto\"\nattack_on = 1000\nattack_off = 500"));
     let prog = lb.dp.prog_fd().as_raw_fd();
     let n = iterations();
     let flood = |cpu: usize| {

@@ -9,32 +9,7 @@ mod common;
 use common::*;
 use etherparse::{SlicedPacket, TransportSlice};
 
-fn config(shield: &str) -> String {
-    format!(
-        r#"
-[shield]
-{shield}
-
-[[vip]]
-name = "web"
-address = "198.18.0.100"
-port = 80
-protocol = "tcp"
-[[vip.backend]]
-address = "198.18.0.11"
-mac = "02:00:00:00:00:0b"
-
-[[vip]]
-name = "web6"
-address = "2001:2::100"
-port = 80
-protocol = "tcp"
-[[vip.backend]]
-address = "2001:2::11"
-mac = "02:00:00:00:06:0b"
-"#
-    )
-}
+use common::shield_config as config;
 
 const BACKEND: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
 

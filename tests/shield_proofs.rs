@@ -12,23 +12,7 @@ use etherparse::TcpHeader;
 const VIP: &str = "198.18.0.100";
 const BACKEND: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
 
-fn config(shield: &str) -> String {
-    format!(
-        r#"
-[shield]
-{shield}
-
-[[vip]]
-name = "web"
-address = "198.18.0.100"
-port = 80
-protocol = "tcp"
-[[vip.backend]]
-address = "198.18.0.11"
-mac = "02:00:00:00:00:0b"
-"#
-    )
-}
+use common::shield_config as config;
 
 fn syn_from(src: &str, sport: u16) -> Vec<u8> {
     Pkt::new(src, VIP, L4::Tcp(TcpHeader { syn: true, ..TcpHeader::new(sport, 80, 0x1234_5678, 64240) }), b"").frame()

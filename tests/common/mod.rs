@@ -64,6 +64,36 @@ pub fn stat(name: &str) -> usize {
         .unwrap_or_else(|| panic!("no counter named {name} in skel::stat_name"))
 }
 
+/// A `[shield]` section with `shield` in it, over a TCP VIP on
+/// 198.18.0.100:80 (backend MAC 02:00:00:00:00:0b) and its IPv6 twin
+/// 2001:2::100:80: the shield tests' data plane.
+pub fn shield_config(shield: &str) -> String {
+    format!(
+        r#"
+[shield]
+{shield}
+
+[[vip]]
+name = "web"
+address = "198.18.0.100"
+port = 80
+protocol = "tcp"
+[[vip.backend]]
+address = "198.18.0.11"
+mac = "02:00:00:00:00:0b"
+
+[[vip]]
+name = "web6"
+address = "2001:2::100"
+port = 80
+protocol = "tcp"
+[[vip.backend]]
+address = "2001:2::11"
+mac = "02:00:00:00:06:0b"
+"#
+    )
+}
+
 /// Pin the calling thread to one CPU: BPF_PROG_TEST_RUN runs the program
 /// there, so per-CPU maps and budgets are one CPU's.
 pub fn pin_to_cpu(cpu: usize) {
