@@ -5,7 +5,7 @@ set -euo pipefail
 SUDO=""
 [[ $(id -u) -eq 0 ]] || SUDO="sudo"
 
-pkgs=(clang llvm libelf-dev zlib1g-dev libzstd-dev pkg-config make iproute2 ethtool curl python3 file gcc nftables hping3 iputils-ping)
+pkgs=(clang llvm libelf-dev zlib1g-dev libzstd-dev pkg-config make iproute2 ethtool curl python3 file gcc nftables hping3 iputils-ping util-linux)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
