@@ -20,6 +20,7 @@ static __always_inline int handle_arp(struct stat_block *c, void *data, void *da
 	struct ethhdr *eth = data;
 	struct arp_eth *arp = data + pkt->l3_off;
 	__be32 target;
+	__u32 *flags;
 
 	if ((void *)(arp + 1) > data_end)
 		return pass_because(c, WEIR_STAT_PASS_TRUNCATED);
@@ -33,7 +34,8 @@ static __always_inline int handle_arp(struct stat_block *c, void *data, void *da
 	for (i = 0; i < ETH_ALEN; i++)
 		mac[i] = iface_mac[i];
 	target = arp->tpa;
-	if (!bpf_map_lookup_elem(&vip_arp, &target))
+	flags = bpf_map_lookup_elem(&vip_arp, &target);
+	if (!flags || (*flags & WEIR_VIP_NO_NEIGH))
 		return pass_because(c, WEIR_STAT_PASS_ARP_OTHER);
 
 	arp->op = bpf_htons(ARPOP_REPLY);

@@ -27,6 +27,22 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
+/* Broadcast or multicast destination (the I/G bit). parse_eth checked the header fits. */
+static __always_inline int is_group_frame(void *data)
+{
+	return ((struct ethhdr *)data)->h_dest[0] & 1;
+}
+
+/* The destination is this interface's MAC (iface_mac is frozen .rodata:
+ * the verifier knows its bytes, so these are compares with constants). */
+static __always_inline int frame_is_ours(void *data)
+{
+	const __u8 *d = ((struct ethhdr *)data)->h_dest;
+
+	return d[0] == iface_mac[0] && d[1] == iface_mac[1] && d[2] == iface_mac[2] && d[3] == iface_mac[3] &&
+	       d[4] == iface_mac[4] && d[5] == iface_mac[5];
+}
+
 /* The packet's path; what it chose goes to the trace through bid_out / vip_out. */
 static __always_inline int process(struct xdp_md *ctx, struct packet *pkt, __u32 *bid_out, __u32 *vip_out,
 				   __u32 *len_out)
@@ -40,18 +56,30 @@ static __always_inline int process(struct xdp_md *ctx, struct packet *pkt, __u32
 	struct flow *f;
 	__u32 bid = WEIR_NO_BACKEND;
 	int new_flow = 0, in_handshake = 0;
-	int rc;
+	int rc, group;
 
 	*len_out = bytes;
 	rc = parse_eth(data, data_end, pkt);
 	if (rc)
 		return pass_because(c, rc);
+	/*
+	 * L2 hygiene: act only on frames addressed to this interface. A bridge
+	 * that floods, or a port in promiscuous mode, must not make two nodes
+	 * forward one connection. Group-addressed frames only for ARP / NDP.
+	 */
+	group = is_group_frame(data);
+	if (!group && !frame_is_ours(data))
+		return pass_because(c, WEIR_STAT_PASS_NOT_OUR_MAC);
 	if (pkt->l3_proto == bpf_htons(ETH_P_IP)) {
+		if (group)
+			return pass_because(c, WEIR_STAT_PASS_L2_GROUP);
 		rc = parse_ipv4(data, data_end, pkt);
 	} else if (pkt->l3_proto == bpf_htons(ETH_P_IPV6)) {
 		rc = handle_ndp(c, data, data_end, pkt);
 		if (rc >= 0)
 			return rc;
+		if (group)
+			return pass_because(c, WEIR_STAT_PASS_L2_GROUP);
 		rc = parse_ipv6(data, data_end, pkt);
 	}
 	else if (pkt->l3_proto == bpf_htons(ETH_P_ARP))

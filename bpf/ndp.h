@@ -35,7 +35,7 @@ static __always_inline int handle_ndp(struct stat_block *c, void *data, void *da
 	struct ipv6hdr *ip6 = data + pkt->l3_off;
 	struct nd_msg *nd;
 	struct in6_key target;
-	__u32 src[4], sum;
+	__u32 src[4], sum, *flags;
 	__u8 mac[ETH_ALEN];
 	int i;
 
@@ -54,7 +54,8 @@ static __always_inline int handle_ndp(struct stat_block *c, void *data, void *da
 	if (!(src[0] | src[1] | src[2] | src[3]))
 		return -1;
 	__builtin_memcpy(target.addr, nd->target, sizeof(target.addr));
-	if (!bpf_map_lookup_elem(&vip_nd, &target))
+	flags = bpf_map_lookup_elem(&vip_nd, &target);
+	if (!flags || (*flags & WEIR_VIP_NO_NEIGH))
 		return -1;
 
 	/* Element-wise: a memcpy from the const volatile would be folded to zeros. */

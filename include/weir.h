@@ -50,6 +50,13 @@ enum weir_vip_flags {
 	 * vip_meta.
 	 */
 	WEIR_VIP_ECHO = 2,
+	/*
+	 * do not answer ARP / neighbour solicitations for the address (a routed
+	 * tier announces VIPs by BGP; only one box may answer on a segment).
+	 * Read from vip_arp / vip_nd like WEIR_VIP_ECHO (the AND over the VIPs
+	 * of the address: the config requires them alike).
+	 */
+	WEIR_VIP_NO_NEIGH = 4,
 };
 
 /*
@@ -197,6 +204,10 @@ enum weir_stat {
 	WEIR_STAT_PASS_TRUNCATED,
 	WEIR_STAT_PASS_MALFORMED,
 	WEIR_STAT_PASS_ARP_OTHER,
+	/* a unicast frame for another MAC (a flooding bridge, promiscuous mode) */
+	WEIR_STAT_PASS_NOT_OUR_MAC,
+	/* a broadcast / multicast frame that is not ARP or NDP */
+	WEIR_STAT_PASS_L2_GROUP,
 	/* why a packet was dropped */
 	WEIR_STAT_DROP_NO_BACKEND,
 	WEIR_STAT_DROP_TX_PORT,

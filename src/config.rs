@@ -24,8 +24,70 @@ pub struct Config {
     pub maglev: Maglev,
     /// The SYN-flood shield; absent: off.
     pub shield: Option<Shield>,
+    /// Running as one node of a tier behind ECMP (docs/scale-out.md).
+    #[serde(default)]
+    pub tier: Tier,
     #[serde(default, rename = "vip")]
     pub vips: Vec<Vip>,
+}
+
+/// Default UDP port of the flow sync between the nodes of a tier.
+pub const DEFAULT_SYNC_PORT: u16 = 4740;
+
+/// `[tier]`: what a node of a tier does beyond a single box.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tier {
+    /// Route health injection: each VIP address this node is ready to serve
+    /// (attached, and one of the address's VIPs has a usable backend) is an
+    /// address of a TUN device weir holds open, for the local BGP daemon to
+    /// announce (BIRD: `protocol direct { interface "weir-*"; }`). The device
+    /// dies with the process, so a kill -9 withdraws too.
+    #[serde(default)]
+    pub announce: bool,
+    /// The TUN device's name; default "weir-" and the interface's name.
+    pub device: Option<String>,
+    /// Addresses of the tier's nodes (this one may be among them): every new
+    /// flow's backend is sent to the others, and theirs are kept here, so a
+    /// flow keeps its backend whichever node its next packet reaches.
+    #[serde(default)]
+    pub peers: Vec<String>,
+    /// UDP port of the flow sync (default 4740).
+    pub sync_port: Option<u16>,
+}
+
+impl Tier {
+    pub fn device_for(&self, iface: &str) -> String {
+        match &self.device {
+            Some(d) => d.clone(),
+            None => {
+                let mut d = format!("weir-{iface}");
+                d.truncate(15);
+                d
+            }
+        }
+    }
+
+    pub fn peer_addrs(&self) -> Vec<IpAddr> {
+        self.peers.iter().filter_map(|p| p.parse().ok()).collect()
+    }
+
+    fn validate(&self) -> Result<()> {
+        if let Some(d) = &self.device {
+            if d.is_empty() || d.len() > 15 || d.contains(['/', ' ', '\0']) || d == "." || d == ".." {
+                bail!("tier.device: {} is not a usable interface name: 1 to 15 characters, no '/' or spaces", esc(d));
+            }
+        }
+        for (i, p) in self.peers.iter().enumerate() {
+            if p.parse::<IpAddr>().is_err() {
+                bail!("tier.peers[{i}]: {} is not an IP address (the sync goes to each peer's address)", esc(p));
+            }
+        }
+        if self.sync_port == Some(0) {
+            bail!("tier.sync_port: 0 is not a port: 1 to 65535 (default {DEFAULT_SYNC_PORT})");
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -302,6 +364,10 @@ pub struct Vip {
     /// Answer ICMP echo (ping) to the VIP's address from XDP (default
     /// true). Per address: VIPs that share one must agree.
     pub icmp_echo: Option<bool>,
+    /// Answer ARP / IPv6 neighbour solicitations for the VIP's address
+    /// (default true; false when `tier.announce` is on: a routed tier
+    /// announces by BGP). Per address: VIPs that share one must agree.
+    pub arp: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -500,6 +566,7 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<()> {
+        self.tier.validate()?;
         if self.conntrack.size == 0 || self.conntrack.size > MAX_FLOWS {
             bail!(
                 "conntrack.size: {} is out of range: 1 to {MAX_FLOWS} flows (the LRU table is preallocated, ~100 bytes per flow)",
@@ -599,6 +666,17 @@ impl Config {
                     "{at}.icmp_echo: {echo}{} but vip[{j}] has the same address and icmp_echo = {}: ping is answered per address, set it alike",
                     if vip.icmp_echo.is_none() { " (the default)" } else { "" },
                     !echo
+                );
+            }
+            let arp = vip.arp.unwrap_or(!self.tier.announce);
+            if let Some(j) = self.vips[..i]
+                .iter()
+                .position(|o| o.address.parse::<IpAddr>().ok() == Some(addr) && o.arp.unwrap_or(!self.tier.announce) != arp)
+            {
+                bail!(
+                    "{at}.arp: {arp}{} but vip[{j}] has the same address and arp = {}: ARP/NDP is answered per address, set it alike",
+                    if vip.arp.is_none() { " (the default)" } else { "" },
+                    !arp
                 );
             }
             if let Some(src) = vip.source_ip().filter(|_| vip.mode == Mode::Nat) {

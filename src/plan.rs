@@ -52,6 +52,8 @@ pub struct PlannedVip {
     pub icmp_too_big: bool,
     /// Answer ping to its address (README "ICMP and ping").
     pub icmp_echo: bool,
+    /// Answer ARP / NDP for its address.
+    pub arp: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -62,6 +64,8 @@ pub struct Plan {
     pub shield: Option<crate::config::Shield>,
     /// NAT idle timeouts, seconds: tcp, tcp_syn, tcp_fin, udp.
     pub nat_timeouts: [u32; 4],
+    /// `[tier]`: announcing and flow sync.
+    pub tier: crate::config::Tier,
 }
 
 /// The identity Maglev hashes: the backend's address bytes.
@@ -145,6 +149,7 @@ impl Plan {
                 source_ports: v.source_ports.unwrap_or(crate::config::DEFAULT_SOURCE_PORTS),
                 icmp_too_big: v.icmp_too_big.unwrap_or(true),
                 icmp_echo: v.icmp_echo.unwrap_or(true),
+                arp: v.arp.unwrap_or(!cfg.tier.announce),
             });
         }
         let ct = &cfg.conntrack;
@@ -154,6 +159,7 @@ impl Plan {
             vips,
             shield: cfg.shield.clone(),
             nat_timeouts: [ct.tcp_timeout, ct.tcp_syn_timeout, ct.tcp_fin_timeout, ct.udp_timeout],
+            tier: cfg.tier.clone(),
         })
     }
 
@@ -533,6 +539,7 @@ impl PlanIds {
             conntrack_size: self.conntrack_size,
             shield,
             nat_timeouts: [0; 4],
+            tier: Default::default(),
             vips: self
                 .vips
                 .iter()
@@ -566,6 +573,7 @@ impl PlanIds {
                     source_ports: crate::config::DEFAULT_SOURCE_PORTS,
                     icmp_too_big: true,
                     icmp_echo: true,
+                    arp: true,
                 })
                 .collect(),
         })

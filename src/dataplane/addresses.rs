@@ -91,9 +91,10 @@ impl Dataplane {
     /// wrote them (this instance, or the one it took over from).
     pub(crate) fn sync_neighbours(&self, plan: &Plan) -> Result<()> {
         let echo = weir_vip_flags::WEIR_VIP_ECHO.0;
+        let quiet = weir_vip_flags::WEIR_VIP_NO_NEIGH.0;
         let mut want: BTreeMap<Vec<u8>, (u8, u32)> = BTreeMap::new();
         for v in &plan.vips {
-            let mut addrs = vec![(v.addr, if v.icmp_echo { echo } else { 0 })];
+            let mut addrs = vec![(v.addr, if v.icmp_echo { echo } else { 0 } | if v.arp { 0 } else { quiet })];
             if v.mode == crate::config::Mode::Nat {
                 addrs.extend(v.source.filter(|s| !self.settings.iface_addrs.contains(s)).map(|s| (s, 0)));
             }
