@@ -150,6 +150,28 @@ pub fn stop(iface: &str) -> Result<()> {
     Ok(())
 }
 
+/// Ask the instance on `iface` to drain: withdraw its announcements, keep
+/// serving until no packet came for `quiet` or `timeout` passed, then stop.
+/// With `wait`, return only once it has stopped.
+pub fn drain(iface: &str, timeout: Duration, quiet: Duration, wait: bool) -> Result<String> {
+    let v = request(iface, &format!("drain {} {}", timeout.as_millis(), quiet.as_millis()), Duration::from_secs(10))?;
+    if let Some(e) = v.get("error") {
+        bail!("drain refused: {}", e.as_str().unwrap_or_default());
+    }
+    let said = v["ok"].as_str().unwrap_or_default().to_string();
+    if wait {
+        let path = socket_path(iface)?;
+        let t = std::time::Instant::now();
+        while UnixStream::connect(&path).is_ok() {
+            if t.elapsed() > timeout + Duration::from_secs(10) {
+                bail!("{said}; the instance on {iface} is still running {} s later", t.elapsed().as_secs());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(said)
+}
+
 /// One running instance, as `weir status` lists it.
 #[derive(Debug)]
 pub struct Instance {

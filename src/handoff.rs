@@ -15,12 +15,18 @@ use anyhow::{bail, Context, Result};
 
 pub use crate::fdpass::{recv_fds, send_fds};
 
+/// The name under which the announce device's fd travels with the maps.
+pub const ANNOUNCE_FD: &str = "@announce";
+
 /// What the new instance receives.
 pub struct Handoff {
     pub stream: UnixStream,
     pub link: OwnedFd,
     pub mode: String,
     pub maps: Vec<(String, OwnedFd)>,
+    /// The announce device (tier.announce), kept open across the hand-over
+    /// so that no announcement is withdrawn.
+    pub tun: Option<OwnedFd>,
     /// The running plan's ids, table halves' VIPs and down backends.
     pub ids: crate::plan::PlanIds,
 }
@@ -41,13 +47,11 @@ pub fn request(iface: &str) -> Result<Option<Handoff>> {
     anyhow::ensure!(fds.len() == names.len() + 1, "expected {} fds, got {}", names.len() + 1, fds.len());
     let link = fds.remove(0);
     let ids = serde_json::from_value(v["ids"].clone()).context("the running instance sent no plan ids")?;
-    Ok(Some(Handoff {
-        stream: s,
-        link,
-        mode: v["mode"].as_str().unwrap_or("native").to_string(),
-        maps: names.into_iter().zip(fds).collect(),
-        ids,
-    }))
+    // Entries named "@..." are not maps: the announce device.
+    let (extra, maps): (Vec<(String, OwnedFd)>, Vec<(String, OwnedFd)>) =
+        names.into_iter().zip(fds).partition(|(n, _)| n.starts_with('@'));
+    let tun = extra.into_iter().find(|(n, _)| n == ANNOUNCE_FD).map(|(_, fd)| fd);
+    Ok(Some(Handoff { stream: s, link, mode: v["mode"].as_str().unwrap_or("native").to_string(), maps, tun, ids }))
 }
 
 impl Handoff {

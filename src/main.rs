@@ -122,6 +122,23 @@ enum Cmd {
         #[arg(long)]
         iface: String,
     },
+    /// Leave a tier without a reset: withdraw the instance's announcements
+    /// (tier.announce), keep serving the packets that still come (flows the
+    /// router has not moved yet, NAT replies) until none came for --quiet or
+    /// --timeout passed, then detach and exit.
+    Drain {
+        #[arg(long)]
+        iface: String,
+        /// Stop after this many seconds however busy.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+        /// Stop once no packet was forwarded for this many seconds.
+        #[arg(long, default_value_t = 2)]
+        quiet: u64,
+        /// Return only once the instance has stopped.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Sampled packet events of a running instance (5-tuple, flags, verdict,
     /// reason, backend), like tcpdump for the balancer's decisions.
     Trace {
@@ -243,6 +260,15 @@ fn real_main() -> Result<()> {
         }
         Cmd::Reload { iface, .. } => {
             println!("reloaded: {}", weir::control::reload(&iface)?);
+            Ok(())
+        }
+        Cmd::Drain { iface, timeout, quiet, wait } => {
+            let said = weir::control::drain(&iface, Duration::from_secs(timeout), Duration::from_secs(quiet), wait)?;
+            if wait {
+                println!("weir on {iface} drained and stopped ({said})");
+            } else {
+                println!("weir on {iface}: {said}");
+            }
             Ok(())
         }
         Cmd::Stop { iface } => {

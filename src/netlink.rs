@@ -5,9 +5,11 @@
 use std::net::IpAddr;
 
 use anyhow::{bail, Context, Result};
-use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
-use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
-use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
+};
+use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage, AddressScope};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
@@ -74,9 +76,18 @@ impl Rtnl {
     /// Send one request; every reply message until DONE (dumps) or the
     /// first one (a plain request). A netlink error is returned as an error.
     fn request(&mut self, msg: RouteNetlinkMessage, dump: bool) -> Result<Vec<RouteNetlinkMessage>> {
+        self.send(msg, if dump { NLM_F_DUMP } else { 0 }, dump)
+    }
+
+    /// A change (flags: NLM_F_CREATE...), answered by the kernel's ack.
+    fn change(&mut self, msg: RouteNetlinkMessage, flags: u16) -> Result<()> {
+        self.send(msg, NLM_F_ACK | flags, false).map(|_| ())
+    }
+
+    fn send(&mut self, msg: RouteNetlinkMessage, flags: u16, dump: bool) -> Result<Vec<RouteNetlinkMessage>> {
         self.seq = self.seq.wrapping_add(1);
         let mut hdr = NetlinkHeader::default();
-        hdr.flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { 0 };
+        hdr.flags = NLM_F_REQUEST | flags;
         hdr.sequence_number = self.seq;
         let mut req = NetlinkMessage::new(hdr, NetlinkPayload::from(msg));
         req.finalize();
@@ -174,6 +185,46 @@ impl Rtnl {
             }),
             _ => None,
         }))
+    }
+
+    /// Set a link administratively up.
+    pub fn set_up(&mut self, ifindex: u32) -> Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = ifindex;
+        m.header.flags = LinkFlags::Up;
+        m.header.change_mask = LinkFlags::Up;
+        self.change(RouteNetlinkMessage::SetLink(m), 0)
+    }
+
+    fn host_address(ifindex: u32, ip: IpAddr) -> AddressMessage {
+        let mut m = AddressMessage::default();
+        m.header.index = ifindex;
+        m.header.scope = AddressScope::Universe;
+        // IPv6: no duplicate address detection (a VIP is on every node by design).
+        m.header.flags = AddressHeaderFlags::Nodad;
+        (m.header.family, m.header.prefix_len) = match ip {
+            IpAddr::V4(_) => (AddressFamily::Inet, 32),
+            IpAddr::V6(_) => (AddressFamily::Inet6, 128),
+        };
+        m.attributes.push(AddressAttribute::Local(ip));
+        m.attributes.push(AddressAttribute::Address(ip));
+        m
+    }
+
+    /// Add `ip` as a host address (/32, /128) of `ifindex`; present already is fine.
+    pub fn add_host_address(&mut self, ifindex: u32, ip: IpAddr) -> Result<()> {
+        match self.change(RouteNetlinkMessage::NewAddress(Self::host_address(ifindex, ip)), NLM_F_CREATE | NLM_F_EXCL) {
+            Err(e) if e.to_string().contains("exists") => Ok(()),
+            r => r.with_context(|| format!("adding {ip} to interface {ifindex}")),
+        }
+    }
+
+    /// Remove the host address `ip` of `ifindex`; absent already is fine.
+    pub fn del_host_address(&mut self, ifindex: u32, ip: IpAddr) -> Result<()> {
+        match self.change(RouteNetlinkMessage::DelAddress(Self::host_address(ifindex, ip)), 0) {
+            Err(e) if e.to_string().contains("Cannot assign") || e.to_string().contains("No such") => Ok(()),
+            r => r.with_context(|| format!("removing {ip} from interface {ifindex}")),
+        }
     }
 
     /// Every neighbour entry (IPv4 and IPv6).

@@ -58,6 +58,20 @@ pub struct Instance {
     core: Sender<Msg>,
     last_sweep: Instant,
     last_addr_check: Instant,
+    /// tier.announce: the device whose addresses the BGP daemon announces.
+    announcer: Option<crate::tier::announce::Announcer>,
+    drain: Option<Drain>,
+}
+
+/// A drain in progress (`weir drain`).
+struct Drain {
+    started: Instant,
+    timeout: Duration,
+    quiet: Duration,
+    /// Frames forwarded (XDP_TX + XDP_REDIRECT) at the last tick, and when that last changed.
+    forwarded: u64,
+    last_change: Instant,
+    done: bool,
 }
 
 fn health_targets(p: &Plan) -> Vec<Target> {
@@ -105,6 +119,38 @@ impl Instance {
         let mut d: BTreeSet<u32> = self.health.iter().filter(|(_, h)| !h.up).map(|(id, _)| *id).collect();
         d.extend(self.hops.unresolved());
         d
+    }
+
+    /// Tell the announcer which VIP addresses are usable now.
+    fn announce(&self) {
+        if let Some(a) = &self.announcer {
+            a.want(crate::tier::usable_addrs(&self.plan, &self.down()));
+        }
+    }
+
+    /// Start, stop or move the announce device to match the plan.
+    fn start_announcer(&mut self, inherited: Option<OwnedFd>) -> Result<()> {
+        let want = self.plan.tier.announce.then(|| self.plan.tier.device_for(&self.iface.name));
+        if self.announcer.as_ref().map(|a| a.device.clone()) == want {
+            return Ok(());
+        }
+        self.announcer = None; // withdraws what the old device announced
+        if let Some(dev) = want {
+            let a = crate::tier::announce::Announcer::start(&dev, self.iface.ifindex, inherited)?;
+            a.set_prog(crate::tier::announce::attached_prog(self.iface.ifindex));
+            tracing::info!("announcing usable VIP addresses on {dev} for the BGP daemon");
+            self.announcer = Some(a);
+        }
+        self.announce();
+        Ok(())
+    }
+
+    fn forwarded(&self) -> u64 {
+        use crate::skel::weir_stat;
+        self.dp
+            .global_counters()
+            .map(|c| c[weir_stat::WEIR_STAT_XDP_TX.0 as usize] + c[weir_stat::WEIR_STAT_XDP_REDIRECT.0 as usize])
+            .unwrap_or(0)
     }
 
     fn health_down(&self) -> BTreeSet<u32> {
@@ -299,6 +345,9 @@ impl Service for Instance {
         self.update_watched();
         self.start_probers();
         self.log_unresolved();
+        if let Err(e) = self.start_announcer(None) {
+            tracing::error!("announcing: {e:#}");
+        }
         let n = self.hops.unresolved().len();
         let summary = if n > 0 { format!("{summary}; {n} backends down (unresolved)") } else { summary };
         // The summary names weight changes and drains, not only counts.
@@ -336,12 +385,21 @@ impl Service for Instance {
 
     fn handoff(&mut self) -> Result<(String, Vec<OwnedFd>)> {
         let maps = self.dp.shareable_maps();
-        let names: Vec<&str> = maps.iter().map(|(n, _)| n.as_str()).collect();
+        let mut names: Vec<&str> = maps.iter().map(|(n, _)| n.as_str()).collect();
         let mut fds = vec![self.link.fd().try_clone_to_owned()?];
         for (_, fd) in &maps {
             // SAFETY: the map fds are valid while the data plane lives; dup'd here.
             let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) };
             fds.push(b.try_clone_to_owned()?);
+        }
+        // The successor keeps the announce device (and its announcements);
+        // ours changes nothing until the hand-over ends.
+        if let Some(tun) = self.announcer.as_ref().and_then(|a| a.tun_fd()) {
+            fds.push(tun.try_clone_to_owned()?);
+            names.push(crate::handoff::ANNOUNCE_FD);
+        }
+        if let Some(a) = &self.announcer {
+            a.pause(true);
         }
         let down: Vec<u32> = self.health_down().into_iter().collect();
         let ids = crate::plan::PlanIds::of(&self.plan, down);
@@ -350,6 +408,9 @@ impl Service for Instance {
     }
 
     fn handoff_failed(&mut self) {
+        if let Some(a) = &self.announcer {
+            a.pause(false);
+        }
         // It may have swapped its program in before failing: put ours back,
         // the one whose constants and trace switch this instance owns.
         let r = self
@@ -384,9 +445,51 @@ impl Service for Instance {
         if let Err(e) = r {
             tracing::warn!("{e:#}");
         }
+        self.announce();
+    }
+
+    fn drain(&mut self, timeout: Duration, quiet: Duration) -> Result<String> {
+        if let Some(a) = &self.announcer {
+            a.drain();
+        }
+        let what = if self.announcer.is_some() { "announcements withdrawn" } else { "nothing announced (tier.announce is off)" };
+        self.drain = Some(Drain {
+            started: Instant::now(),
+            timeout,
+            quiet,
+            forwarded: self.forwarded(),
+            last_change: Instant::now(),
+            done: false,
+        });
+        let msg = format!(
+            "draining: {what}; serving until no packet came for {} s or {} s passed, then stopping",
+            quiet.as_secs_f64(),
+            timeout.as_secs_f64()
+        );
+        tracing::warn!("{msg}");
+        Ok(msg)
+    }
+
+    fn done(&self) -> bool {
+        self.drain.as_ref().is_some_and(|d| d.done)
     }
 
     fn tick(&mut self) {
+        let fwd = if self.drain.is_some() { self.forwarded() } else { 0 };
+        if let Some(d) = &mut self.drain {
+            if fwd != d.forwarded {
+                d.forwarded = fwd;
+                d.last_change = Instant::now();
+            }
+            if !d.done && (d.last_change.elapsed() >= d.quiet || d.started.elapsed() >= d.timeout) {
+                d.done = true;
+                tracing::warn!(
+                    "drained after {:.1} s ({}): stopping",
+                    d.started.elapsed().as_secs_f64(),
+                    if d.last_change.elapsed() >= d.quiet { "no packet came for the quiet time" } else { "timeout" }
+                );
+            }
+        }
         // NAT flows that timed out give their ports back (the reverse table
         // is a plain hash: full means "no port", never "evict a live flow").
         if self.last_sweep.elapsed() >= Duration::from_secs(2) {
@@ -433,6 +536,14 @@ fn flow_counter(dp: &Dataplane, out: Arc<AtomicUsize>) -> Result<()> {
 
 /// `weir run`: load, fill, attach, serve until stopped or handed over.
 pub fn run(o: &Options) -> Result<()> {
+    // A panic anywhere ends the process: a half-dead instance must not keep
+    // announcing VIPs (the announce device dies with the process) or hold
+    // the interface with a stuck core.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
     let iface_name = o.iface.as_str();
     let cfg = Config::load(&o.config)?;
     Plan::build(&cfg)?; // a bad config fails before anything else happens
@@ -442,7 +553,8 @@ pub fn run(o: &Options) -> Result<()> {
     }
     // An instance already running here hands over its maps and its link;
     // its ids are kept so its tracked flows and counters keep their meaning.
-    let handoff = crate::handoff::request(iface_name)?;
+    let mut handoff = crate::handoff::request(iface_name)?;
+    let inherited_tun = handoff.as_mut().and_then(|h| h.tun.take());
     let prev = handoff.as_ref().map(|h| h.ids.skeleton()).transpose()?;
     let plan = Plan::build_after(&cfg, prev.as_ref())?;
     // No waiting per backend: the probes go out together, and after at
@@ -534,6 +646,8 @@ pub fn run(o: &Options) -> Result<()> {
         core: tx.clone(),
         last_sweep: Instant::now(),
         last_addr_check: Instant::now(),
+        announcer: None,
+        drain: None,
     };
     inst.start_probers();
     for id in &inherited_down {
@@ -542,6 +656,7 @@ pub fn run(o: &Options) -> Result<()> {
         }
     }
     inst.update_watched();
+    inst.start_announcer(inherited_tun)?;
     super::serve::signals(tx.clone())?;
     super::neigh::start(watched, tx.clone())?;
     super::serve::control(control.listener().try_clone()?, tx.clone())?;
@@ -561,8 +676,10 @@ pub fn run(o: &Options) -> Result<()> {
         tracing::info!("handed {} over to a new instance; exiting without detaching", inst.iface.name);
         return Ok(());
     }
-    // Detach first: the probers and the rest go after.
-    let Instance { link, iface, dp, probers, .. } = inst;
+    // Withdraw first (the device goes, the BGP daemon withdraws), then
+    // detach: the probers and the rest go after.
+    let Instance { link, iface, dp, probers, announcer, .. } = inst;
+    drop(announcer);
     drop(link);
     tracing::info!("detached from {}", iface.name);
     drop(control);

@@ -47,6 +47,9 @@ pub enum Request {
     /// change, applying nothing.
     Diff(Option<String>),
     Stop,
+    /// Withdraw the announcements, serve until no packet came for `quiet`
+    /// (or `timeout` passed), then stop.
+    Drain { timeout: Duration, quiet: Duration },
     Trace(u32),
     Handoff,
 }
@@ -82,6 +85,15 @@ pub trait Service {
     fn event(&mut self, m: Msg);
     /// Periodic work (NAT sweep), every 200 ms.
     fn tick(&mut self);
+    /// Withdraw from the tier and stop once idle; what it will do, one line.
+    fn drain(&mut self, timeout: Duration, quiet: Duration) -> Result<String> {
+        let _ = (timeout, quiet);
+        anyhow::bail!("this service does not drain: use weir stop")
+    }
+    /// A drain finished: the core stops.
+    fn done(&self) -> bool {
+        false
+    }
 }
 
 /// How the core loop ended.
@@ -168,6 +180,13 @@ pub fn run_core(svc: &mut dyn Service, rx: &Receiver<Msg>, interval: u64) -> Out
                     let _ = reply.send(Reply::Json(r#"{"ok":"stopping"}"#.into()));
                     return Outcome::Stopped;
                 }
+                Request::Drain { timeout, quiet } => {
+                    let body = match if handing_over { Err(anyhow::anyhow!("a hand-over is in progress")) } else { svc.drain(timeout, quiet) } {
+                        Ok(s) => serde_json::json!({ "ok": s }),
+                        Err(e) => serde_json::json!({ "error": format!("{e:#}") }),
+                    };
+                    let _ = reply.send(Reply::Json(body.to_string()));
+                }
                 Request::Trace(every) => {
                     let r = match svc.trace(every) {
                         Ok((body, fds)) => Reply::Fds(body, fds),
@@ -207,6 +226,9 @@ pub fn run_core(svc: &mut dyn Service, rx: &Receiver<Msg>, interval: u64) -> Out
             next_tick = Instant::now() + TICK;
             if !handing_over {
                 svc.tick();
+                if svc.done() {
+                    return Outcome::Stopped;
+                }
             }
             if let Some(p) = &printer {
                 if last_print.elapsed() >= Duration::from_secs(interval) {

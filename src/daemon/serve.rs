@@ -120,7 +120,7 @@ fn control_client(mut s: UnixStream, core: &Sender<Msg>) {
     let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
     let Some(cmd) = read_command(&mut s) else { return };
     let (verb, arg) = cmd.split_once(' ').unwrap_or((cmd.as_str(), ""));
-    let mutating = matches!(verb, "reload" | "stop" | "handoff" | "trace");
+    let mutating = matches!(verb, "reload" | "stop" | "drain" | "handoff" | "trace");
     if mutating && !crate::control::may_mutate(&s) {
         let body = serde_json::json!({ "error": format!("{verb}: permission denied (root or the instance's own user only)") });
         let _ = if verb == "trace" || verb == "handoff" {
@@ -152,6 +152,20 @@ fn control_client(mut s: UnixStream, core: &Sender<Msg>) {
             let body = match ask(core, req, Duration::from_secs(60)) {
                 Some(Reply::Json(b)) => b,
                 _ => serde_json::json!({ "error": "the instance did not answer" }).to_string(),
+            };
+            let _ = s.write_all(body.as_bytes());
+        }
+        "drain" => {
+            let ms: Vec<u64> = arg.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+            let body = match ms[..] {
+                [t, q] => {
+                    let req = Request::Drain { timeout: Duration::from_millis(t), quiet: Duration::from_millis(q) };
+                    match ask(core, req, Duration::from_secs(10)) {
+                        Some(Reply::Json(b)) => b,
+                        _ => serde_json::json!({ "error": "the instance did not answer" }).to_string(),
+                    }
+                }
+                _ => serde_json::json!({ "error": "drain takes a timeout and a quiet time in ms" }).to_string(),
             };
             let _ = s.write_all(body.as_bytes());
         }

@@ -1,0 +1,19 @@
+//! weir as one node of a tier behind ECMP (docs/scale-out.md): route
+//! health injection (announce), flow sync between nodes (sync).
+
+pub mod announce;
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use crate::plan::Plan;
+
+/// The VIP addresses this node can serve now: one of the address's VIPs
+/// has a backend in rotation (weight > 0, not down).
+pub fn usable_addrs(plan: &Plan, down: &BTreeSet<u32>) -> BTreeSet<IpAddr> {
+    plan.vips
+        .iter()
+        .filter(|v| v.backends.iter().any(|b| b.weight > 0 && !down.contains(&b.id)))
+        .map(|v| v.addr)
+        .collect()
+}
