@@ -43,6 +43,19 @@ static __always_inline int frame_is_ours(void *data)
 	       d[4] == iface_mac[4] && d[5] == iface_mac[5];
 }
 
+/*
+ * Tell the other nodes of the tier (sync_on): no wakeup, the daemon
+ * collects the ring every few milliseconds. A full ring loses the event and
+ * says so; the flow itself is unaffected.
+ */
+static __always_inline void sync_flow(struct stat_block *c, const struct flow_key *k, __u32 backend_id)
+{
+	struct flow_sync_event e = { .key = *k, .backend_id = backend_id };
+
+	if (bpf_ringbuf_output(&flow_sync, &e, sizeof(e), BPF_RB_NO_WAKEUP))
+		stat_inc(c, WEIR_STAT_SYNC_LOST);
+}
+
 /* The packet's path; what it chose goes to the trace through bid_out / vip_out. */
 static __always_inline int process(struct xdp_md *ctx, struct packet *pkt, __u32 *bid_out, __u32 *vip_out,
 				   __u32 *len_out)
@@ -139,8 +152,11 @@ static __always_inline int process(struct xdp_md *ctx, struct packet *pkt, __u32
 		be = bpf_map_lookup_elem(&backends, &bid);
 		if (be && (be->flags & WEIR_BACKEND_ACTIVE) && be->generation == f->generation) {
 			/* The client's first segment past its SYN: established. */
-			if (in_handshake && (pkt->tcp_flags & (TCP_SYN | TCP_ACK)) != TCP_SYN)
+			if (in_handshake && (pkt->tcp_flags & (TCP_SYN | TCP_ACK)) != TCP_SYN) {
 				bpf_map_update_elem(&flows, &pkt->key, f, BPF_ANY);
+				if (sync_on)
+					sync_flow(c, &pkt->key, bid);
+			}
 			stat_inc(c, WEIR_STAT_FLOW_HIT);
 			goto send;
 		}
@@ -155,6 +171,9 @@ static __always_inline int process(struct xdp_md *ctx, struct packet *pkt, __u32
 		int syn = pkt->key.proto == IPPROTO_TCP && (pkt->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
 
 		bpf_map_update_elem(syn ? (void *)&syn_flows : (void *)&flows, &pkt->key, &nf, BPF_ANY);
+		/* Handshakes are not sent: a SYN flood must not flood the peers. */
+		if (sync_on && !syn)
+			sync_flow(c, &pkt->key, bid);
 	}
 	new_flow = 1;
 	stat_inc(c, WEIR_STAT_FLOW_NEW);

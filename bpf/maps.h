@@ -31,6 +31,9 @@ __u32 nat_on = 0;
  * with it (the two-CPU ownership test moves it while two CPUs claim ports).
  */
 __u32 nat_clock_skew = 0;
+/* Set by the control plane while tier.peers names other nodes: new flows
+ * go to the flow_sync ring for the daemon to send them. */
+__u32 sync_on = 0;
 
 /*
  * Never read by the program: it puts the shared enums into the object's BTF
@@ -47,6 +50,7 @@ const volatile struct {
 	enum weir_vip_flags vip_flags;
 	enum weir_nat_state nat_state;
 	struct trace_event trace; /* ring buffer records carry no BTF otherwise */
+	struct flow_sync_event sync;
 } weir_abi = { .stat = WEIR_STAT_MAX };
 
 struct {
@@ -189,4 +193,10 @@ struct {
 	__type(value, __u64); /* theoretical arrival time */
 	__uint(max_entries, 1);
 } icmp_budget SEC(".maps");
+/* Flows for the other nodes of the tier (struct flow_sync_event). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} flow_sync SEC(".maps");
+
 #endif

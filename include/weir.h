@@ -141,6 +141,18 @@ struct flow {
 };
 
 /*
+ * Flow sync (tier.peers): a flow this node has just made established (or a
+ * non-TCP flow it has just scheduled), for the daemon to tell the other
+ * nodes of the tier, so the flow keeps its backend wherever ECMP sends its
+ * next packet. Records of the flow_sync ring buffer.
+ */
+struct flow_sync_event {
+	struct flow_key key;
+	__u32 backend_id;
+};
+
+
+/*
  * Full NAT: two entries per flow, written together. The forward one is
  * keyed by the client's 5-tuple, the reverse one by the backend's reply
  * 5-tuple (backend -> SNAT address). The reverse entry is the flow's
@@ -216,6 +228,8 @@ enum weir_stat {
 	WEIR_STAT_FLOW_NEW,
 	WEIR_STAT_FLOW_HIT,
 	WEIR_STAT_FLOW_RESCHEDULED,
+	/* flow sync: an event the ring buffer had no room for (the peers miss it) */
+	WEIR_STAT_SYNC_LOST,
 	/* SYN-flood shield verdicts */
 	WEIR_STAT_SHIELD_DENIED,
 	WEIR_STAT_SHIELD_ALLOWED,

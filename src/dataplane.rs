@@ -177,6 +177,12 @@ impl Dataplane {
     }
 
     /// One u32 of the program's .bss (read, patch, write: the map is one value).
+    /// New flows go to the flow_sync ring only while the tier has peers.
+    pub fn set_sync_on(&self, on: bool) -> Result<()> {
+        self.set_bss_u32(std::mem::offset_of!(crate::skel::lb::types::bss, sync_on), u32::from(on))
+            .context("switching the flow sync")
+    }
+
     fn set_bss_u32(&self, offset: usize, v: u32) -> Result<()> {
         let mut cur = self.skel.maps.bss.lookup(&key32(0), MapFlags::ANY)?.context("the program has no .bss value")?;
         cur.get_mut(offset..offset + 4).context(".bss is smaller than expected")?.copy_from_slice(&v.to_ne_bytes());

@@ -78,6 +78,30 @@ pub fn render(s: &Snapshot) -> String {
     for sh in &s.shield {
         let _ = writeln!(o, "weir_shield_syn_rate{{service=\"{}\"}} {}", esc(&sh.service), sh.syn_rate);
     }
+    if let Some(t) = &s.tier {
+        if t.announce_device.is_some() {
+            family(&mut o, "weir_announced", "gauge", "1 for each VIP address the node announces (tier.announce).");
+            for a in &t.announced {
+                let _ = writeln!(o, "weir_announced{{address=\"{}\"}} 1", esc(a));
+            }
+            family(&mut o, "weir_draining", "gauge", "1 while the node drains (weir drain).");
+            let _ = writeln!(o, "weir_draining {}", u8::from(t.draining));
+        }
+        if let Some(y) = &t.sync {
+            family(&mut o, "weir_sync_flows_total", "counter", "Flows of the flow sync between nodes, by what happened to them.");
+            for (what, n) in [
+                ("sent", y.sent),
+                ("received", y.received),
+                ("inserted", y.inserted),
+                ("present", y.present),
+                ("unknown", y.unknown),
+            ] {
+                let _ = writeln!(o, "weir_sync_flows_total{{event=\"{what}\"}} {n}");
+            }
+            family(&mut o, "weir_sync_rejected_total", "counter", "Sync datagrams refused: not from a peer, or malformed.");
+            let _ = writeln!(o, "weir_sync_rejected_total {}", y.rejected);
+        }
+    }
     o
 }
 
@@ -182,6 +206,7 @@ mod tests {
                 }],
             }],
             shield: vec![ShieldStats { service: "web".into(), attack: true, syn_rate: 4000 }],
+            tier: None,
         }
     }
 

@@ -26,6 +26,18 @@ pub struct Snapshot {
     /// SYN-flood shield state per protected service.
     #[serde(default)]
     pub shield: Vec<ShieldStats>,
+    /// A node of a tier: announcements, drain, flow sync (absent: single box).
+    #[serde(default)]
+    pub tier: Option<TierStatus>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TierStatus {
+    /// The announce device (tier.announce), and the addresses it holds now.
+    pub announce_device: Option<String>,
+    pub announced: Vec<String>,
+    pub draining: bool,
+    pub sync: Option<crate::tier::sync::SyncStats>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -121,6 +133,7 @@ impl Snapshot {
             counters,
             vips,
             shield,
+            tier: None,
         })
     }
 
@@ -147,6 +160,7 @@ impl Snapshot {
                 attack: st.attack != 0,
                 syn_rate: st.last_rate,
             }],
+            tier: None,
         })
     }
 
@@ -210,6 +224,25 @@ impl Snapshot {
                 sh.syn_rate
             );
         }
+        if let Some(t) = &self.tier {
+            if let Some(dev) = &t.announce_device {
+                let what = if t.announced.is_empty() { "nothing".to_string() } else { t.announced.join(" ") };
+                let _ = writeln!(s, "announcing on {dev}: {what}{}", if t.draining { " (DRAINING)" } else { "" });
+            }
+            if let Some(y) = &t.sync {
+                let _ = writeln!(
+                    s,
+                    "flow sync with {}: sent {} received {} inserted {} present {} unknown {} rejected {}",
+                    y.peers.join(","),
+                    y.sent,
+                    y.received,
+                    y.inserted,
+                    y.present,
+                    y.unknown,
+                    y.rejected
+                );
+            }
+        }
         let nonzero: Vec<String> =
             self.counters.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k}={v}")).collect();
         let _ = writeln!(s, "counters: {}", if nonzero.is_empty() { "(none yet)".into() } else { nonzero.join(" ") });
@@ -248,6 +281,7 @@ mod tests {
                 }],
             }],
             shield: vec![ShieldStats { service: "web".into(), attack: true, syn_rate: 12000 }],
+            tier: None,
         }
     }
 

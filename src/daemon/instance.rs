@@ -61,6 +61,8 @@ pub struct Instance {
     /// tier.announce: the device whose addresses the BGP daemon announces.
     announcer: Option<crate::tier::announce::Announcer>,
     drain: Option<Drain>,
+    /// tier.peers: the flow sync with the other nodes.
+    sync: Option<crate::tier::sync::Sync>,
 }
 
 /// A drain in progress (`weir drain`).
@@ -143,6 +145,40 @@ impl Instance {
         }
         self.announce();
         Ok(())
+    }
+
+    /// Start, stop or re-index the flow sync to match the plan.
+    fn start_sync(&mut self) -> Result<()> {
+        let same = self.sync.as_ref().is_some_and(|y| y.configured == (self.plan.tier.peers.clone(), self.plan.tier.sync_port));
+        if same {
+            if let Some(y) = &self.sync {
+                y.set_plan(&self.plan);
+            }
+            return Ok(());
+        }
+        self.sync = None;
+        self.dp.set_sync_on(false)?;
+        if self.plan.tier.peers.is_empty() {
+            return Ok(());
+        }
+        let maps = &self.dp.skel.maps;
+        let handle = |m: &libbpf_rs::Map| libbpf_rs::MapHandle::try_from(m).context("sharing a map with the sync threads");
+        let y = crate::tier::sync::Sync::start(&self.plan, handle(&maps.flow_sync)?, handle(&maps.flows)?, handle(&maps.backends)?)?;
+        self.dp.set_sync_on(y.is_some())?;
+        self.sync = y;
+        Ok(())
+    }
+
+    fn tier_status(&self) -> Option<crate::stats::TierStatus> {
+        if self.announcer.is_none() && self.sync.is_none() {
+            return None;
+        }
+        Some(crate::stats::TierStatus {
+            announce_device: self.announcer.as_ref().map(|a| a.device.clone()),
+            announced: self.announcer.as_ref().map(|a| a.announced().iter().map(|ip| ip.to_string()).collect()).unwrap_or_default(),
+            draining: self.drain.is_some(),
+            sync: self.sync.as_ref().map(|y| y.stats()),
+        })
     }
 
     fn forwarded(&self) -> u64 {
@@ -314,6 +350,10 @@ impl Instance {
             },
             flows,
         )
+        .map(|mut s| {
+            s.tier = self.tier_status();
+            s
+        })
     }
 }
 
@@ -347,6 +387,9 @@ impl Service for Instance {
         self.log_unresolved();
         if let Err(e) = self.start_announcer(None) {
             tracing::error!("announcing: {e:#}");
+        }
+        if let Err(e) = self.start_sync() {
+            tracing::error!("flow sync: {e:#}");
         }
         let n = self.hops.unresolved().len();
         let summary = if n > 0 { format!("{summary}; {n} backends down (unresolved)") } else { summary };
@@ -648,6 +691,7 @@ pub fn run(o: &Options) -> Result<()> {
         last_addr_check: Instant::now(),
         announcer: None,
         drain: None,
+        sync: None,
     };
     inst.start_probers();
     for id in &inherited_down {
@@ -657,6 +701,7 @@ pub fn run(o: &Options) -> Result<()> {
     }
     inst.update_watched();
     inst.start_announcer(inherited_tun)?;
+    inst.start_sync()?;
     super::serve::signals(tx.clone())?;
     super::neigh::start(watched, tx.clone())?;
     super::serve::control(control.listener().try_clone()?, tx.clone())?;

@@ -2,6 +2,7 @@
 //! health injection (announce), flow sync between nodes (sync).
 
 pub mod announce;
+pub mod sync;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
