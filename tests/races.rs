@@ -5,6 +5,8 @@
 //! - NAT: no (backend, SNAT port) is ever owned by two clients, while a
 //!   third thread ages every flow (the NAT clock skew) and runs the sweep.
 //! - Shield: attack mode never drops out under a sustained flood.
+//! - Flow sync: a peer's flow inserted while the data plane schedules the
+//!   same flow never splits it between two backends.
 //!
 //! cargo test --release --test races -- --test-threads=1 --nocapture
 
@@ -241,4 +243,109 @@ fn attack_mode_holds_under_a_two_cpu_flood() {
         st.last_rate
     );
     assert_eq!((la, lb_), (0, 0), "attack mode dropped out mid-flood");
+}
+
+/// The flow table has a writer outside the data plane: the flow sync puts
+/// the flows of other nodes in with BPF_NOEXIST while the data plane, on
+/// another CPU, may be scheduling the same flow (BPF_ANY). In lockstep, the
+/// peer's insert races a new UDP flow's first packet every epoch. Whoever
+/// wins, the flow's packets never change backend: the second packet of
+/// every epoch goes where the first went.
+#[test]
+fn a_peers_flow_and_a_local_first_packet_never_split_a_flow() {
+    if !require_root("two-CPU race tests") || !two_cpus() {
+        return;
+    }
+    let lb = load(
+        r#"
+[conntrack]
+size = 262144
+[[vip]]
+name = "dns"
+address = "198.18.0.100"
+port = 53
+protocol = "udp"
+[[vip.backend]]
+address = "198.18.0.21"
+mac = "02:00:00:00:00:15"
+[[vip.backend]]
+address = "198.18.0.22"
+mac = "02:00:00:00:00:16"
+"#,
+    );
+    let prog = lb.dp.prog_fd().as_raw_fd();
+    let flows = libbpf_rs::MapHandle::try_from(&lb.dp.skel.maps.flows).unwrap();
+    let macs: Vec<[u8; 6]> = lb.plan.vips[0].backends.iter().map(|b| lb.hops[&b.id].mac).collect();
+    let ids: Vec<u32> = lb.plan.vips[0].backends.iter().map(|b| b.id).collect();
+    let n = (iterations() / 5).max(1000) as u64;
+    let epoch = Arc::new(AtomicU64::new(0));
+    let a_done = Arc::new(AtomicU64::new(0));
+    // The peer names the backend this node's table would NOT pick, so who
+    // won each race shows in the first packet.
+    let local: Vec<usize> = (1..=n)
+        .map(|e| {
+            let (src, sport) = client_of(e);
+            let m = lb.ring_mac(0, flow_hash(std::net::IpAddr::V4(src), ip("198.18.0.100"), sport, 53, 17));
+            macs.iter().position(|x| *x == m).unwrap()
+        })
+        .collect();
+    let client = client_of;
+    let local = Arc::new(local);
+    let a = {
+        let (epoch, a_done) = (epoch.clone(), a_done.clone());
+        std::thread::spawn(move || {
+            pin_to_cpu(0);
+            let mut out = Vec::with_capacity(n as usize);
+            for e in 1..=n {
+                while epoch.load(Ordering::Acquire) != e {
+                    std::hint::spin_loop();
+                }
+                let (src, sport) = client(e);
+                let f = udp(&src.to_string(), "198.18.0.100", sport, 53, b"q");
+                let (a1, o1) = test_run_fd(prog, &f);
+                let (a2, o2) = test_run_fd(prog, &f);
+                assert_eq!((a1, a2), (XDP_TX, XDP_TX));
+                out.push((<[u8; 6]>::try_from(&o1[..6]).unwrap(), <[u8; 6]>::try_from(&o2[..6]).unwrap()));
+                a_done.store(e, Ordering::Release);
+            }
+            out
+        })
+    };
+    let b = {
+        let (epoch, a_done) = (epoch.clone(), a_done.clone());
+        let (macs, local) = (macs.clone(), local.clone());
+        std::thread::spawn(move || {
+            pin_to_cpu(1);
+            let mut peer = Vec::with_capacity(n as usize);
+            for e in 1..=n {
+                while a_done.load(Ordering::Acquire) != e - 1 {
+                    std::hint::spin_loop();
+                }
+                let (src, sport) = client(e);
+                let mut k = weir::skel::FlowKey::default();
+                k.src[0] = u32::from_ne_bytes(src.octets());
+                k.dst[0] = u32::from_ne_bytes([198, 18, 0, 100]);
+                k.sport = sport.to_be();
+                k.dport = 53u16.to_be();
+                k.proto = 17;
+                k.family = weir::skel::weir_const::WEIR_FAMILY_V4.0 as u8;
+                let pick = 1 - local[e as usize - 1];
+                let f = weir::skel::Flow { backend_id: ids[pick], vip_id: 0, generation: 0 };
+                epoch.store(e, Ordering::Release); // A starts its first packet now
+                let _ = flows.update(bytes_of(&k), bytes_of(&f), MapFlags::NO_EXIST);
+                peer.push(macs[pick]);
+            }
+            peer
+        })
+    };
+    let (got, peer) = (a.join().unwrap(), b.join().unwrap());
+    let split = got.iter().filter(|(x, y)| x != y).count();
+    let peer_won = got.iter().zip(&peer).filter(|((first, _), p)| first == *p).count();
+    println!("{n} epochs: the peer's backend served the first packet in {peer_won}, a flow split in {split}");
+    assert_eq!(split, 0, "a flow's packets went to two backends");
+    assert!(peer_won > 0 && peer_won < n as usize, "the race must go both ways sometimes (peer won {peer_won} of {n})");
+}
+
+fn client_of(e: u64) -> (std::net::Ipv4Addr, u16) {
+    (std::net::Ipv4Addr::from(0x0a08_0000 + (e as u32 >> 14)), 1024 + (e as u16 & 0x3fff))
 }
