@@ -19,4 +19,5 @@ pub mod rr;
 pub mod shield;
 pub mod skel;
 pub mod stats;
+pub mod tier;
 pub mod tracecli;
