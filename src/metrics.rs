@@ -78,6 +78,15 @@ pub fn render(s: &Snapshot) -> String {
     for sh in &s.shield {
         let _ = writeln!(o, "weir_shield_syn_rate{{service=\"{}\"}} {}", esc(&sh.service), sh.syn_rate);
     }
+    family(
+        &mut o,
+        "weir_fingerprint_info",
+        "gauge",
+        "Fingerprints of what decides new flows' backends: the config's (every backend up) and the data plane's now.",
+    );
+    if let Some(f) = &s.fingerprint {
+        let _ = writeln!(o, "weir_fingerprint_info{{config=\"{}\",live=\"{}\"}} 1", esc(&f.config), esc(&f.live));
+    }
     o
 }
 
@@ -182,6 +191,7 @@ mod tests {
                 }],
             }],
             shield: vec![ShieldStats { service: "web".into(), attack: true, syn_rate: 4000 }],
+            fingerprint: Some(crate::stats::Fingerprints { config: "0123456789abcdef".into(), live: "fedcba9876543210".into() }),
         }
     }
 
@@ -197,6 +207,8 @@ mod tests {
             "weir_backend_up{vip=\"web\",address=\"198.18.0.100\",port=\"80\",protocol=\"tcp\",backend=\"198.18.0.11\"} 0",
             "weir_shield_attack{service=\"web\"} 1",
             "weir_flows_tracked 7",
+            "# TYPE weir_fingerprint_info gauge",
+            "weir_fingerprint_info{config=\"0123456789abcdef\",live=\"fedcba9876543210\"} 1",
         ] {
             assert!(t.lines().any(|l| l == line), "missing `{line}` in:\n{t}");
         }

@@ -26,6 +26,19 @@ pub struct Snapshot {
     /// SYN-flood shield state per protected service.
     #[serde(default)]
     pub shield: Vec<ShieldStats>,
+    /// What decides new flows' backends (tier/fingerprint.rs); absent from
+    /// a standalone shield and from older instances.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<Fingerprints>,
+}
+
+/// A node's fingerprints, 16 hex digits each: `config`, its config's tables
+/// with every backend up; `live`, the tables its data plane uses now. Nodes
+/// of a tier agree on new flows while their `live` values are equal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fingerprints {
+    pub config: String,
+    pub live: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -121,6 +134,7 @@ impl Snapshot {
             counters,
             vips,
             shield,
+            fingerprint: None,
         })
     }
 
@@ -147,6 +161,7 @@ impl Snapshot {
                 attack: st.attack != 0,
                 syn_rate: st.last_rate,
             }],
+            fingerprint: None,
         })
     }
 
@@ -248,6 +263,7 @@ mod tests {
                 }],
             }],
             shield: vec![ShieldStats { service: "web".into(), attack: true, syn_rate: 12000 }],
+            fingerprint: None,
         }
     }
 

@@ -21,7 +21,8 @@ use crate::health::{Checker, Health, Target};
 use crate::metrics::MetricsServer;
 use crate::net::{Iface, Resolver};
 use crate::plan::Plan;
-use crate::stats::{Snapshot, FLOW_COUNT_CAP};
+use crate::stats::{Fingerprints, Snapshot, FLOW_COUNT_CAP};
+use crate::tier::fingerprint;
 
 /// How long a start or a reload waits for the neighbour table to answer
 /// the probes of all new backends at once, before the unresolved ones start
@@ -58,6 +59,10 @@ pub struct Instance {
     core: Sender<Msg>,
     last_sweep: Instant,
     last_addr_check: Instant,
+    /// The fingerprints, as of `Dataplane::table_writes` = .0.
+    fingerprints: Option<(u64, Fingerprints)>,
+    /// What the live fingerprint read of each VIP's table.
+    live_cache: fingerprint::LiveCache,
 }
 
 fn health_targets(p: &Plan) -> Vec<Target> {
@@ -269,11 +274,33 @@ impl Instance {
             flows,
         )
     }
+
+    /// The config's and the data plane's fingerprints; computed anew only
+    /// after a write to the tables, and then the live one reads again only
+    /// the tables written (see fingerprint::live).
+    fn fingerprints(&mut self) -> Result<Fingerprints> {
+        let writes = self.dp.table_writes();
+        if let Some((w, f)) = &self.fingerprints {
+            if *w == writes {
+                return Ok(f.clone());
+            }
+        }
+        let live = fingerprint::live(&self.dp, &mut self.live_cache).context("reading the live tables for the fingerprint")?;
+        let f = Fingerprints { config: fingerprint::config(&self.plan).to_string(), live: live.to_string() };
+        self.fingerprints = Some((writes, f.clone()));
+        Ok(f)
+    }
 }
 
 impl Service for Instance {
     fn snapshot(&mut self) -> Result<Snapshot> {
-        self.snapshot_now()
+        let mut s = self.snapshot_now()?;
+        s.fingerprint = Some(self.fingerprints()?);
+        Ok(s)
+    }
+
+    fn lookup(&mut self, t: &crate::tier::lookup::Tuple) -> Result<crate::tier::lookup::Answer> {
+        crate::tier::lookup::live(&self.dp, &self.plan, t)
     }
 
     fn diff(&mut self, config: Option<&str>) -> Result<Vec<String>> {
@@ -295,6 +322,7 @@ impl Service for Instance {
         let down: BTreeSet<u32> = self.health_down().into_iter().filter(|id| checked.contains(id)).collect();
         let summary = self.dp.reload(&self.plan, &new, &hops.hops, &hops.tx, &down)?;
         self.plan = new;
+        self.fingerprints = None;
         self.hops = hops;
         self.update_watched();
         self.start_probers();
@@ -534,6 +562,8 @@ pub fn run(o: &Options) -> Result<()> {
         core: tx.clone(),
         last_sweep: Instant::now(),
         last_addr_check: Instant::now(),
+        fingerprints: None,
+        live_cache: Default::default(),
     };
     inst.start_probers();
     for id in &inherited_down {
@@ -549,6 +579,7 @@ pub fn run(o: &Options) -> Result<()> {
         super::serve::metrics(m.listener().try_clone()?, tx.clone())?;
     }
     eprint!("{}", inst.plan.describe());
+    eprintln!("fingerprint: {}", fingerprint::config(&inst.plan));
     tracing::info!("attached to {} in {} mode; Ctrl-C or SIGTERM detaches", inst.iface.name, inst.link.mode);
     inst.log_unresolved();
     super::notify::ready(None);
