@@ -141,6 +141,42 @@ pub fn reload_diff(iface: &str, config: Option<&str>) -> Result<Vec<String>> {
     Ok(v["ok"].as_array().map(|a| a.iter().filter_map(|l| l.as_str().map(str::to_string)).collect()).unwrap_or_default())
 }
 
+/// Ask the instance on `iface` which backend `t` goes to, and why
+/// (`weir lookup`): it answers from its maps.
+pub fn lookup(iface: &str, t: &crate::tier::lookup::Tuple) -> Result<crate::tier::lookup::Answer> {
+    let v = request(iface, &format!("lookup {t}"), Duration::from_secs(6))?;
+    if let Some(e) = v.get("error") {
+        bail!("the instance on {iface} could not look it up: {}", e.as_str().unwrap_or_default());
+    }
+    serde_json::from_value(v["ok"].clone()).context("the instance's answer is not one this weir reads (another version? restart it)")
+}
+
+/// The interface of the one instance running in this network namespace,
+/// for commands whose --iface may be left out.
+pub fn only_iface() -> Result<String> {
+    let ns = std::fs::metadata("/proc/self/ns/net").context("reading /proc/self/ns/net")?.ino();
+    let mut here: Vec<String> = std::fs::read_dir(RUN_DIR)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().to_string();
+                    let (iface, n) = name.strip_suffix(".sock")?.rsplit_once('.')?;
+                    (n.parse::<u64>().ok() == Some(ns) && UnixStream::connect(e.path()).is_ok()).then(|| iface.to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    here.sort();
+    match here.len() {
+        0 => bail!(
+            "no weir instance is running in this network namespace: give --iface IFACE of a running one \
+             (weir status lists them), or --config FILE to answer from a config"
+        ),
+        1 => Ok(here.remove(0)),
+        _ => bail!("{} weir instances run in this network namespace ({}): pick one with --iface", here.len(), here.join(", ")),
+    }
+}
+
 /// Ask the instance on `iface` to detach and exit.
 pub fn stop(iface: &str) -> Result<()> {
     let v = request(iface, "stop", Duration::from_secs(5))?;

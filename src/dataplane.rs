@@ -16,6 +16,7 @@ pub use crate::mapio::{addr_words, read_counters};
 mod addresses;
 mod hops;
 mod nat;
+mod read;
 mod writer;
 pub use hops::{configured_hops, next_hops, resolve_hops, Followed, HopPlan, NextHop};
 use crate::net::Iface;
@@ -76,6 +77,11 @@ pub struct Dataplane {
     live: RefCell<BTreeMap<u32, (VipKey, VipMeta)>>,
     /// Backends as `apply` wrote them, to restore after a health check.
     backend_entries: RefCell<BTreeMap<u32, Backend>>,
+    /// Writes of VIP entries, tables and backend entries so far (see
+    /// `table_writes`).
+    writes: std::cell::Cell<u64>,
+    /// `writes` as of each (VIP id, half) table block's last write.
+    blocks: RefCell<BTreeMap<(u32, u32), u64>>,
 }
 
 fn key32(k: u32) -> [u8; 4] {
@@ -168,12 +174,45 @@ impl Dataplane {
             };
             anyhow::anyhow!("loading the load-balancer BPF program into the kernel failed: {e}{hint}")
         })?;
-        Ok(Dataplane { skel, settings, live: RefCell::new(BTreeMap::new()), backend_entries: RefCell::new(BTreeMap::new()) })
+        Ok(Dataplane {
+            skel,
+            settings,
+            live: RefCell::new(BTreeMap::new()),
+            backend_entries: RefCell::new(BTreeMap::new()),
+            writes: Default::default(),
+            blocks: RefCell::new(BTreeMap::new()),
+        })
+    }
+
+    /// Bumped by every write that can change which backend a new flow gets
+    /// (VIP entries, Maglev and round-robin tables, backend entries): what
+    /// is derived from those maps (the live fingerprint) is current while
+    /// this number is the same.
+    pub fn table_writes(&self) -> u64 {
+        self.writes.get()
+    }
+
+    fn wrote(&self) {
+        self.writes.set(self.writes.get() + 1);
+    }
+
+    /// `table_writes` as of the last write of a VIP's table block `half`
+    /// by this data plane (None: not written by it): what was read from the
+    /// block since is current while this is the same.
+    pub fn block_written(&self, vip_id: u32, half: u32) -> Option<u64> {
+        self.blocks.borrow().get(&(vip_id, half & 1)).copied()
     }
 
     /// Sample one packet in `every` into the trace ring buffer (0: off).
     pub fn set_trace(&self, every: u32) -> Result<()> {
         self.set_bss_u32(std::mem::offset_of!(crate::skel::lb::types::bss, trace_every), every).context("switching the trace")
+    }
+
+    /// One u32 of the program's .bss.
+    fn bss_u32(&self, offset: usize) -> Result<u32> {
+        let cur = self.skel.maps.bss.lookup(&key32(0), MapFlags::ANY)?.context("the program has no .bss value")?;
+        let b = cur.get(offset..offset + 4).context(".bss is smaller than expected")?;
+        Ok(u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
     }
 
     /// One u32 of the program's .bss (read, patch, write: the map is one value).

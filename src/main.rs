@@ -165,8 +165,30 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// List running instances (every namespace): interface, XDP mode, uptime, VIPs.
+    /// List running instances (every namespace): interface, XDP mode, uptime,
+    /// VIPs, flows, and the config and live fingerprints (equal on every
+    /// node of a tier that agrees on new flows).
     Status,
+    /// Which backend a client's packet goes to on this node, and why: a
+    /// tracked flow, or the Maglev / source-hash slot a new flow hashes to,
+    /// or the round-robin turn. Asks the running instance (its maps), or
+    /// with --config answers from a config with every backend up.
+    Lookup {
+        /// The instance to ask (default: the only one in this namespace).
+        #[arg(long, conflicts_with = "config")]
+        iface: Option<String>,
+        /// Answer from this config's plan, every backend up; no instance needed.
+        #[arg(long)]
+        config: Option<String>,
+        #[arg(long)]
+        json: bool,
+        /// tcp or udp.
+        proto: String,
+        /// The client's ADDRESS:PORT (IPv6 as [ADDRESS]:PORT).
+        src: String,
+        /// The VIP's ADDRESS:PORT as the client sends to it.
+        dst: String,
+    },
     /// Show a running instance's counters.
     Stats {
         #[arg(long)]
@@ -238,7 +260,7 @@ fn real_main() -> Result<()> {
         libbpf_rs::PrintLevel::Warn => tracing::debug!("libbpf: {}", msg.trim_end()),
         _ => tracing::trace!("libbpf: {}", msg.trim_end()),
     })));
-    if matches!(cli.cmd, Cmd::Status | Cmd::Check { .. } | Cmd::Man | Cmd::Bench { .. }) {
+    if matches!(cli.cmd, Cmd::Status | Cmd::Check { .. } | Cmd::Lookup { .. } | Cmd::Man | Cmd::Bench { .. }) {
         // Tools that print: a closed stdout (`| head`) ends them quietly,
         // as it does cat. (`run` keeps ignoring SIGPIPE: a closed stdout
         // must not take the balancer down.)
@@ -296,14 +318,15 @@ fn real_main() -> Result<()> {
                 let ns = weir::control::netns_name(i.netns_inode);
                 match i.snapshot {
                     Ok(s) => println!(
-                        "{:<16} netns {:<12} {:<6} up {:>7.0}s  {} VIPs  {} flows{}",
+                        "{:<16} netns {:<12} {:<6} up {:>7.0}s  {} VIPs  {} flows{}{}",
                         i.iface,
                         ns,
                         s.xdp_mode,
                         s.uptime_s,
                         s.vips.len(),
                         s.flows_tracked,
-                        if s.shield.is_empty() { "" } else { "  shield" }
+                        if s.shield.is_empty() { "" } else { "  shield" },
+                        s.fingerprint.map(|f| format!("  fingerprint config {} live {}", f.config, f.live)).unwrap_or_default()
                     ),
                     Err(e) => println!("{:<16} netns {:<12} {e:#}", i.iface, ns),
                 }
@@ -312,11 +335,22 @@ fn real_main() -> Result<()> {
         }
         Cmd::Check { config } => {
             let cfg = Config::load(&config)?;
-            print!("{}", Plan::build(&cfg)?.describe());
+            let plan = Plan::build(&cfg)?;
+            print!("{}", plan.describe());
+            println!("fingerprint: {}", weir::tier::fingerprint::config(&plan));
             println!("config OK");
             Ok(())
         }
         Cmd::Stats { iface, json, once, interval } => stats(&iface, json, once, interval),
+        Cmd::Lookup { iface, config, json, proto, src, dst } => {
+            let t = weir::tier::lookup::Tuple::parse(&proto, &src, &dst)?;
+            let a = match config {
+                Some(c) => weir::tier::lookup::offline(&Plan::build(&Config::load(&c)?)?, &t),
+                None => weir::control::lookup(&iface.map_or_else(weir::control::only_iface, Ok)?, &t)?,
+            };
+            println!("{}", if json { serde_json::to_string(&a)? } else { a.text() });
+            Ok(())
+        }
         Cmd::Bench { calls, repeats, json, live, live_packets, svg } => {
             let r = weir::bench::run(calls, repeats)?;
             let l = if live { Some(weir::bench::live::run(live_packets, repeats)?) } else { None };

@@ -24,6 +24,18 @@ pub fn addr_words(a: IpAddr) -> ([u32; 4], u8) {
     }
 }
 
+/// The address of `addr_words`' words and family.
+pub fn words_addr(w: &[u32; 4], family: u8) -> IpAddr {
+    if family == FAMILY_V4 {
+        return IpAddr::from(w[0].to_ne_bytes());
+    }
+    let mut o = [0u8; 16];
+    for (i, x) in w.iter().enumerate() {
+        o[4 * i..4 * i + 4].copy_from_slice(&x.to_ne_bytes());
+    }
+    IpAddr::from(o)
+}
+
 /// Sum the per-CPU global counter blocks of a `stats` map.
 pub fn read_counters(map: &dyn MapCore) -> Result<Vec<u64>> {
     let mut out = vec![0u64; STAT_COUNT];

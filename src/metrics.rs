@@ -102,6 +102,15 @@ pub fn render(s: &Snapshot) -> String {
             let _ = writeln!(o, "weir_sync_rejected_total {}", y.rejected);
         }
     }
+    family(
+        &mut o,
+        "weir_fingerprint_info",
+        "gauge",
+        "Fingerprints of what decides new flows' backends: the config's (every backend up) and the data plane's now.",
+    );
+    if let Some(f) = &s.fingerprint {
+        let _ = writeln!(o, "weir_fingerprint_info{{config=\"{}\",live=\"{}\"}} 1", esc(&f.config), esc(&f.live));
+    }
     o
 }
 
@@ -207,6 +216,7 @@ mod tests {
             }],
             shield: vec![ShieldStats { service: "web".into(), attack: true, syn_rate: 4000 }],
             tier: None,
+            fingerprint: Some(crate::stats::Fingerprints { config: "0123456789abcdef".into(), live: "fedcba9876543210".into() }),
         }
     }
 
@@ -222,6 +232,8 @@ mod tests {
             "weir_backend_up{vip=\"web\",address=\"198.18.0.100\",port=\"80\",protocol=\"tcp\",backend=\"198.18.0.11\"} 0",
             "weir_shield_attack{service=\"web\"} 1",
             "weir_flows_tracked 7",
+            "# TYPE weir_fingerprint_info gauge",
+            "weir_fingerprint_info{config=\"0123456789abcdef\",live=\"fedcba9876543210\"} 1",
         ] {
             assert!(t.lines().any(|l| l == line), "missing `{line}` in:\n{t}");
         }

@@ -29,6 +29,10 @@ pub struct Snapshot {
     /// A node of a tier: announcements, drain, flow sync (absent: single box).
     #[serde(default)]
     pub tier: Option<TierStatus>,
+    /// What decides new flows' backends (tier/fingerprint.rs); absent from
+    /// a standalone shield and from older instances.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<Fingerprints>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -38,6 +42,15 @@ pub struct TierStatus {
     pub announced: Vec<String>,
     pub draining: bool,
     pub sync: Option<crate::tier::sync::SyncStats>,
+}
+
+/// A node's fingerprints, 16 hex digits each: `config`, its config's tables
+/// with every backend up; `live`, the tables its data plane uses now. Nodes
+/// of a tier agree on new flows while their `live` values are equal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fingerprints {
+    pub config: String,
+    pub live: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -134,6 +147,7 @@ impl Snapshot {
             vips,
             shield,
             tier: None,
+            fingerprint: None,
         })
     }
 
@@ -161,6 +175,7 @@ impl Snapshot {
                 syn_rate: st.last_rate,
             }],
             tier: None,
+            fingerprint: None,
         })
     }
 
@@ -282,6 +297,7 @@ mod tests {
             }],
             shield: vec![ShieldStats { service: "web".into(), attack: true, syn_rate: 12000 }],
             tier: None,
+            fingerprint: None,
         }
     }
 

@@ -22,6 +22,31 @@ fn check_prints_the_plan_with_maglev_shares() {
 }
 
 #[test]
+fn check_prints_the_fingerprint_and_lookup_answers_from_a_config() {
+    let cfg = format!("{ROOT}/lab/weir-lab.toml");
+    let (ok, out, err) = weir(&["check", &cfg]);
+    assert!(ok, "{err}");
+    let fp = out.lines().find_map(|l| l.strip_prefix("fingerprint: ")).unwrap_or_else(|| panic!("{out}"));
+    assert!(fp.len() == 16 && fp.chars().all(|c| c.is_ascii_hexdigit()), "{fp}");
+    let (ok, out, err) = weir(&["lookup", "--config", &cfg, "tcp", "198.18.0.1:40000", "198.18.0.100:80"]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("backend 198.18.0.1") && out.contains(":80 of VIP web (198.18.0.100:80 tcp): Maglev slot "), "{out}");
+    assert!(out.trim_end().ends_with(" of 65537 (not tracked: a new flow would go there)"), "{out}");
+    let (ok, out, _) = weir(&["lookup", "--config", &cfg, "--json", "tcp", "198.18.0.1:40000", "198.18.0.101:80"]);
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let got = (v["vip"]["mode"].as_str(), v["why"]["kind"].as_str(), v["from"].as_str());
+    assert_eq!(got, (Some("nat"), Some("slot"), Some("config")), "{v}");
+    let (ok, out, _) = weir(&["lookup", "--config", &cfg, "udp", "[2001:db8::1]:53", "[2001:db8::2]:53"]);
+    assert!(ok);
+    assert_eq!(out.trim_end(), "not a VIP: passed to the kernel");
+    let (ok, _, err) = weir(&["lookup", "--config", &cfg, "sctp", "198.18.0.1:1", "198.18.0.100:80"]);
+    assert!(!ok && err.contains("protocol 'sctp': give tcp or udp"), "{err}");
+    let (ok, _, err) = weir(&["lookup", "--iface", "nosuch0", "tcp", "198.18.0.1:1", "198.18.0.100:80"]);
+    assert!(!ok && err.contains("no weir instance is running on nosuch0"), "{err}");
+}
+
+#[test]
 fn errors_name_the_problem_and_exit_non_zero() {
     let (ok, _, err) = weir(&["check", "/nonexistent/weir.toml"]);
     assert!(!ok);
@@ -36,7 +61,7 @@ fn man_page_covers_every_command() {
     let (ok, out, _) = weir(&["man"]);
     assert!(ok);
     assert!(out.contains(".TH weir 8"), "roff header");
-    for sub in ["weir\\-run", "weir\\-shield", "weir\\-reload", "weir\\-stats", "weir\\-bench", "weir\\-check"] {
+    for sub in ["weir\\-run", "weir\\-shield", "weir\\-reload", "weir\\-stats", "weir\\-bench", "weir\\-check", "weir\\-lookup"] {
         assert!(out.contains(sub), "man page lacks {sub}");
     }
 }

@@ -21,7 +21,8 @@ use crate::health::{Checker, Health, Target};
 use crate::metrics::MetricsServer;
 use crate::net::{Iface, Resolver};
 use crate::plan::Plan;
-use crate::stats::{Snapshot, FLOW_COUNT_CAP};
+use crate::stats::{Fingerprints, Snapshot, FLOW_COUNT_CAP};
+use crate::tier::fingerprint;
 
 /// How long a start or a reload waits for the neighbour table to answer
 /// the probes of all new backends at once, before the unresolved ones start
@@ -63,6 +64,10 @@ pub struct Instance {
     drain: Option<Drain>,
     /// tier.peers: the flow sync with the other nodes.
     sync: Option<crate::tier::sync::Sync>,
+    /// The fingerprints, as of `Dataplane::table_writes` = .0.
+    fingerprints: Option<(u64, Fingerprints)>,
+    /// What the live fingerprint read of each VIP's table.
+    live_cache: fingerprint::LiveCache,
 }
 
 /// A drain in progress (`weir drain`).
@@ -355,11 +360,33 @@ impl Instance {
             s
         })
     }
+
+    /// The config's and the data plane's fingerprints; computed anew only
+    /// after a write to the tables, and then the live one reads again only
+    /// the tables written (see fingerprint::live).
+    fn fingerprints(&mut self) -> Result<Fingerprints> {
+        let writes = self.dp.table_writes();
+        if let Some((w, f)) = &self.fingerprints {
+            if *w == writes {
+                return Ok(f.clone());
+            }
+        }
+        let live = fingerprint::live(&self.dp, &mut self.live_cache).context("reading the live tables for the fingerprint")?;
+        let f = Fingerprints { config: fingerprint::config(&self.plan).to_string(), live: live.to_string() };
+        self.fingerprints = Some((writes, f.clone()));
+        Ok(f)
+    }
 }
 
 impl Service for Instance {
     fn snapshot(&mut self) -> Result<Snapshot> {
-        self.snapshot_now()
+        let mut s = self.snapshot_now()?;
+        s.fingerprint = Some(self.fingerprints()?);
+        Ok(s)
+    }
+
+    fn lookup(&mut self, t: &crate::tier::lookup::Tuple) -> Result<crate::tier::lookup::Answer> {
+        crate::tier::lookup::live(&self.dp, &self.plan, t)
     }
 
     fn diff(&mut self, config: Option<&str>) -> Result<Vec<String>> {
@@ -381,6 +408,7 @@ impl Service for Instance {
         let down: BTreeSet<u32> = self.health_down().into_iter().filter(|id| checked.contains(id)).collect();
         let summary = self.dp.reload(&self.plan, &new, &hops.hops, &hops.tx, &down)?;
         self.plan = new;
+        self.fingerprints = None;
         self.hops = hops;
         self.update_watched();
         self.start_probers();
@@ -692,6 +720,8 @@ pub fn run(o: &Options) -> Result<()> {
         announcer: None,
         drain: None,
         sync: None,
+        fingerprints: None,
+        live_cache: Default::default(),
     };
     inst.start_probers();
     for id in &inherited_down {
@@ -709,6 +739,7 @@ pub fn run(o: &Options) -> Result<()> {
         super::serve::metrics(m.listener().try_clone()?, tx.clone())?;
     }
     eprint!("{}", inst.plan.describe());
+    eprintln!("fingerprint: {}", fingerprint::config(&inst.plan));
     tracing::info!("attached to {} in {} mode; Ctrl-C or SIGTERM detaches", inst.iface.name, inst.link.mode);
     inst.log_unresolved();
     super::notify::ready(None);

@@ -52,6 +52,8 @@ pub enum Request {
     Drain { timeout: Duration, quiet: Duration },
     Trace(u32),
     Handoff,
+    /// Which backend this tuple goes to, and why (`weir lookup`).
+    Lookup(crate::tier::lookup::Tuple),
 }
 
 pub enum Reply {
@@ -73,6 +75,12 @@ pub trait Service {
     fn diff(&mut self, config: Option<&str>) -> Result<Vec<String>> {
         let _ = config;
         anyhow::bail!("this service has no reload diff")
+    }
+    /// Which backend `t` goes to on this node, and why: from the data
+    /// plane's maps, by key lookups only (it runs on the core thread).
+    fn lookup(&mut self, t: &crate::tier::lookup::Tuple) -> Result<crate::tier::lookup::Answer> {
+        let _ = t;
+        anyhow::bail!("this instance balances nothing (a standalone shield): there is no backend to look up")
     }
     /// Start tracing one packet in `every`: the body and the ring's fd.
     fn trace(&mut self, every: u32) -> Result<(String, Vec<OwnedFd>)>;
@@ -172,6 +180,13 @@ pub fn run_core(svc: &mut dyn Service, rx: &Receiver<Msg>, interval: u64) -> Out
                 Request::Diff(config) => {
                     let body = match svc.diff(config.as_deref()) {
                         Ok(lines) => serde_json::json!({ "ok": lines }),
+                        Err(e) => serde_json::json!({ "error": format!("{e:#}") }),
+                    };
+                    let _ = reply.send(Reply::Json(body.to_string()));
+                }
+                Request::Lookup(t) => {
+                    let body = match svc.lookup(&t) {
+                        Ok(a) => serde_json::json!({ "ok": a }),
                         Err(e) => serde_json::json!({ "error": format!("{e:#}") }),
                     };
                     let _ = reply.send(Reply::Json(body.to_string()));

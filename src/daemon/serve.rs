@@ -147,6 +147,16 @@ fn control_client(mut s: UnixStream, core: &Sender<Msg>) {
             };
             let _ = s.write_all(body.as_bytes());
         }
+        "lookup" => {
+            let body = match crate::tier::lookup::Tuple::parse_words(arg) {
+                Ok(t) => match ask(core, Request::Lookup(t), Duration::from_secs(5)) {
+                    Some(Reply::Json(b)) => b,
+                    _ => serde_json::json!({ "error": "the instance did not answer" }).to_string(),
+                },
+                Err(e) => serde_json::json!({ "error": format!("{e:#}") }).to_string(),
+            };
+            let _ = s.write_all(body.as_bytes());
+        }
         "reload" | "stop" => {
             let req = if verb == "reload" { Request::Reload } else { Request::Stop };
             let body = match ask(core, req, Duration::from_secs(60)) {

@@ -114,6 +114,7 @@ impl Dataplane {
 
     /// `publish` with the VIP's source address already resolved.
     pub(crate) fn publish_with(&self, vip: &crate::plan::PlannedVip, ring: &[u32], rr: &[u32], source: Option<IpAddr>) -> Result<()> {
+        self.wrote();
         self.check_room(vip)?;
         let (addr, family) = addr_words(vip.addr);
         let key = VipKey { addr, port: vip.port.to_be(), proto: vip.proto.number(), family };
@@ -145,6 +146,7 @@ impl Dataplane {
     /// Take a VIP out: packets to it then go to the kernel. (Its ARP / NDP
     /// entry goes in sync_neighbours, unless another VIP shares the address.)
     pub fn unpublish(&self, vip_id: u32) -> Result<()> {
+        self.wrote();
         let Some((key, _)) = self.live.borrow_mut().remove(&vip_id) else { return Ok(()) };
         self.skel.maps.vips.delete(bytes_of(&key)).context("deleting the VIP")?;
         Ok(())
@@ -154,6 +156,7 @@ impl Dataplane {
     /// this backend (a reload gave it a freed id), so its generation moves on
     /// and its counters restart.
     pub fn write_backend(&self, b: &crate::plan::PlannedBackend, hop: &NextHop, fresh: bool) -> Result<()> {
+        self.wrote();
         let (addr, family) = addr_words(b.addr);
         let current: Backend = match self.skel.maps.backends.lookup(&key32(b.id), MapFlags::ANY)? {
             Some(v) => from_bytes(&v)?,
@@ -266,6 +269,7 @@ impl Dataplane {
 
     /// Mark a backend gone (the program then reschedules its tracked flows).
     pub fn remove_backend(&self, id: u32) -> Result<()> {
+        self.wrote();
         // Keep the generation: the id's next owner must differ from it.
         let generation = match self.skel.maps.backends.lookup(&key32(id), MapFlags::ANY)? {
             Some(v) => from_bytes::<Backend>(&v)?.generation,
@@ -299,12 +303,15 @@ impl Dataplane {
 
     /// Put a backend back as `apply` wrote it.
     pub fn restore_backend(&self, id: u32) -> Result<()> {
+        self.wrote();
         let be = *self.backend_entries.borrow().get(&id).with_context(|| format!("no backend {id}"))?;
         self.skel.maps.backends.update(&key32(id), bytes_of(&be), MapFlags::ANY)?;
         Ok(())
     }
 
     pub(crate) fn write_block(&self, vip_id: u32, half: u32, ring: &[u32], rr: &[u32]) -> Result<()> {
+        self.wrote();
+        self.blocks.borrow_mut().insert((vip_id, half & 1), self.writes.get());
         anyhow::ensure!(ring.len() as u32 == self.settings.ring_size, "ring of {} slots", ring.len());
         anyhow::ensure!(rr.len() as u32 <= RR_SLOTS, "round-robin sequence of {}", rr.len());
         let base = (vip_id * 2 + half) * self.settings.ring_size;
@@ -332,6 +339,7 @@ impl Dataplane {
     /// half is written, then the VIP flips to it in one map update, so a
     /// packet sees the old tables or the new, never a mix.
     pub fn write_tables(&self, vip_id: u32, ring: &[u32], rr: &[u32]) -> Result<()> {
+        self.wrote();
         let (key, mut meta) = *self.live.borrow().get(&vip_id).with_context(|| format!("no VIP {vip_id}"))?;
         let next = meta.half ^ 1;
         self.write_block(vip_id, next, ring, rr)?;

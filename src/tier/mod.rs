@@ -1,7 +1,11 @@
-//! weir as one node of a tier behind ECMP (docs/scale-out.md): route
-//! health injection (announce), flow sync between nodes (sync).
+//! weir as one node of a tier behind ECMP (docs/scale-out.md): nodes with
+//! the same config, which must agree on every flow's backend (fingerprint,
+//! lookup), announce what they can serve (announce) and share their flows
+//! (sync).
 
 pub mod announce;
+pub mod fingerprint;
+pub mod lookup;
 pub mod sync;
 
 use std::collections::BTreeSet;
