@@ -10,7 +10,7 @@ STATIC_BIN := target/$(TARGET)/release/weir
 
 export CLANG
 
-.PHONY: all deps build test fuzz unit lab lab-down run demo bench static install uninstall clean
+.PHONY: all deps build test fuzz unit lab lab-down run demo tier bench static install uninstall clean
 
 all: build
 
@@ -51,6 +51,11 @@ run: build
 
 demo: deps build
 	scripts/as-root.sh scripts/demo.sh
+
+# The tier lab (lab/tier.sh): a BGP router spreading connections over weir
+# nodes with ECMP, one node killed, its route withdrawn.
+tier: deps build
+	scripts/as-root.sh scripts/tier-demo.sh
 
 bench: build
 	scripts/as-root.sh $(WEIR) bench --live --svg bench.svg

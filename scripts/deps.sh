@@ -5,7 +5,8 @@ set -euo pipefail
 SUDO=""
 [[ $(id -u) -eq 0 ]] || SUDO="sudo"
 
-pkgs=(clang llvm libelf-dev zlib1g-dev libzstd-dev pkg-config make iproute2 ethtool curl python3 file gcc nftables hping3 iputils-ping util-linux)
+# bird2: BGP for the tier lab (lab/tier.sh)
+pkgs=(clang llvm libelf-dev zlib1g-dev libzstd-dev pkg-config make iproute2 ethtool curl python3 file gcc nftables hping3 iputils-ping util-linux bird2)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -14,6 +15,15 @@ if ((${#missing[@]})); then
 	echo "deps: installing ${missing[*]}"
 	$SUDO apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+	# Installing bird2 on a systemd machine enables and starts bird.service
+	# in the root namespace. The tier lab runs its own BIRDs inside its
+	# namespaces and needs none there: stop and disable the service, but only
+	# when this run just installed bird2 (a bird already installed is the
+	# machine owner's business and is left alone).
+	if [[ " ${missing[*]} " == *" bird2 "* && -d /run/systemd/system ]]; then
+		echo "deps: stopping and disabling bird.service (just installed with bird2; the tier lab does not use it)"
+		$SUDO systemctl disable --now bird.service >/dev/null 2>&1 || true
+	fi
 fi
 
 # libbpf-rs 0.27 needs Rust >= 1.82.

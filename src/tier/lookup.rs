@@ -3,7 +3,7 @@
 //! lb.bpf.c decides (VIP, tracked flow, then the scheduler), by key lookups
 //! only; `offline` answers from a plan with every backend up, so that an
 //! operator can compare a node with its config. The hashes are bpf/sched.h's
-//! and bpf/jhash.h's, bit for bit (tests/tier.rs runs both side by side).
+//! and bpf/jhash.h's, bit for bit (tests/consistency.rs runs both side by side).
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -497,7 +497,7 @@ mac = "02:00:00:00:00:29"
     #[test]
     fn jhash_matches_bpf_jhash_h() {
         // Values of bpf/jhash.h compiled for the host (gcc -O2); the BPF
-        // program itself is checked against this code in tests/tier.rs.
+        // program itself is checked against this code in tests/consistency.rs.
         assert_eq!(jhash_3words(0, 0, 0, 0), 0x1b68_e557);
         assert_eq!(jhash_3words(1, 2, 3, 0x5745), 0x6cb4_2c42);
         assert_eq!(jhash_3words(0xdead_beef, 0x0102_0304, 0xffff_ffff, 0x5745 ^ 6), 0xd4f9_31eb);
