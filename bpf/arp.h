@@ -35,8 +35,12 @@ static __always_inline int handle_arp(struct stat_block *c, void *data, void *da
 		mac[i] = iface_mac[i];
 	target = arp->tpa;
 	flags = bpf_map_lookup_elem(&vip_arp, &target);
-	if (!flags || (*flags & WEIR_VIP_NO_NEIGH))
+	if (!flags)
 		return pass_because(c, WEIR_STAT_PASS_ARP_OTHER);
+	if (*flags & WEIR_VIP_NO_NEIGH) {
+		stat_inc(c, WEIR_STAT_DROP_ARP_QUIET);
+		return verdict(c, XDP_DROP);
+	}
 
 	arp->op = bpf_htons(ARPOP_REPLY);
 	__builtin_memcpy(arp->tha, arp->sha, ETH_ALEN);

@@ -50,7 +50,13 @@ static __always_inline int frame_is_ours(void *data)
 static __always_inline void sync_flow(struct stat_block *c, const struct flow_key *k, __u32 backend_id)
 {
 	struct flow_sync_event e = { .key = *k, .backend_id = backend_id };
+	__u32 zero = 0;
+	__u64 *tat = bpf_map_lookup_elem(&sync_budget, &zero);
 
+	if (!tat || !gcra_take(tat, bpf_ktime_get_ns(), SYNC_INTERVAL_NS, SYNC_BURST_NS)) {
+		stat_inc(c, WEIR_STAT_SYNC_LIMITED);
+		return;
+	}
 	if (bpf_ringbuf_output(&flow_sync, &e, sizeof(e), BPF_RB_NO_WAKEUP))
 		stat_inc(c, WEIR_STAT_SYNC_LOST);
 }
@@ -170,8 +176,13 @@ static __always_inline int process(struct xdp_md *ctx, struct packet *pkt, __u32
 		int syn = pkt->key.proto == IPPROTO_TCP && (pkt->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
 
 		bpf_map_update_elem(syn ? (void *)&syn_flows : (void *)&flows, &pkt->key, &nf, BPF_ANY);
-		/* Handshakes are not sent: a SYN flood must not flood the peers. */
-		if (sync_on && !syn)
+		/*
+		 * TCP flows are offered when their handshake completes (above),
+		 * never from a first packet that is not a SYN: neither a SYN nor
+		 * an ACK/RST/data flood from random sources reaches the peers.
+		 * UDP flows are offered at once, within sync_budget.
+		 */
+		if (sync_on && pkt->key.proto == IPPROTO_UDP)
 			sync_flow(c, &pkt->key, bid);
 	}
 	new_flow = 1;

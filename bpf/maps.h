@@ -197,6 +197,22 @@ struct {
 	__type(value, __u64); /* theoretical arrival time */
 	__uint(max_entries, 1);
 } icmp_budget SEC(".maps");
+/*
+ * Records for the peers, one GCRA per CPU (like icmp_budget): a flood of
+ * new UDP flows from random sources must not become a flood of every peer's
+ * flow table. 20,000 records per second and CPU, burst 2,000; past that the
+ * flow is served but not offered (sync_limited).
+ */
+#define SYNC_INTERVAL_NS 50000ULL                /* 20000 per second ... */
+#define SYNC_BURST_NS (2000 * SYNC_INTERVAL_NS)  /* ... and a burst of 2000 */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64); /* theoretical arrival time */
+	__uint(max_entries, 1);
+} sync_budget SEC(".maps");
+
 /* Flows for the other nodes of the tier (struct flow_sync_event). */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);

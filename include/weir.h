@@ -222,6 +222,9 @@ enum weir_stat {
 	WEIR_STAT_PASS_L2_GROUP,
 	/* why a packet was dropped */
 	WEIR_STAT_DROP_NO_BACKEND,
+	/* an ARP request for a VIP with arp = false: nobody on this node may
+	 * answer it (the kernel would, the VIP being local on the announce device) */
+	WEIR_STAT_DROP_ARP_QUIET,
 	WEIR_STAT_DROP_TX_PORT,
 	/* events */
 	WEIR_STAT_ARP_REPLY,
@@ -230,6 +233,8 @@ enum weir_stat {
 	WEIR_STAT_FLOW_RESCHEDULED,
 	/* flow sync: an event the ring buffer had no room for (the peers miss it) */
 	WEIR_STAT_SYNC_LOST,
+	/* flow sync: over the per-CPU budget of records (sync_budget), not offered */
+	WEIR_STAT_SYNC_LIMITED,
 	/* SYN-flood shield verdicts */
 	WEIR_STAT_SHIELD_DENIED,
 	WEIR_STAT_SHIELD_ALLOWED,
