@@ -532,7 +532,7 @@ start_weir() {
 
 # ---------------------------------------------------- VIP announcement ---
 # weir announces itself. With announcing on in the config (`[tier]`
-# `announce = true`; an `[announce]` section counts too), `weir run` creates
+# `announce = true`), `weir run` creates
 # the TUN device itself (weir-u0, or `tier.device`), holds it open while it
 # runs, with every VIP it is ready to serve as a /32 or /128; BIRD's
 # `protocol direct weir_vips` exports those, and when weir dies (even by
@@ -554,7 +554,7 @@ with open(sys.argv[1], "rb") as f:
     conf = tomllib.load(f)
 vips = conf.get("vip", [])
 tier = conf.get("tier", {})
-announce = tier.get("announce") is True or "announce" in conf
+announce = tier.get("announce") is True
 print(int(announce), tier.get("device", "weir-u0"))
 addrs = sorted({ipaddress.ip_address(v["address"]) for v in vips}, key=lambda a: (a.version, a))
 nets = [ipaddress.ip_network(n) for n in sys.argv[2:]]

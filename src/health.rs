@@ -19,22 +19,26 @@ use crate::config::{Check, CheckKind};
 pub struct Health {
     pub up: bool,
     streak: u32,
+    /// A check has passed since the backend was configured (or the state
+    /// was inherited from a running instance): announcing waits for it.
+    pub proven: bool,
 }
 
 impl Default for Health {
     fn default() -> Self {
-        Health { up: true, streak: 0 }
+        Health { up: true, streak: 0, proven: false }
     }
 }
 
 impl Health {
     /// A backend known to be down (inherited at a hand-over).
     pub fn down() -> Health {
-        Health { up: false, streak: 0 }
+        Health { up: false, streak: 0, proven: false }
     }
 
     /// Record a probe; `Some(new_state)` when the backend changes state.
     pub fn observe(&mut self, ok: bool, rise: u32, fall: u32) -> Option<bool> {
+        self.proven |= ok;
         if ok == self.up {
             self.streak = 0;
             return None;

@@ -100,6 +100,8 @@ pub fn render(s: &Snapshot) -> String {
             }
             family(&mut o, "weir_sync_rejected_total", "counter", "Sync datagrams refused: not from a peer, or malformed.");
             let _ = writeln!(o, "weir_sync_rejected_total {}", y.rejected);
+            family(&mut o, "weir_sync_send_errors_total", "counter", "Sync datagrams the kernel refused to send (no route to a peer?).");
+            let _ = writeln!(o, "weir_sync_send_errors_total {}", y.send_errors);
         }
     }
     family(

@@ -247,14 +247,15 @@ impl Snapshot {
             if let Some(y) = &t.sync {
                 let _ = writeln!(
                     s,
-                    "flow sync with {}: sent {} received {} inserted {} present {} unknown {} rejected {}",
+                    "flow sync with {}: sent {} received {} inserted {} present {} unknown {} rejected {} send errors {}",
                     y.peers.join(","),
                     y.sent,
                     y.received,
                     y.inserted,
                     y.present,
                     y.unknown,
-                    y.rejected
+                    y.rejected,
+                    y.send_errors
                 );
             }
         }

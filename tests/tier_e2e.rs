@@ -194,6 +194,18 @@ fn a_tier_of_three_nodes_behind_ecmp() {
     worst = worst.max(withdraw_ms(&t, "weir's program detached on node 1", DSR4, 3, 2, || detach(&t, 1)));
     t.kill_weir(1, libc::SIGTERM);
     back_ms(&t, 1, DSR4);
+    // A hitless restart (a new `weir run` takes over the running one's maps,
+    // link and announce device): the router sees no change at all.
+    let w = t.watch_routes();
+    let t0 = now();
+    let old = t.weir_pid(1);
+    t.restart_weir(1);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_ne!(old, t.weir_pid(1), "a new process serves node 1");
+    assert!(w.first_after(DSR4, t0, Duration::from_millis(10)).is_none(), "a hand-over changed the router's routes");
+    assert_eq!(t.nexthops(DSR4), NODES);
+    println!("tier: hitless restart of node 1: no route change at the router in 2 s");
+    drop(w);
     // The VIP loses its last backend: every node withdraws it.
     reload_all(&t, &format!("{cfg}{PROBE}"));
     let listen = "nohup timeout 120 python3 -c 'import socket,time\ns=socket.socket(socket.AF_INET6)\ns.bind((\"::\",8099))\ns.listen(64)\ntime.sleep(600)' >/dev/null 2>&1 & echo $!";

@@ -61,6 +61,8 @@ pub struct Instance {
     last_addr_check: Instant,
     /// tier.announce: the device whose addresses the BGP daemon announces.
     announcer: Option<crate::tier::announce::Announcer>,
+    /// The interface's MAC changed since the program was loaded with it.
+    mac_stale: bool,
     drain: Option<Drain>,
     /// tier.peers: the flow sync with the other nodes.
     sync: Option<crate::tier::sync::Sync>,
@@ -131,25 +133,47 @@ impl Instance {
     /// Tell the announcer which VIP addresses are usable now.
     fn announce(&self) {
         if let Some(a) = &self.announcer {
-            a.want(crate::tier::usable_addrs(&self.plan, &self.down()));
+            a.want(self.usable());
         }
     }
 
-    /// Start, stop or move the announce device to match the plan.
+    /// Start, stop or move the announce device to match the plan; then tell
+    /// it what is usable now (a reload may have added or removed VIPs).
     fn start_announcer(&mut self, inherited: Option<OwnedFd>) -> Result<()> {
         let want = self.plan.tier.announce.then(|| self.plan.tier.device_for(&self.iface.name));
-        if self.announcer.as_ref().map(|a| a.device.clone()) == want {
-            return Ok(());
-        }
-        self.announcer = None; // withdraws what the old device announced
-        if let Some(dev) = want {
-            let a = crate::tier::announce::Announcer::start(&dev, self.iface.ifindex, inherited)?;
-            a.set_prog(crate::tier::announce::attached_prog(self.iface.ifindex));
-            tracing::info!("announcing usable VIP addresses on {dev} for the BGP daemon");
-            self.announcer = Some(a);
+        if self.announcer.as_ref().map(|a| a.device.clone()) != want {
+            self.announcer = None; // withdraws what the old device announced
+            if let Some(dev) = want {
+                let prog = crate::tier::announce::attached_prog(self.iface.ifindex);
+                let a = crate::tier::announce::Announcer::start(
+                    &dev,
+                    self.iface.ifindex,
+                    inherited,
+                    self.usable(),
+                    prog,
+                    self.drain.is_some(),
+                )?;
+                tracing::info!("announcing usable VIP addresses on {dev} for the BGP daemon");
+                self.announcer = Some(a);
+            }
         }
         self.announce();
         Ok(())
+    }
+
+    /// The VIP addresses to announce: those with a usable backend, none if
+    /// the interface's MAC is no longer the one the program checks frames
+    /// against (it would pass every frame: restart weir).
+    fn usable(&self) -> BTreeSet<IpAddr> {
+        if self.mac_stale {
+            return BTreeSet::new();
+        }
+        let mut not_usable = self.down();
+        // A checked backend counts only once a check has passed: a node
+        // that starts (or a backend a reload adds) attracts no traffic to
+        // backends nobody has seen alive.
+        not_usable.extend(self.health.iter().filter(|(_, h)| !h.proven).map(|(id, _)| *id));
+        crate::tier::usable_addrs(&self.plan, &not_usable)
     }
 
     /// Start, stop or re-index the flow sync to match the plan.
@@ -455,6 +479,9 @@ impl Service for Instance {
     }
 
     fn handoff(&mut self) -> Result<(String, Vec<OwnedFd>)> {
+        if self.drain.is_some() {
+            bail!("this instance is draining (weir drain): it stops by itself; start the new one after it");
+        }
         let maps = self.dp.shareable_maps();
         let mut names: Vec<&str> = maps.iter().map(|(n, _)| n.as_str()).collect();
         let mut fds = vec![self.link.fd().try_clone_to_owned()?];
@@ -575,6 +602,17 @@ impl Service for Instance {
         if self.last_addr_check.elapsed() >= Duration::from_secs(1) {
             self.last_addr_check = Instant::now();
             match Iface::lookup(&self.iface.name) {
+                Ok(now) if now.mac != self.iface.mac && !self.mac_stale => {
+                    tracing::error!(
+                        "{}: MAC now {} (the program was loaded with {}): frames to the new MAC pass unbalanced; \
+                         announcements withdrawn; restart weir (a hand-over reloads the program)",
+                        self.iface.name,
+                        crate::config::format_mac(&now.mac),
+                        crate::config::format_mac(&self.iface.mac)
+                    );
+                    self.mac_stale = true;
+                    self.announce();
+                }
                 Ok(now) if now.addrs != self.iface.addrs => {
                     tracing::info!("{}: addresses now {:?} (were {:?})", self.iface.name, now.addrs, self.iface.addrs);
                     self.iface.addrs = now.addrs.clone();
@@ -626,6 +664,7 @@ pub fn run(o: &Options) -> Result<()> {
     // its ids are kept so its tracked flows and counters keep their meaning.
     let mut handoff = crate::handoff::request(iface_name)?;
     let inherited_tun = handoff.as_mut().and_then(|h| h.tun.take());
+    let handed_over = handoff.is_some();
     let prev = handoff.as_ref().map(|h| h.ids.skeleton()).transpose()?;
     let plan = Plan::build_after(&cfg, prev.as_ref())?;
     // No waiting per backend: the probes go out together, and after at
@@ -718,20 +757,36 @@ pub fn run(o: &Options) -> Result<()> {
         last_sweep: Instant::now(),
         last_addr_check: Instant::now(),
         announcer: None,
+        mac_stale: false,
         drain: None,
         sync: None,
         fingerprints: None,
         live_cache: Default::default(),
     };
     inst.start_probers();
+    // Taken over from a running instance: its backends were seen alive (a
+    // hand-over must not withdraw announcements while checks restart).
+    if handed_over {
+        for h in inst.health.values_mut() {
+            h.proven = true;
+        }
+    }
     for id in &inherited_down {
         if let Some(h) = inst.health.get_mut(id) {
             *h = Health::down();
         }
     }
     inst.update_watched();
-    inst.start_announcer(inherited_tun)?;
-    inst.start_sync()?;
+    // After a take-over the link is ours alone: a tier error is logged (and
+    // retried by the next reload), not allowed to detach the node.
+    match (inst.start_announcer(inherited_tun), handed_over) {
+        (Err(e), true) => tracing::error!("announcing: {e:#}"),
+        (r, _) => r?,
+    }
+    match (inst.start_sync(), handed_over) {
+        (Err(e), true) => tracing::error!("flow sync: {e:#}"),
+        (r, _) => r?,
+    }
     super::serve::signals(tx.clone())?;
     super::neigh::start(watched, tx.clone())?;
     super::serve::control(control.listener().try_clone()?, tx.clone())?;

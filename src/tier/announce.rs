@@ -14,7 +14,7 @@
 //! waits on the core, and the core never waits on it (a mutex held for a
 //! copy).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex};
@@ -64,6 +64,19 @@ struct IfReq {
 }
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
+const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
+
+/// The name of the TUN device `fd` is attached to.
+pub fn tun_name(fd: &OwnedFd) -> Option<String> {
+    let mut req = IfReq { name: [0; 16], flags: 0, _pad: [0; 22] };
+    // SAFETY: TUNGETIFF writes a struct ifreq, which IfReq lays out.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), TUNGETIFF, &mut req) } < 0 {
+        return None;
+    }
+    let n = req.name.iter().position(|b| *b == 0).unwrap_or(16);
+    Some(String::from_utf8_lossy(&req.name[..n]).into_owned())
+}
 
 /// Create (or attach to a free) non-persistent TUN device `name`.
 pub fn open_tun(name: &str) -> Result<OwnedFd> {
@@ -90,6 +103,13 @@ pub fn open_tun(name: &str) -> Result<OwnedFd> {
         }
         return Err(e).with_context(|| format!("creating the announce device {name} (TUNSETIFF)"));
     }
+    // TUNSETIFF also attaches to an existing persistent device of that name,
+    // which would outlive weir (and keep its VIPs announced after a kill -9):
+    // make it non-persistent, so it dies with its last fd like a new one.
+    // SAFETY: TUNSETPERSIST takes an integer argument.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETPERSIST, 0 as libc::c_ulong) } < 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("making {name} a non-persistent device"));
+    }
     Ok(fd)
 }
 
@@ -107,10 +127,21 @@ pub fn attached_prog(ifindex: u32) -> u32 {
 
 impl Announcer {
     /// Open the device (or take over `inherited`, from the instance this one
-    /// replaces, with the addresses it holds) and start the thread. Nothing
-    /// is announced before `set_prog` names the attached program.
-    pub fn start(device: &str, iface_index: u32, inherited: Option<OwnedFd>) -> Result<Announcer> {
-        let tun = match inherited {
+    /// replaces, with the addresses it holds) and start the thread, knowing
+    /// from the start what to announce and which program is attached (so a
+    /// hand-over withdraws nothing). `prog_id` 0: nothing is announced
+    /// until `set_prog`.
+    pub fn start(
+        device: &str,
+        iface_index: u32,
+        inherited: Option<OwnedFd>,
+        want: BTreeSet<IpAddr>,
+        prog_id: u32,
+        draining: bool,
+    ) -> Result<Announcer> {
+        // A device inherited under another name (tier.device changed across
+        // the restart) is let go: the new name is made afresh.
+        let tun = match inherited.filter(|fd| tun_name(fd).as_deref() == Some(device)) {
             Some(fd) => fd,
             None => open_tun(device)?,
         };
@@ -118,7 +149,8 @@ impl Announcer {
         let link = rt.link(device)?.with_context(|| format!("the announce device {device} vanished after creation"))?;
         rt.set_up(link.ifindex).with_context(|| format!("setting the announce device {device} up"))?;
         let held: BTreeSet<IpAddr> = rt.global_addrs(link.ifindex)?.into_iter().collect();
-        let shared = Arc::new(Shared { st: Mutex::new(State { announced: held, ..Default::default() }), cv: Condvar::new() });
+        let st = State { announced: held, want, prog_id, draining, ..Default::default() };
+        let shared = Arc::new(Shared { st: Mutex::new(st), cv: Condvar::new() });
         let sh = shared.clone();
         let dev = device.to_string();
         let devindex = link.ifindex;
@@ -179,51 +211,65 @@ impl Drop for Announcer {
 }
 
 fn run(sh: Arc<Shared>, mut rt: Rtnl, dev: String, devindex: u32, iface_index: u32) {
+    // What failed last, per address, so a lasting failure is logged once.
+    let mut failing: BTreeMap<IpAddr, String> = BTreeMap::new();
     loop {
-        let (target, why, have) = {
+        let (prog_id, paused, draining, want) = {
             let Ok(st) = sh.st.lock() else { return };
             let Ok((st, _)) = sh.cv.wait_timeout(st, POLL) else { return };
             if st.stop {
                 return;
             }
-            if st.paused {
-                continue;
-            }
-            let attached = st.prog_id != 0 && attached_prog(iface_index) == st.prog_id;
-            let (target, why) = if st.prog_id == 0 {
-                (BTreeSet::new(), "not attached yet")
-            } else if !attached {
-                (BTreeSet::new(), "weir's program is no longer attached")
-            } else if st.draining {
-                (BTreeSet::new(), "draining")
-            } else {
-                (st.want.clone(), "no backend in rotation")
-            };
-            (target, why, st.announced.clone())
+            (st.prog_id, st.paused, st.draining, st.want.clone())
         };
-        let mut now = have.clone();
+        if paused {
+            continue;
+        }
+        // Outside the lock: the core never waits on a netlink round trip.
+        let attached = prog_id != 0 && attached_prog(iface_index) == prog_id;
+        let (target, why) = if prog_id == 0 {
+            (BTreeSet::new(), "not attached yet")
+        } else if !attached {
+            (BTreeSet::new(), "weir's program is no longer attached")
+        } else if draining {
+            (BTreeSet::new(), "draining")
+        } else {
+            (want, "no backend in rotation")
+        };
+        // The device as it is (not as last written): a change that failed,
+        // or one made by someone else, is set right on the next round.
+        let have: BTreeSet<IpAddr> = match rt.global_addrs(devindex) {
+            Ok(a) => a.into_iter().collect(),
+            Err(_) => continue,
+        };
         for ip in target.difference(&have) {
             match rt.add_host_address(devindex, *ip) {
                 Ok(()) => {
-                    now.insert(*ip);
+                    failing.remove(ip);
                     tracing::info!("announce: {ip} added to {dev}");
                 }
-                Err(e) => tracing::warn!("announce: {e:#}"),
+                Err(e) => note_failure(&mut failing, *ip, format!("{e:#}")),
             }
         }
         for ip in have.difference(&target) {
             match rt.del_host_address(devindex, *ip) {
                 Ok(()) => {
-                    now.remove(ip);
+                    failing.remove(ip);
                     tracing::warn!("announce: {ip} withdrawn from {dev} ({why})");
                 }
-                Err(e) => tracing::warn!("announce: {e:#}"),
+                Err(e) => note_failure(&mut failing, *ip, format!("{e:#}")),
             }
         }
-        if now != have {
-            if let Ok(mut st) = sh.st.lock() {
-                st.announced = now;
-            }
+        let now: BTreeSet<IpAddr> = rt.global_addrs(devindex).map(|a| a.into_iter().collect()).unwrap_or(have);
+        if let Ok(mut st) = sh.st.lock() {
+            st.announced = now;
         }
+    }
+}
+
+fn note_failure(failing: &mut BTreeMap<IpAddr, String>, ip: IpAddr, e: String) {
+    if failing.get(&ip) != Some(&e) {
+        tracing::error!("announce: {e} (retried every {} ms; logged again only if it changes)", POLL.as_millis());
+        failing.insert(ip, e);
     }
 }

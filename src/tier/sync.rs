@@ -154,8 +154,19 @@ impl Index {
         ix
     }
 
-    /// The local (vip id, backend id) of a peer's record.
+    /// The local (vip id, backend id) of a peer's record; None for a record
+    /// that names no VIP and backend of this node, or that no packet could
+    /// ever match (padding set, a backend of the other family, an IPv4 key
+    /// with address bits past its first word): such records would only take
+    /// room in the flow table.
     pub fn resolve(&self, r: &Record) -> Option<(u32, u32)> {
+        let v4 = u32::from(r.key.family) == crate::skel::weir_const::WEIR_FAMILY_V4.0 as u32;
+        if r.key.pad != 0 || v4 != r.backend.is_ipv4() {
+            return None;
+        }
+        if v4 && (r.key.src[1..].iter().chain(&r.key.dst[1..]).any(|w| *w != 0)) {
+            return None;
+        }
         let dst = key_addr(&r.key.dst, r.key.family);
         let dport = u16::from_be(r.key.dport);
         let (vip, bs) =
@@ -244,7 +255,7 @@ impl Sync {
         if peers.is_empty() {
             return Ok(None);
         }
-        let sock = UdpSocket::bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port))
+        let sock = dual_stack_udp(port)
             .or_else(|_| UdpSocket::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)))
             .with_context(|| format!("binding the flow sync's UDP port {port} (tier.sync_port): is another weir using it?"))?;
         sock.set_read_timeout(Some(Duration::from_millis(100)))?;
@@ -295,6 +306,31 @@ impl Drop for Sync {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+    }
+}
+
+/// A UDP socket on [::]:port that takes IPv4 too, whatever
+/// net.ipv6.bindv6only says (IPV6_V6ONLY set to 0 before the bind).
+fn dual_stack_udp(port: u16) -> std::io::Result<UdpSocket> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket calls on an fd owned here until from_raw_fd.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET6, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let sock = UdpSocket::from_raw_fd(fd);
+        let off: libc::c_int = 0;
+        if libc::setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, (&off as *const libc::c_int).cast(), 4) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut sa: libc::sockaddr_in6 = std::mem::zeroed();
+        sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+        sa.sin6_port = port.to_be();
+        if libc::bind(fd, (&sa as *const libc::sockaddr_in6).cast(), std::mem::size_of::<libc::sockaddr_in6>() as u32) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(sock)
     }
 }
 
