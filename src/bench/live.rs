@@ -150,7 +150,7 @@ port = 80
 protocol = "tcp"
 [[vip.backend]]
 address = "198.18.0.11"
-mac = "02:00:00:00:00:0b"
+mac = "BACKEND_MAC"
 "#;
 
 pub fn run(packets: u32, runs: usize) -> Result<LiveReport> {
@@ -167,7 +167,12 @@ pub fn run(packets: u32, runs: usize) -> Result<LiveReport> {
     net.enter(&net.a)?;
     let bl0 = Iface::lookup("bl0")?;
 
-    let plan = Plan::build(&Config::from_toml(CONFIG)?)?;
+    // Live frames are not reset between runs: a page the program rewrote
+    // comes back as it left. weir acts only on frames for its own MAC, so
+    // the backend has bl0's MAC here: the DSR rewrite then leaves a frame
+    // weir forwards again on the page's next run (the same path, every run).
+    let cfg = CONFIG.replace("BACKEND_MAC", &crate::config::format_mac(&bl0.mac));
+    let plan = Plan::build(&Config::from_toml(&cfg)?)?;
     let dp = dataplane::load_configured(&plan, &bl0)?;
 
     let mut frame = frame_v4("10.0.0.1".parse()?, "198.18.0.100".parse()?, 40000, 80, true);
