@@ -15,10 +15,10 @@
 /* Set by the control plane before load. */
 const volatile __u32 ring_size = 65537;
 const volatile __u8 iface_mac[6] = {};
-/* The same MAC as the words a frame's destination is loaded as (native
- * order): the L2 check is two compares (lb.bpf.c frame_is_ours). */
-const volatile __u32 iface_mac_w0 = 0;
-const volatile __u16 iface_mac_w1 = 0;
+/* The same MAC as the low 48 bits of the frame's first 8 bytes, loaded
+ * natively (little-endian: the destination MAC): the L2 check is one load,
+ * a mask and a compare (lb.bpf.c). */
+const volatile __u64 iface_mac_word = 0;
 /* Largest IP packet the interface sends: tunnel encapsulation checks it. */
 const volatile __u32 iface_mtu = 1500;
 /* NAT flow idle timeouts, seconds (docs/nat-tunnel.md). */

@@ -116,8 +116,7 @@ impl Dataplane {
         ro.ring_size = settings.ring_size;
         ro.iface_mac = settings.iface_mac;
         let m = settings.iface_mac;
-        ro.iface_mac_w0 = u32::from_ne_bytes([m[0], m[1], m[2], m[3]]);
-        ro.iface_mac_w1 = u16::from_ne_bytes([m[4], m[5]]);
+        ro.iface_mac_word = u64::from_le_bytes([m[0], m[1], m[2], m[3], m[4], m[5], 0, 0]);
         ro.iface_mtu = settings.iface_mtu;
         let [tcp, syn, fin, udp] = settings.nat_timeouts;
         ro.nat_tcp_timeout = tcp;
