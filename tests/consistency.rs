@@ -364,6 +364,10 @@ fn live_fingerprint_is_the_tables_the_program_uses() {
     let took_config = t.elapsed();
     let (first, took_cold) = live();
     assert_eq!(first, config, "every backend up: live = config");
+    // What weir run shows is computed from the tables the core writes, not
+    // read back: it must agree with the kernel's tables.
+    let mut pc = fingerprint::PlanCache::default();
+    assert_eq!(fingerprint::live_of_plan(&lb.plan, &Default::default(), &mut pc), first, "in memory = read back, all up");
     let (_, took_warm) = live();
     eprintln!(
         "{} VIPs x 65537 slots: config fingerprint {took_config:?}; live {took_cold:?} cold, {took_warm:?} with nothing written",
@@ -381,6 +385,9 @@ fn live_fingerprint_is_the_tables_the_program_uses() {
     let (down, took) = live();
     eprintln!("live after one VIP's tables were written: {took:?}");
     assert_ne!(down, config);
+    let gone_set = [gone.id].into_iter().collect();
+    assert_eq!(fingerprint::live_of_plan(&lb.plan, &gone_set, &mut pc), down, "in memory = read back, one down");
+    assert_eq!(fingerprint::live_of_plan(&lb.plan, &gone_set, &mut pc), down, "cached = computed");
     let drained = CONFIG.replacen("mac = \"02:00:00:00:01:0c\"\nweight = 2", "mac = \"02:00:00:00:01:0c\"\nweight = 0", 1);
     assert_ne!(drained, CONFIG);
     assert_eq!(down, fingerprint::config(&Plan::build(&Config::from_toml(&drained).unwrap()).unwrap()));

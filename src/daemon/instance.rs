@@ -69,7 +69,7 @@ pub struct Instance {
     /// The fingerprints, as of `Dataplane::table_writes` = .0.
     fingerprints: Option<(u64, Fingerprints)>,
     /// What the live fingerprint read of each VIP's table.
-    live_cache: fingerprint::LiveCache,
+    live_cache: fingerprint::PlanCache,
 }
 
 /// A drain in progress (`weir drain`).
@@ -395,7 +395,9 @@ impl Instance {
                 return Ok(f.clone());
             }
         }
-        let live = fingerprint::live(&self.dp, &mut self.live_cache).context("reading the live tables for the fingerprint")?;
+        // From what the core wrote, not read back from the kernel: no walk of
+        // the tables on this thread (tests/consistency.rs shows both agree).
+        let live = fingerprint::live_of_plan(&self.plan, &self.down(), &mut self.live_cache);
         let f = Fingerprints { config: fingerprint::config(&self.plan).to_string(), live: live.to_string() };
         self.fingerprints = Some((writes, f.clone()));
         Ok(f)
@@ -433,6 +435,7 @@ impl Service for Instance {
         let summary = self.dp.reload(&self.plan, &new, &hops.hops, &hops.tx, &down)?;
         self.plan = new;
         self.fingerprints = None;
+        self.live_cache.clear();
         self.hops = hops;
         self.update_watched();
         self.start_probers();

@@ -10,7 +10,9 @@
 //! - `config`: the tables as planned with every backend up. Nodes given the
 //!   same config agree, whatever the order of its VIPs and backends; a
 //!   change of a weight, a backend, `table_size` or a scheduler changes it.
-//! - `live`: the tables the data plane uses now, read back from its maps:
+//! - `live`: the tables the data plane uses now, read back from its maps
+//!   (`live`), or computed from what the core thread wrote (`live_of_plan`,
+//!   what `weir run` shows: no walk of the kernel's tables on that thread):
 //!   backends down (failing checks, unresolved) are out of them, and entries
 //!   of backends no longer active count as empty. With every backend up it
 //!   equals `config`.
@@ -60,6 +62,43 @@ pub fn config(plan: &Plan) -> Fingerprint {
             let who: BTreeMap<u32, Option<Identity>> =
                 v.backends.iter().map(|b| (b.id, Some((b.addr, b.port.unwrap_or(0))))).collect();
             (v.addr, v.port, v.proto.number(), vip_digest(sched, v.mode as u8, ids, &who))
+        })
+        .collect();
+    Fingerprint(combine(plan.table_size, vips))
+}
+
+/// Per VIP id: the down backends its digest was computed without, and the
+/// digest (`live_of_plan`'s cache; cleared when the plan changes).
+pub type PlanCache = BTreeMap<u32, (Vec<u32>, u64)>;
+
+/// The live fingerprint computed from the tables the core thread writes
+/// (`plan::tables` without the backends in `down`), not read back from the
+/// kernel: a VIP with no backend down costs nothing, one with some down a
+/// table build, once per down set (`cache`). Equal to `live` while the
+/// data plane holds what the core wrote (tests/consistency.rs checks it).
+pub fn live_of_plan(plan: &Plan, down: &BTreeSet<u32>, cache: &mut PlanCache) -> Fingerprint {
+    let vips = plan
+        .vips
+        .iter()
+        .map(|v| {
+            let sched = v.sched as u8;
+            let mine: Vec<u32> = v.backends.iter().map(|b| b.id).filter(|id| down.contains(id)).collect();
+            let who: BTreeMap<u32, Option<Identity>> = v
+                .backends
+                .iter()
+                .map(|b| (b.id, (!down.contains(&b.id)).then_some((b.addr, b.port.unwrap_or(0)))))
+                .collect();
+            let digest = if mine.is_empty() {
+                vip_digest(sched, v.mode as u8, if is_rr(sched) { &v.rr } else { &v.ring }, &who)
+            } else if let Some((_, d)) = cache.get(&v.id).filter(|(set, _)| *set == mine) {
+                *d
+            } else {
+                let (ring, rr, _) = crate::plan::tables(&v.backends, plan.table_size, down);
+                let d = vip_digest(sched, v.mode as u8, if is_rr(sched) { &rr } else { &ring }, &who);
+                cache.insert(v.id, (mine, d));
+                d
+            };
+            (v.addr, v.port, v.proto.number(), digest)
         })
         .collect();
     Fingerprint(combine(plan.table_size, vips))
