@@ -48,10 +48,8 @@ static __always_inline __u64 dest_mac_word(void *data)
 static __always_inline void sync_flow(struct stat_block *c, const struct flow_key *k, __u32 backend_id)
 {
 	struct flow_sync_event e = { .key = *k, .backend_id = backend_id };
-	__u32 zero = 0;
-	__u64 *tat = bpf_map_lookup_elem(&sync_budget, &zero);
 
-	if (!tat || !gcra_take(tat, bpf_ktime_get_ns(), SYNC_INTERVAL_NS, SYNC_BURST_NS)) {
+	if (!percpu_budget_take(&sync_budget, SYNC_INTERVAL_NS, SYNC_BURST_NS)) {
 		stat_inc(c, WEIR_STAT_SYNC_LIMITED);
 		return;
 	}

@@ -8,6 +8,7 @@
 #define WEIR_RATELIMIT_H
 
 #include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
 
 /* True when a budget whose arrival time is `tat` has nothing left now. */
 static __always_inline int gcra_spent(__u64 tat, __u64 now, __u64 interval, __u64 burst)
@@ -24,6 +25,18 @@ static __always_inline int gcra_take(__u64 *tat, __u64 now, __u64 interval, __u6
 		return 0;
 	*tat = (*tat > now ? *tat : now) + interval;
 	return 1;
+}
+
+/*
+ * gcra_take on the single slot of a BPF_PERCPU_ARRAY of one u64 (the
+ * budgets icmp_budget and sync_budget): true when one more may go now.
+ */
+static __always_inline int percpu_budget_take(void *budget, __u64 interval, __u64 burst)
+{
+	__u32 zero = 0;
+	__u64 *tat = bpf_map_lookup_elem(budget, &zero);
+
+	return tat && gcra_take(tat, bpf_ktime_get_ns(), interval, burst);
 }
 
 /*

@@ -25,10 +25,7 @@
 /* One more too-big answer allowed on this CPU now (icmp_budget, maps.h). */
 static __always_inline int icmp_allowed(void)
 {
-	__u32 zero = 0;
-	__u64 *tat = bpf_map_lookup_elem(&icmp_budget, &zero);
-
-	return tat && gcra_take(tat, bpf_ktime_get_ns(), ICMP_INTERVAL_NS, ICMP_BURST_NS);
+	return percpu_budget_take(&icmp_budget, ICMP_INTERVAL_NS, ICMP_BURST_NS);
 }
 
 /*

@@ -59,6 +59,10 @@ PMTU_HOSTS=(crt far)
 # every backend with a web server: BACKENDS, plus b4 in a routed lab
 ALL_BACKENDS=("${BACKENDS[@]}")
 
+# shared helpers: ns_exists, kill_recorded
+# shellcheck source=lab/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
 die() { echo "lab.sh: error: $*" >&2; exit 1; }
 log() { echo "lab.sh: $*"; }
 
@@ -135,7 +139,6 @@ need_tools() {
 	fi
 }
 
-ns_exists() { [[ -e "/run/netns/$1" ]] || ip netns list 2>/dev/null | awk '{print $1}' | grep -qx -- "$1"; }
 
 lab_exists() {
 	[[ -d "$STATE" ]] && return 0
@@ -146,36 +149,6 @@ lab_exists() {
 	return 1
 }
 
-# -------------------------------------------------------------- teardown ---
-# kill_recorded FILE PATTERN: kill the PID in FILE only if its command line
-# still contains PATTERN (guards against PID reuse).
-kill_recorded() {
-	local file="$1" pattern="$2" pid cmd i
-	[[ -f "$file" ]] || return 0
-	pid="$(tr -dc '0-9' <"$file")"
-	rm -f "$file"
-	[[ -n "$pid" ]] || return 0
-	if [[ ! -r "/proc/$pid/cmdline" ]]; then
-		return 0
-	fi
-	cmd="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || true)"
-	if [[ "$cmd" != *"$pattern"* ]]; then
-		log "pid $pid from $(basename "$file") is now '$cmd', not ours; leaving it alone"
-		return 0
-	fi
-	kill -TERM "$pid" 2>/dev/null || return 0
-	for ((i = 0; i < 30; i++)); do
-		kill -0 "$pid" 2>/dev/null || return 0
-		sleep 0.1
-	done
-	log "pid $pid ignored SIGTERM; sending SIGKILL"
-	kill -KILL "$pid" 2>/dev/null || true
-	for ((i = 0; i < 20; i++)); do
-		kill -0 "$pid" 2>/dev/null || return 0
-		sleep 0.1
-	done
-	log "warning: pid $pid still alive"
-}
 
 do_down() {
 	local b h n pids
