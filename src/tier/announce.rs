@@ -129,8 +129,7 @@ impl Announcer {
     /// Open the device (or take over `inherited`, from the instance this one
     /// replaces, with the addresses it holds) and start the thread, knowing
     /// from the start what to announce and which program is attached (so a
-    /// hand-over withdraws nothing). `prog_id` 0: nothing is announced
-    /// until `set_prog`.
+    /// hand-over withdraws nothing). `prog_id` 0: nothing is announced.
     pub fn start(
         device: &str,
         iface_index: u32,
@@ -166,11 +165,6 @@ impl Announcer {
             f(&mut st);
         }
         self.shared.cv.notify_all();
-    }
-
-    /// The program weir attached (or took over): announcing may start.
-    pub fn set_prog(&self, prog_id: u32) {
-        self.with(|st| st.prog_id = prog_id);
     }
 
     /// The addresses that have a usable VIP now.
