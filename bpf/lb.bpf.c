@@ -24,6 +24,7 @@
 #include "nat.h"
 #include "tunnel.h"
 #include "icmp.h"
+#include "frag.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -68,8 +69,8 @@ static __always_inline int process(struct xdp_md *ctx, struct packet *pkt, __u32
 	struct vip_meta *vip;
 	struct backend *be;
 	struct flow *f;
-	__u32 bid = WEIR_NO_BACKEND;
-	int new_flow = 0, in_handshake = 0;
+	__u32 bid = WEIR_NO_BACKEND, fnow = 0;
+	int new_flow = 0, in_handshake = 0, followed = 0;
 	int rc, group;
 
 	*len_out = bytes;
@@ -108,6 +109,13 @@ static __always_inline int process(struct xdp_md *ctx, struct packet *pkt, __u32
 	else
 		rc = WEIR_STAT_PASS_NOT_IP;
 	if (rc) {
+		if (rc == WEIR_STAT_PASS_FRAGMENT && pkt->frag) {
+			/* a fragment without ports (frag.h) */
+			rc = frag_later(c, ctx, pkt, bytes, bid_out, vip_out);
+			if (rc >= 0)
+				return rc;
+			rc = WEIR_STAT_PASS_FRAGMENT;
+		}
 		if (rc == WEIR_STAT_PASS_UNKNOWN_PROTO) {
 			/* ping to a VIP; an error about a DSR / tunnel reply */
 			rc = icmp_vip(c, ctx, pkt, bytes, bid_out, vip_out);
@@ -149,6 +157,15 @@ static __always_inline int process(struct xdp_md *ctx, struct packet *pkt, __u32
 	if (vip->mode == WEIR_MODE_NAT)
 		return nat_forward(c, data, data_end, pkt, vip, bid_out, bytes);
 
+	if (pkt->frag) {
+		/* A first fragment: a later one of its datagram may have come first. */
+		fnow = frag_now();
+		followed = frag_first_follow(pkt, fnow, &be, &bid);
+		if (followed == FRAG_FOUND)
+			goto send;
+		if (followed < 0)
+			return drop_because(c, WEIR_STAT_DROP_FRAG_BACKEND_GONE);
+	}
 	f = bpf_map_lookup_elem(&flows, &pkt->key);
 	if (!f && pkt->key.proto == IPPROTO_TCP) {
 		/* A handshake in progress (see syn_flows in maps.h). */
@@ -191,6 +208,16 @@ static __always_inline int process(struct xdp_md *ctx, struct packet *pkt, __u32
 	new_flow = 1;
 	stat_inc(c, WEIR_STAT_FLOW_NEW);
 send:
+	if (pkt->frag) {
+		/* A first fragment: the rest of its datagram follow (frag.h). */
+		if (followed != FRAG_FOUND) {
+			__u32 why = frag_first_bind(c, pkt, fnow, &be, &bid, 0);
+
+			if (why)
+				return drop_because(c, why);
+		}
+		stat_inc(c, WEIR_STAT_FRAG_BALANCED);
+	}
 	*bid_out = bid;
 	traffic_add(&vip_stats, vip->vip_id, bytes, new_flow);
 	traffic_add(&backend_stats, bid, bytes, new_flow);
@@ -263,5 +290,61 @@ int weir_nat_sweep(struct xdp_md *ctx)
 	bpf_for_each_map_elem(&nat_rev, nat_sweep_one, &sc, 0);
 	io->seen = sc.seen;
 	io->freed = sc.freed;
+	return XDP_PASS;
+}
+
+/* The sweep's input and output for fragments (test_run), as nat_sweep_io. */
+struct frag_sweep_ctx {
+	__u32 now;
+	__u32 seen;
+	__u32 freed;
+};
+
+static long frag_sweep_one(void *map, const struct frag_key *k, struct frag_entry *e, struct frag_sweep_ctx *sc)
+{
+	__u32 st = READ_ONCE(e->stamp);
+
+	sc->seen++;
+	if (st == WEIR_FRAG_BUSY || frag_live(st, sc->now))
+		return 0;
+	/* Free it only if nobody reused it since `st` was read. */
+	if (__sync_val_compare_and_swap(&e->stamp, st, WEIR_FRAG_BUSY) != st)
+		return 0;
+	bpf_map_delete_elem(&frags, k);
+	sc->freed++;
+	return 0;
+}
+
+/*
+ * Free datagram entries past the fragment timeout (frag_table.h), in the
+ * kernel for the same reason as weir_nat_sweep. Its frame holds a struct
+ * nat_sweep_io (margin unused).
+ */
+SEC("xdp")
+int weir_frag_sweep(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct nat_sweep_io *io = data;
+	/* Not frag_now(): its BUSY branch gives the verifier a bounded value to
+	 * track through every callback, which it cannot prove in time. */
+	struct frag_sweep_ctx sc = { .now = bpf_ktime_get_ns() / 1000000 };
+
+	if ((void *)(io + 1) > data_end)
+		return XDP_ABORTED;
+	/* The counts start from the frame's (zeros): known constants would
+	 * have the verifier follow every count through the callback apart and
+	 * give up ("sequence of jumps is too complex"). */
+	sc.seen = io->seen;
+	sc.freed = io->freed;
+	bpf_for_each_map_elem(&frags, frag_sweep_one, &sc, 0);
+	io->seen = sc.seen;
+	io->freed = sc.freed;
+	if (sc.freed) {
+		struct stat_block *c = counters();
+
+		if (c)
+			c->n[WEIR_STAT_FRAG_EXPIRED] += sc.freed;
+	}
 	return XDP_PASS;
 }

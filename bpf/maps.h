@@ -27,6 +27,10 @@ const volatile __u32 nat_syn_timeout = 30;
 const volatile __u32 nat_fin_timeout = 120;
 const volatile __u32 nat_udp_timeout = 60;
 
+/* [fragments] (frag.h): off, every fragment goes to the kernel as before. */
+const volatile __u8 frag_on = 0;
+const volatile __u32 frag_timeout_ms = 1000;
+
 /* Set by the control plane while some VIP is in NAT mode: only then do
  * non-VIP packets pay the reverse lookup. */
 __u32 nat_on = 0;
@@ -53,6 +57,7 @@ const volatile struct {
 	enum weir_shield_flags shield_flags;
 	enum weir_vip_flags vip_flags;
 	enum weir_nat_state nat_state;
+	enum weir_frag_flags frag_flags;
 	struct trace_event trace; /* ring buffer records carry no BTF otherwise */
 	struct flow_sync_event sync;
 } weir_abi = { .stat = WEIR_STAT_MAX };
@@ -158,6 +163,34 @@ struct {
 	__type(value, struct nat_rev);
 	__uint(max_entries, 65536);
 } nat_rev SEC(".maps");
+
+/*
+ * IP fragments (frag.h): one entry per datagram in flight. A plain hash, not
+ * an LRU: an LRU would evict a datagram's entry under a flood between two of
+ * its fragments, and the next one would be placed afresh, splitting the
+ * datagram. Full means the datagram is dropped (drop_frag_table_full), never
+ * split; weir_frag_sweep frees expired entries. Sized from
+ * fragments.max_datagrams before load.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct frag_key);
+	__type(value, struct frag_entry);
+	__uint(max_entries, 16384);
+} frags SEC(".maps");
+
+/*
+ * Which VIP a fragment without ports belongs to: (address, protocol, port 0)
+ * -> that VIP's key, when the address has exactly one VIP for the protocol
+ * (ICMP: exactly one VIP at all); a value with proto 0 says several VIPs
+ * could own it. Written by the control plane with the VIPs.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct vip_key);
+	__type(value, struct vip_key);
+	__uint(max_entries, WEIR_MAX_VIPS * 3);
+} frag_vips SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_DEVMAP);

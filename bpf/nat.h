@@ -12,6 +12,7 @@
 
 #include "maps.h"
 #include "parse.h"
+#include "frag_table.h"
 #include "stats.h"
 #include "csum.h"
 #include "sched.h"
@@ -232,14 +233,22 @@ static __always_inline int nat_forward(struct stat_block *c, void *data, void *d
 	struct flow_key rk = {};
 	struct nat_fwd *f;
 	struct nat_rev *r;
-	struct backend *be;
-	__u32 bid;
+	struct backend *be, *fbe = NULL;
+	__u32 bid, fbid = WEIR_NO_BACKEND, fnow = 0;
 	__u16 sport, dport;
 	__u32 source[4];
-	int new_flow = 0, action;
+	int new_flow = 0, action, frc = FRAG_NONE_YET;
 
 	if ((void *)(eth + 1) > data_end)
 		return drop_because(c, WEIR_STAT_DROP_ENCAP);
+	/* A first fragment whose datagram a later fragment placed (frag.h):
+	 * that backend, for a new flow; a flow bound elsewhere cannot take it. */
+	if (pkt->frag) {
+		fnow = frag_now();
+		frc = frag_first_follow(pkt, fnow, &fbe, &fbid);
+		if (frc < 0)
+			return drop_because(c, WEIR_STAT_DROP_FRAG_BACKEND_GONE);
+	}
 	f = bpf_map_lookup_elem(&nat_fwd, &pkt->key);
 	if (f) {
 		bid = f->backend_id;
@@ -272,9 +281,14 @@ static __always_inline int nat_forward(struct stat_block *c, void *data, void *d
 	 * a connection the backend never saw (and reset it there anyway). */
 	if (pkt->key.proto == IPPROTO_TCP && (pkt->tcp_flags & (TCP_SYN | TCP_ACK)) != TCP_SYN)
 		return drop_because(c, WEIR_STAT_DROP_NAT_NOT_SYN);
-	be = admit_new_flow(c, pkt, vip, f != NULL, bytes, &bid, &action);
-	if (!be)
-		return action;
+	if (frc == FRAG_FOUND) {
+		be = fbe;
+		bid = fbid;
+	} else {
+		be = admit_new_flow(c, pkt, vip, f != NULL, bytes, &bid, &action);
+		if (!be)
+			return action;
+	}
 	{
 		struct nat_rev nr = {
 			.client_port = pkt->key.sport,
@@ -306,6 +320,18 @@ static __always_inline int nat_forward(struct stat_block *c, void *data, void *d
 	new_flow = 1;
 	stat_inc(c, WEIR_STAT_FLOW_NEW);
 send:
+	if (pkt->frag) {
+		if (frc == FRAG_FOUND) {
+			if (fbid != bid)
+				return drop_because(c, WEIR_STAT_DROP_FRAG_SPLIT);
+		} else {
+			__u32 why = frag_first_bind(c, pkt, fnow, &be, &bid, 1);
+
+			if (why)
+				return drop_because(c, why);
+		}
+		stat_inc(c, WEIR_STAT_FRAG_BALANCED);
+	}
 	*bid_out = bid;
 	traffic_add(&vip_stats, vip->vip_id, bytes, new_flow);
 	traffic_add(&backend_stats, bid, bytes, new_flow);
@@ -336,6 +362,24 @@ static __always_inline int nat_return(struct stat_block *c, void *data, void *da
 	}
 	*bid_out = r->backend_id;
 	*vip_out = r->vip_id;
+	/* The first fragment of a reply: its later fragments follow it back
+	 * (frag.h); no room, and they go to the kernel (the client's
+	 * reassembly then times out: the datagram is lost, not split). */
+	if (pkt->frag) {
+		struct frag_key fk = {};
+		struct frag_entry e, want = {
+			.backend_id = r->backend_id,
+			.vip_port = pkt->key.sport,
+			.reply_dport = pkt->key.dport,
+			.flags = WEIR_FRAG_NAT_REPLY,
+			.stamp = frag_now(),
+		};
+
+		frag_key_of(&fk, pkt);
+		if (frag_bind(c, &fk, &want, want.stamp, &e) == FRAG_FOUND)
+			stat_inc(c, WEIR_STAT_FRAG_TRACKED);
+		stat_inc(c, WEIR_STAT_FRAG_BALANCED);
+	}
 	if (l34_rewrite(data, data_end, pkt, r->vip, r->client, r->vip_port, r->client_port))
 		return drop_because(c, WEIR_STAT_DROP_ENCAP);
 	__builtin_memcpy(eth->h_dest, r->client_mac, ETH_ALEN);

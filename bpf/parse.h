@@ -68,7 +68,21 @@ struct packet {
 	 * on as if it were part of it.
 	 */
 	__u32 ip_end;
+	/* A fragment (frag.h): FRAG_FIRST carries the transport header,
+	 * FRAG_LATER does not. frag_id as it is in the header. */
+	__u8 frag;
+	__u32 frag_id;
 };
+
+/* maps.h (lb.bpf.c) sets frag_on before load; a program without it (the
+ * standalone shield) hands every fragment to the kernel. */
+#ifndef WEIR_MAPS_H
+#define frag_on 0
+#endif
+
+#define FRAG_NONE 0
+#define FRAG_FIRST 1
+#define FRAG_LATER 2
 
 #define TCP_FIN 0x01
 #define TCP_SYN 0x02
@@ -124,9 +138,11 @@ static __always_inline int parse_l4(void *l4, void *ip_end, void *data_end, stru
 		if ((void *)(uh + 1) > data_end)
 			return WEIR_STAT_PASS_TRUNCATED;
 		/* Shorter than its IP payload is allowed (the rest is not UDP);
-		 * longer, or shorter than its own header, is a lie. */
+		 * longer, or shorter than its own header, is a lie. A first
+		 * fragment's UDP length counts the whole datagram: it must only
+		 * be longer than the fragment. */
 		if ((void *)(uh + 1) > ip_end || bpf_ntohs(uh->len) < sizeof(*uh) ||
-		    l4 + bpf_ntohs(uh->len) > ip_end)
+		    (pkt->frag ? l4 + bpf_ntohs(uh->len) <= ip_end : l4 + bpf_ntohs(uh->len) > ip_end))
 			return WEIR_STAT_PASS_MALFORMED;
 		pkt->key.sport = uh->source;
 		pkt->key.dport = uh->dest;
@@ -145,12 +161,17 @@ static __always_inline int parse_ipv4(void *data, void *data_end, struct packet 
 	if (iph->version != 4 || iph->ihl < 5)
 		return WEIR_STAT_PASS_MALFORMED;
 	/*
-	 * Every fragment, the first included, goes to the kernel: later
-	 * fragments carry no ports, so balancing the first alone would split
-	 * one datagram between two hosts.
+	 * Without [fragments], every fragment, the first included, goes to the
+	 * kernel: later fragments carry no ports, so balancing the first alone
+	 * would split one datagram between two hosts. With it, frag.h keeps
+	 * each datagram on one backend.
 	 */
-	if (iph->frag_off & bpf_htons(IP_MF | IP_OFFSET))
-		return WEIR_STAT_PASS_FRAGMENT;
+	if (iph->frag_off & bpf_htons(IP_MF | IP_OFFSET)) {
+		if (!frag_on)
+			return WEIR_STAT_PASS_FRAGMENT;
+		pkt->frag = iph->frag_off & bpf_htons(IP_OFFSET) ? FRAG_LATER : FRAG_FIRST;
+		pkt->frag_id = iph->id;
+	}
 	ihl_len = iph->ihl * 4;
 	if ((void *)iph + ihl_len > data_end)
 		return WEIR_STAT_PASS_TRUNCATED;
@@ -171,8 +192,10 @@ static __always_inline int parse_ipv4(void *data, void *data_end, struct packet 
 	pkt->key.dst[0] = iph->daddr;
 	pkt->l4_off = pkt->l3_off + ihl_len;
 	pkt->ip_opts = ihl_len > 20;
+	if (pkt->frag == FRAG_LATER)
+		return WEIR_STAT_PASS_FRAGMENT;
 	if (iph->protocol != IPPROTO_TCP && iph->protocol != IPPROTO_UDP)
-		return WEIR_STAT_PASS_UNKNOWN_PROTO;
+		return pkt->frag ? WEIR_STAT_PASS_FRAGMENT : WEIR_STAT_PASS_UNKNOWN_PROTO;
 	return parse_l4((void *)iph + ihl_len, (void *)iph + tot, data_end, pkt);
 }
 
@@ -193,10 +216,20 @@ static __always_inline int is_ipv6_ext(__u8 nexthdr)
 	return 0;
 }
 
+/* The IPv6 Fragment header (RFC 8200 4.5). */
+struct frag6_hdr {
+	__u8 nexthdr;
+	__u8 reserved;
+	__be16 frag_off; /* offset << 3 | M */
+	__be32 id;
+};
+
 static __always_inline int parse_ipv6(void *data, void *data_end, struct packet *pkt)
 {
 	struct ipv6hdr *ip6 = data + pkt->l3_off;
+	void *l4 = ip6 + 1;
 	__u32 plen;
+	__u8 nh;
 
 	if ((void *)(ip6 + 1) > data_end)
 		return WEIR_STAT_PASS_TRUNCATED;
@@ -208,16 +241,43 @@ static __always_inline int parse_ipv6(void *data, void *data_end, struct packet 
 	if ((void *)(ip6 + 1) + plen > data_end)
 		return WEIR_STAT_PASS_TRUNCATED;
 	pkt->ip_end = pkt->l3_off + sizeof(*ip6) + plen;
-	if (is_ipv6_ext(ip6->nexthdr))
+	nh = ip6->nexthdr;
+	/*
+	 * A Fragment header right after the fixed header (where senders put
+	 * it; one behind other extension headers goes to the kernel, as every
+	 * extension header does). Offset 0 without M is an atomic fragment: a
+	 * whole datagram (RFC 6946).
+	 */
+	if (nh == IPPROTO_FRAGMENT && frag_on) {
+		struct frag6_hdr *fh = l4;
+		__u16 off;
+
+		if ((void *)(fh + 1) > data_end)
+			return WEIR_STAT_PASS_TRUNCATED;
+		if (plen < sizeof(*fh))
+			return WEIR_STAT_PASS_MALFORMED;
+		off = bpf_ntohs(fh->frag_off);
+		if (off & 6)
+			return WEIR_STAT_PASS_MALFORMED; /* reserved bits */
+		if (off & 0xfff9) {
+			pkt->frag = off & 0xfff8 ? FRAG_LATER : FRAG_FIRST;
+			pkt->frag_id = fh->id;
+		}
+		nh = fh->nexthdr;
+		l4 = fh + 1;
+	}
+	if (is_ipv6_ext(nh))
 		return WEIR_STAT_PASS_IPV6_EXT;
 	pkt->key.family = WEIR_FAMILY_V6;
-	pkt->key.proto = ip6->nexthdr;
+	pkt->key.proto = nh;
 	__builtin_memcpy(pkt->key.src, &ip6->saddr, 16);
 	__builtin_memcpy(pkt->key.dst, &ip6->daddr, 16);
-	pkt->l4_off = pkt->l3_off + sizeof(*ip6);
-	if (ip6->nexthdr != IPPROTO_TCP && ip6->nexthdr != IPPROTO_UDP)
-		return WEIR_STAT_PASS_UNKNOWN_PROTO;
-	return parse_l4(ip6 + 1, (void *)(ip6 + 1) + plen, data_end, pkt);
+	pkt->l4_off = pkt->l3_off + (l4 - (void *)ip6);
+	if (pkt->frag == FRAG_LATER)
+		return WEIR_STAT_PASS_FRAGMENT;
+	if (nh != IPPROTO_TCP && nh != IPPROTO_UDP)
+		return pkt->frag ? WEIR_STAT_PASS_FRAGMENT : WEIR_STAT_PASS_UNKNOWN_PROTO;
+	return parse_l4(l4, (void *)(ip6 + 1) + plen, data_end, pkt);
 }
 
 #endif

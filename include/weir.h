@@ -190,6 +190,40 @@ struct nat_rev {
 	__u32 ack_expect;
 };
 
+/*
+ * IP fragments to VIPs (bpf/frag.h): one entry per datagram in flight, made
+ * by whichever of its fragments arrives first, followed by the rest. Keyed
+ * like the kernel's reassembly queue (RFC 791 / RFC 8200).
+ */
+struct frag_key {
+	__u32 src[4];
+	__u32 dst[4];
+	__u32 id;     /* IPv4: the 16-bit identification; IPv6: the Fragment header's */
+	__u8 proto;   /* the datagram's protocol */
+	__u8 family;
+	__u16 pad;
+};
+
+enum weir_frag_flags {
+	/* a NAT backend's reply: ports = its reply 5-tuple's, to find the nat_rev entry */
+	WEIR_FRAG_NAT_REPLY = 1,
+};
+
+/* struct frag_entry.stamp while another CPU reuses or frees the entry. */
+#define WEIR_FRAG_BUSY 0xffffffffu
+
+struct frag_entry {
+	__u32 backend_id;
+	__u16 generation; /* the backend's when the entry was made */
+	__u16 vip_port;   /* the VIP's key (port, proto): finds its vip_meta; NAT reply: reply sport */
+	__u16 reply_dport; /* NAT reply: the SNAT port */
+	__u8 vip_proto;
+	__u8 flags;       /* enum weir_frag_flags */
+	/* Milliseconds (coarse monotonic) when made: the entry's ownership
+	 * word, changed only by compare-and-swap (bpf/frag.h). */
+	__u32 stamp;
+};
+
 /* Per VIP and per backend, per CPU. */
 struct traffic {
 	__u64 packets;
@@ -262,6 +296,15 @@ enum weir_stat {
 	WEIR_STAT_ICMP_TO_BACKEND, /* an error about a backend's reply sent on to that backend */
 	WEIR_STAT_ECHO_REPLY,      /* an echo request to a VIP answered */
 	WEIR_STAT_SHIELD_PROOF_STRICT, /* a correct proof held to a second one: proofs fail too often */
+	/* IP fragments to VIPs (frag.h) */
+	WEIR_STAT_FRAG_BALANCED,     /* a fragment sent to its datagram's backend (or translated back, NAT) */
+	WEIR_STAT_FRAG_TRACKED,      /* a datagram's entry made by its first fragment */
+	WEIR_STAT_FRAG_EARLY,        /* a datagram's entry made by a later fragment that arrived first */
+	WEIR_STAT_FRAG_EXPIRED,      /* an entry past the fragment timeout, freed or reused */
+	WEIR_STAT_DROP_FRAG_UNRESOLVED, /* an early fragment that several VIPs (or a shielded / NAT TCP VIP) could own */
+	WEIR_STAT_DROP_FRAG_TABLE_FULL, /* no room for the datagram's entry (fragments.max_datagrams) */
+	WEIR_STAT_DROP_FRAG_BACKEND_GONE, /* the datagram's backend left or changed between its fragments */
+	WEIR_STAT_DROP_FRAG_SPLIT,   /* a NAT first fragment whose flow's backend is not its datagram's */
 	WEIR_STAT_MAX,
 };
 

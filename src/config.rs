@@ -27,8 +27,63 @@ pub struct Config {
     /// Running as one node of a tier behind ECMP (docs/scale-out.md).
     #[serde(default)]
     pub tier: Tier,
+    /// IP fragments to VIPs (README "Fragments").
+    #[serde(default)]
+    pub fragments: Fragments,
     #[serde(default, rename = "vip")]
     pub vips: Vec<Vip>,
+}
+
+/// `[fragments]`: every fragment of a datagram to a VIP goes to one backend
+/// (bpf/frag.h). One table entry per datagram in flight.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fragments {
+    /// Off: every fragment goes to the kernel, as before weir balanced them.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Datagrams in flight the table holds (~100 bytes each, preallocated);
+    /// when full, fragments of new datagrams are dropped (never split).
+    #[serde(default = "default_frag_datagrams")]
+    pub max_datagrams: u32,
+    /// How long a datagram's entry lives after its first fragment to
+    /// arrive, milliseconds. Its fragments normally arrive within
+    /// microseconds of each other; the entry only has to outlive that.
+    #[serde(default = "default_frag_timeout")]
+    pub timeout_ms: u32,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_frag_datagrams() -> u32 {
+    16384
+}
+fn default_frag_timeout() -> u32 {
+    1000
+}
+/// Upper bound of `fragments.max_datagrams`.
+pub const MAX_FRAG_DATAGRAMS: u32 = 1 << 22;
+
+impl Default for Fragments {
+    fn default() -> Self {
+        Fragments { enabled: true, max_datagrams: default_frag_datagrams(), timeout_ms: default_frag_timeout() }
+    }
+}
+
+impl Fragments {
+    fn validate(&self) -> Result<()> {
+        if self.max_datagrams == 0 || self.max_datagrams > MAX_FRAG_DATAGRAMS {
+            bail!(
+                "fragments.max_datagrams: {} is out of range: 1 to {MAX_FRAG_DATAGRAMS} datagrams in flight",
+                self.max_datagrams
+            );
+        }
+        if !(10..=60_000).contains(&self.timeout_ms) {
+            bail!("fragments.timeout_ms: {} is out of range: 10 to 60000 milliseconds", self.timeout_ms);
+        }
+        Ok(())
+    }
 }
 
 /// Default UDP port of the flow sync between the nodes of a tier.
@@ -567,6 +622,7 @@ impl Config {
 
     pub fn validate(&self) -> Result<()> {
         self.tier.validate()?;
+        self.fragments.validate()?;
         if self.conntrack.size == 0 || self.conntrack.size > MAX_FLOWS {
             bail!(
                 "conntrack.size: {} is out of range: 1 to {MAX_FLOWS} flows (the LRU table is preallocated, ~100 bytes per flow)",

@@ -14,6 +14,7 @@ use libbpf_rs::{MapCore, MapFlags, OpenObject, ProgramInput};
 pub use crate::mapio::{addr_words, read_counters};
 
 mod addresses;
+mod frags;
 mod hops;
 mod nat;
 mod read;
@@ -46,6 +47,8 @@ pub struct Settings {
     pub iface_addrs: Vec<IpAddr>,
     /// NAT idle timeouts, seconds: tcp, tcp_syn, tcp_fin, udp.
     pub nat_timeouts: [u32; 4],
+    /// `[fragments]`: on, the datagram table's size and timeout.
+    pub fragments: crate::config::Fragments,
 }
 
 impl Settings {
@@ -55,11 +58,22 @@ impl Settings {
         (self.conntrack_size / 4).max(1024)
     }
 
+    /// Entries of the datagram table (bpf/maps.h frags): one while
+    /// fragments are off (a map cannot be empty).
+    pub fn frags_size(&self) -> u32 {
+        if self.fragments.enabled {
+            self.fragments.max_datagrams
+        } else {
+            1
+        }
+    }
+
     pub fn for_plan(plan: &Plan, iface: &Iface) -> Settings {
         Settings {
             iface_mtu: iface.mtu,
             iface_addrs: iface.addrs.clone(),
             nat_timeouts: plan.nat_timeouts,
+            fragments: plan.fragments.clone(),
             ring_size: plan.table_size,
             conntrack_size: plan.conntrack_size,
             // Room for VIPs added by a reload (each costs two tables).
@@ -112,6 +126,7 @@ impl Dataplane {
         open.maps.syn_flows.set_max_entries(settings.syn_flows_size())?;
         open.maps.nat_fwd.set_max_entries(settings.conntrack_size)?;
         open.maps.nat_rev.set_max_entries(settings.conntrack_size)?;
+        open.maps.frags.set_max_entries(settings.frags_size())?;
         let ro = open.maps.rodata_data.as_deref_mut().context("the BPF object has no .rodata")?;
         ro.ring_size = settings.ring_size;
         ro.iface_mac = settings.iface_mac;
@@ -123,6 +138,8 @@ impl Dataplane {
         ro.nat_syn_timeout = syn;
         ro.nat_fin_timeout = fin;
         ro.nat_udp_timeout = udp;
+        ro.frag_on = u8::from(settings.fragments.enabled);
+        ro.frag_timeout_ms = settings.fragments.timeout_ms;
         if let Some(sh) = &settings.shield {
             ro.shield_on = 1;
             ro.has_deny = u32::from(sh.has_deny);
@@ -144,6 +161,7 @@ impl Dataplane {
                 ("syn_flows", settings.syn_flows_size()),
                 ("nat_fwd", settings.conntrack_size),
                 ("nat_rev", settings.conntrack_size),
+                ("frags", settings.frags_size()),
             ] {
                 // A map the running instance does not have (an older weir) is made anew.
                 let Some(fd) = reuse.iter().find(|(n, _)| n == name).map(|(_, f)| f) else { continue };
@@ -151,7 +169,7 @@ impl Dataplane {
                 if have != want {
                     bail!(
                         "the running instance's {name} holds {have} entries, this config needs {want}: \
-                         stop it (weir stop) and start anew to change maglev.table_size, conntrack.size or the VIP count beyond its room"
+                         stop it (weir stop) and start anew to change maglev.table_size, conntrack.size, fragments.max_datagrams or the VIP count beyond its room"
                     );
                 }
             }

@@ -64,6 +64,8 @@ pub struct Plan {
     pub shield: Option<crate::config::Shield>,
     /// NAT idle timeouts, seconds: tcp, tcp_syn, tcp_fin, udp.
     pub nat_timeouts: [u32; 4],
+    /// `[fragments]`: constants of the loaded program and the table's size.
+    pub fragments: crate::config::Fragments,
     /// `[tier]`: announcing and flow sync.
     pub tier: crate::config::Tier,
 }
@@ -160,6 +162,7 @@ impl Plan {
             shield: cfg.shield.clone(),
             nat_timeouts: [ct.tcp_timeout, ct.tcp_syn_timeout, ct.tcp_fin_timeout, ct.udp_timeout],
             tier: cfg.tier.clone(),
+            fragments: cfg.fragments.clone(),
         })
     }
 
@@ -540,6 +543,7 @@ impl PlanIds {
             shield,
             nat_timeouts: [0; 4],
             tier: Default::default(),
+            fragments: Default::default(),
             vips: self
                 .vips
                 .iter()

@@ -93,8 +93,10 @@ fn packet_table() {
 
     let mut frag_mf = tcp_syn("10.1.2.3", "198.18.0.100", 40005, 80);
     frag_mf[20] |= 0x20; // MF: a first fragment
+    refresh_ipv4_checksum(&mut frag_mf);
     let mut frag_off = udp("10.1.2.3", "198.18.0.100", 5353, 53, b"later");
     frag_off[21] = 0x10; // offset 16 x 8 bytes: a later fragment
+    refresh_ipv4_checksum(&mut frag_off);
     let mut hbh = syn6.clone();
     // Insert an 8-byte hop-by-hop header in front of TCP.
     hbh[20] = 0; // next header: hop-by-hop
@@ -144,8 +146,21 @@ fn packet_table() {
         Case::new("non-VIP address passes unchanged", tcp_syn("10.1.2.3", "198.18.0.99", 40001, 80), XDP_PASS, None, NOT_VIP),
         Case::new("VIP address, port without a VIP", tcp_syn("10.1.2.3", "198.18.0.100", 40001, 81), XDP_PASS, None, NOT_VIP),
         Case::new("UDP to the TCP-only port", udp("10.1.2.3", "198.18.0.100", 40001, 80, b"x"), XDP_PASS, None, NOT_VIP),
-        Case::new("first fragment (MF) goes to the kernel", frag_mf, XDP_PASS, None, &["xdp_pass", "pass_fragment"]),
-        Case::new("later fragment goes to the kernel", frag_off, XDP_PASS, None, &["xdp_pass", "pass_fragment"]),
+        // Fragments ([fragments] is on by default; tests/frag_fixtures.rs has the rest).
+        Case::new(
+            "first fragment (MF) is balanced like its flow",
+            frag_mf.clone(),
+            XDP_TX,
+            Some(with_macs(&frag_mf, web(40005), LB_MAC)),
+            &["xdp_tx", "flow_new", "frag_balanced", "frag_tracked"],
+        ),
+        Case::new(
+            "later fragment arriving first: the address's UDP VIP, by (src, dst, id)",
+            frag_off.clone(),
+            XDP_TX,
+            Some(with_macs(&frag_off, lb.ring_mac(1, frag_hash(cli, vip, &frag_off[18..20], 17)), LB_MAC)),
+            &["xdp_tx", "frag_early", "frag_balanced"],
+        ),
         Case::new("IPv6 extension header goes to the kernel", hbh, XDP_PASS, None, &["xdp_pass", "pass_ipv6_ext"]),
         Case::new("ICMP to the VIP", icmp, XDP_PASS, None, &["xdp_pass", "pass_unknown_proto"]),
         Case::new("not IP (LLDP ethertype)", lldp, XDP_PASS, None, &["xdp_pass", "pass_not_ip"]),
@@ -195,12 +210,12 @@ fn packet_table() {
 
     // Per-VIP and per-backend counters saw the forwarded frames.
     let web = lb.dp.vip_traffic(0).unwrap();
-    assert_eq!(web.new_flows, 3, "web VIP: SYN, VLAN and options flows");
-    assert_eq!(web.packets, 3);
-    assert_eq!(web.bytes, (syn.len() + vlan.len() + opts.len()) as u64);
+    assert_eq!(web.new_flows, 4, "web VIP: SYN, VLAN, options and first-fragment flows");
+    assert_eq!(web.packets, 4);
+    assert_eq!(web.bytes, (syn.len() + vlan.len() + opts.len() + frag_mf.len()) as u64);
     let per_backend: u64 =
         lb.plan.vips[0].backends.iter().map(|b| lb.dp.backend_traffic(b.id).unwrap().packets).sum();
-    assert_eq!(per_backend, 3);
+    assert_eq!(per_backend, 4);
     assert_eq!(lb.dp.vip_traffic(4).unwrap().packets, 1, "drained VIP counts its dropped packet");
 }
 

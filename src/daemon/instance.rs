@@ -58,6 +58,7 @@ pub struct Instance {
     flows: Arc<AtomicUsize>,
     core: Sender<Msg>,
     last_sweep: Instant,
+    last_frag_sweep: Instant,
     last_addr_check: Instant,
     /// tier.announce: the device whose addresses the BGP daemon announces.
     announcer: Option<crate::tier::announce::Announcer>,
@@ -599,6 +600,16 @@ impl Service for Instance {
                 tracing::warn!("sweeping expired NAT flows: {e:#}");
             }
         }
+        // Fragmented datagrams' entries, every half timeout (an in-kernel
+        // walk of fragments.max_datagrams entries, well under a millisecond
+        // at the default size).
+        let every = Duration::from_millis(u64::from(self.plan.fragments.timeout_ms / 2).max(200));
+        if self.last_frag_sweep.elapsed() >= every {
+            self.last_frag_sweep = Instant::now();
+            if let Err(e) = self.dp.sweep_frags() {
+                tracing::warn!("sweeping expired fragment entries: {e:#}");
+            }
+        }
         // The interface's addresses, once a second over netlink (a local
         // request, no client in the way): NAT and tunnel VIPs without a
         // source_address send from the interface's current one.
@@ -758,6 +769,7 @@ pub fn run(o: &Options) -> Result<()> {
         flows,
         core: tx.clone(),
         last_sweep: Instant::now(),
+        last_frag_sweep: Instant::now(),
         last_addr_check: Instant::now(),
         announcer: None,
         mac_stale: false,

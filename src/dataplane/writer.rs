@@ -55,6 +55,7 @@ impl Dataplane {
             }
         }
         self.sync_neighbours(plan)?;
+        self.sync_frag_vips(plan)?;
         self.set_nat_on(plan)
     }
 
@@ -210,6 +211,9 @@ impl Dataplane {
         if new.nat_timeouts != self.settings.nat_timeouts {
             bail!("a conntrack timeout changed: restart weir to apply it (they are constants of the loaded program)");
         }
+        if new.fragments != self.settings.fragments {
+            bail!("[fragments] changed: restart weir to apply it (its switch and timeout are constants of the loaded program, its size the table's)");
+        }
         let lists = |p: &Plan| p.shield.as_ref().map(|s| (!s.deny.is_empty(), !s.allow.is_empty()));
         if lists(new) != lists(old) {
             bail!("[shield] was added or removed, or its allow/deny lists became empty or non-empty: restart weir to apply it");
@@ -255,6 +259,7 @@ impl Dataplane {
             self.backend_entries.borrow_mut().remove(id);
         }
         self.sync_neighbours(new)?;
+        self.sync_frag_vips(new)?;
         self.set_nat_on(new)?;
         Ok(format!(
             "{} VIPs (+{} -{}), {} backends (+{} -{})",

@@ -186,6 +186,31 @@ pub fn flow_hash(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, proto: u8) ->
     jhash3(s[3], d[0] ^ d[1] ^ d[2] ^ d[3], ports, h)
 }
 
+/// Recompute the IPv4 header checksum of an untagged frame (after a test
+/// changed a header field), with the RFC 1071 sum of the fixture runner.
+pub fn refresh_ipv4_checksum(f: &mut [u8]) {
+    let ihl = usize::from(f[14] & 0x0f) * 4;
+    f[24..26].copy_from_slice(&[0, 0]);
+    let s = fixture::ones_sum(&[&f[14..14 + ihl]]);
+    f[24..26].copy_from_slice(&(!s).to_be_bytes());
+}
+
+/// A datagram's hash without ports (bpf/frag.h frag_hash): `id` as the
+/// header carries it (IPv4: the 16-bit identification, read into the low
+/// half of a native word; IPv6: the 32-bit one).
+pub fn frag_hash(src: IpAddr, dst: IpAddr, id_be: &[u8], proto: u8) -> u32 {
+    let s = words(src);
+    let d = words(dst);
+    let mut b = [0u8; 4];
+    b[..id_be.len()].copy_from_slice(id_be);
+    let id = u32::from_ne_bytes(b);
+    if src.is_ipv4() {
+        return jhash3(s[0], d[0], id, SEED ^ u32::from(proto));
+    }
+    let h = jhash3(s[0], s[1], s[2], SEED ^ u32::from(proto));
+    jhash3(s[3], d[0] ^ d[1] ^ d[2] ^ d[3], id, h)
+}
+
 pub fn source_hash(src: IpAddr) -> u32 {
     let s = words(src);
     if src.is_ipv4() {
