@@ -42,7 +42,11 @@ static __always_inline int send_too_big(struct stat_block *c, struct xdp_md *ctx
 	int v4 = pkt->key.family == WEIR_FAMILY_V4;
 	/* new Ethernet + IP + ICMP header in front of the quote */
 	int front = v4 ? ETH_HLEN + 20 + 8 : ETH_HLEN + 40 + 8;
-	int quote = v4 ? 20 + 8 : 40 + 8;
+	/* An IPv6 first fragment: 8 more bytes, past its Fragment header to
+	 * the transport header, without which the client's stack finds no
+	 * socket for the error and learns no path MTU (measured in
+	 * tests/frag_e2e.rs). */
+	int quote = v4 ? 20 + 8 : pkt->frag == FRAG_FIRST ? 40 + 16 : 40 + 8;
 	__u32 l3 = pkt->l3_off;
 	__u32 sum;
 
@@ -90,7 +94,7 @@ static __always_inline int send_too_big(struct stat_block *c, struct xdp_md *ctx
 	} else {
 		struct ipv6hdr *ip6 = data + ETH_HLEN;
 		__u8 *icmp = data + ETH_HLEN + 40;
-		__u16 len = 8 + 40 + 8;
+		__u16 len = 8 + quote;
 
 		if ((void *)(icmp + 8 + 48) > data_end)
 			return verdict(c, XDP_ABORTED);
@@ -107,6 +111,11 @@ static __always_inline int send_too_big(struct stat_block *c, struct xdp_md *ctx
 		*(__u32 *)(icmp + 4) = bpf_htonl(iface_mtu - 40);
 		sum = csum_addr(pkt->key.src, 0) + csum_addr(pkt->key.dst, 0) + bpf_htons(len) + bpf_htons(IPPROTO_ICMPV6);
 		sum += csum_words(icmp, (8 + 48) / 2);
+		if (quote > 48) {
+			if ((void *)(icmp + 8 + 56) > data_end)
+				return verdict(c, XDP_ABORTED);
+			sum += csum_words(icmp + 8 + 48, 8 / 2);
+		}
 		*(__u16 *)(icmp + 2) = csum_fold(sum);
 	}
 	__builtin_memcpy(eth->h_dest, client_mac, ETH_ALEN);

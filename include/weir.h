@@ -297,9 +297,9 @@ enum weir_stat {
 	WEIR_STAT_ECHO_REPLY,      /* an echo request to a VIP answered */
 	WEIR_STAT_SHIELD_PROOF_STRICT, /* a correct proof held to a second one: proofs fail too often */
 	/* IP fragments to VIPs (frag.h) */
-	WEIR_STAT_FRAG_BALANCED,     /* a fragment sent to its datagram's backend (or translated back, NAT) */
+	WEIR_STAT_FRAG_BALANCED,     /* a fragment given to its datagram's backend (NAT: or translated back) */
 	WEIR_STAT_FRAG_TRACKED,      /* a datagram's entry made by its first fragment */
-	WEIR_STAT_FRAG_EARLY,        /* a datagram's entry made by a later fragment that arrived first */
+	WEIR_STAT_FRAG_EARLY,        /* a datagram's entry made without ports: a later fragment arrived first (or ICMP) */
 	WEIR_STAT_FRAG_EXPIRED,      /* an entry past the fragment timeout, freed or reused */
 	WEIR_STAT_DROP_FRAG_UNRESOLVED, /* an early fragment that several VIPs (or a shielded / NAT TCP VIP) could own */
 	WEIR_STAT_DROP_FRAG_TABLE_FULL, /* no room for the datagram's entry (fragments.max_datagrams) */

@@ -349,3 +349,120 @@ mac = "02:00:00:00:00:16"
 fn client_of(e: u64) -> (std::net::Ipv4Addr, u16) {
     (std::net::Ipv4Addr::from(0x0a08_0000 + (e as u32 >> 14)), 1024 + (e as u16 & 0x3fff))
 }
+
+/// Fragments (bpf/frag_table.h): a datagram's first fragment and a later
+/// one arrive at the same instant on two CPUs, every epoch a new datagram.
+/// The first would pick its flow's backend, the later one a backend by
+/// (src, dst, ID); whichever makes the datagram's entry, the other must
+/// follow it: both fragments leave for one backend, every epoch.
+#[test]
+fn a_datagrams_fragments_on_two_cpus_never_split() {
+    if !require_root("two-CPU race tests") || !two_cpus() {
+        return;
+    }
+    let lb = load(
+        r#"
+[fragments]
+max_datagrams = 262144
+timeout_ms = 60000
+[[vip]]
+name = "dns"
+address = "198.18.0.100"
+port = 53
+protocol = "udp"
+[[vip.backend]]
+address = "198.18.0.21"
+mac = "02:00:00:00:00:15"
+[[vip.backend]]
+address = "198.18.0.22"
+mac = "02:00:00:00:00:16"
+[[vip.backend]]
+address = "198.18.0.23"
+mac = "02:00:00:00:00:17"
+"#,
+    );
+    let prog = lb.dp.prog_fd().as_raw_fd();
+    let n = (iterations() / 5).clamp(1000, 200_000) as u64;
+    // Epoch e: datagram ID e from client (10.9.x.y, port), 16 bytes of UDP
+    // in two fragments: the first (UDP header + 8 bytes), the last 8 bytes.
+    let frames = |e: u64| -> (Vec<u8>, Vec<u8>) {
+        let (src, sport) = client_of(e);
+        let whole = udp(&src.to_string(), "198.18.0.100", sport, 53, b"0123456789abcdef");
+        let mut first = whole[..14 + 20 + 16].to_vec();
+        first[16..18].copy_from_slice(&36u16.to_be_bytes());
+        first[18..20].copy_from_slice(&(e as u16).to_be_bytes());
+        first[20..22].copy_from_slice(&0x2000u16.to_be_bytes());
+        refresh_ipv4_checksum(&mut first);
+        let mut last = whole[..14 + 20].to_vec();
+        last.extend_from_slice(&whole[14 + 20 + 16..]);
+        last[16..18].copy_from_slice(&28u16.to_be_bytes());
+        last[18..20].copy_from_slice(&(e as u16).to_be_bytes());
+        last[20..22].copy_from_slice(&2u16.to_be_bytes()); // offset 16 bytes
+        refresh_ipv4_checksum(&mut last);
+        (first, last)
+    };
+    // A (CPU 0) says it is ready for epoch e; B (CPU 1) then opens the
+    // epoch and sends its fragment at once, while A sends its own.
+    let epoch = Arc::new(AtomicU64::new(0));
+    let ready = Arc::new(AtomicU64::new(0));
+    let a = {
+        let (epoch, ready) = (epoch.clone(), ready.clone());
+        std::thread::spawn(move || {
+            pin_to_cpu(0);
+            let mut macs = Vec::with_capacity(n as usize);
+            for e in 1..=n {
+                let (first, _) = frames(e);
+                ready.store(e, Ordering::Release);
+                while epoch.load(Ordering::Acquire) != e {
+                    std::hint::spin_loop();
+                }
+                let (a, out) = test_run_fd(prog, &first);
+                assert_eq!(a, XDP_TX, "epoch {e}: first fragment not forwarded");
+                macs.push(<[u8; 6]>::try_from(&out[..6]).unwrap());
+            }
+            macs
+        })
+    };
+    let b = {
+        let (epoch, ready) = (epoch.clone(), ready.clone());
+        std::thread::spawn(move || {
+            pin_to_cpu(1);
+            let mut macs = Vec::with_capacity(n as usize);
+            for e in 1..=n {
+                let (_, last) = frames(e);
+                while ready.load(Ordering::Acquire) != e {
+                    std::hint::spin_loop();
+                }
+                epoch.store(e, Ordering::Release);
+                let (a, out) = test_run_fd(prog, &last);
+                assert_eq!(a, XDP_TX, "epoch {e}: later fragment not forwarded");
+                macs.push(<[u8; 6]>::try_from(&out[..6]).unwrap());
+            }
+            macs
+        })
+    };
+    let t0 = Instant::now();
+    let (fa, fb) = (a.join().unwrap(), b.join().unwrap());
+    let split = fa.iter().zip(&fb).filter(|(x, y)| x != y).count();
+    // Who placed the datagram: where the flow's pick and the (src, dst, ID)
+    // pick differ, the backend both went to says.
+    let (mut first_won, mut later_won) = (0, 0);
+    for e in 1..=n {
+        let (src, sport) = client_of(e);
+        let (c, v) = (std::net::IpAddr::V4(src), ip("198.18.0.100"));
+        let by_flow = lb.ring_mac(0, flow_hash(c, v, sport, 53, 17));
+        let by_id = lb.ring_mac(0, frag_hash(c, v, &(e as u16).to_be_bytes(), 17));
+        let got = fa[e as usize - 1];
+        if by_flow != by_id {
+            first_won += usize::from(got == by_flow);
+            later_won += usize::from(got == by_id);
+        }
+    }
+    println!(
+        "{n} datagrams, first and last fragment on two CPUs at once, in {:.1} s: split {split}; \
+         the first fragment placed {first_won}, the later one {later_won} (where the two picks differ)",
+        t0.elapsed().as_secs_f64()
+    );
+    assert_eq!(split, 0, "a datagram's fragments went to two backends");
+    assert!(first_won > 0 && later_won > 0, "the race must go both ways sometimes");
+}

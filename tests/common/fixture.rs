@@ -83,6 +83,11 @@ pub fn verify_ip(what: &str, pkt: &[u8], whole: bool, problems: &mut Vec<String>
             if usize::from(h.total_len) != pkt.len() {
                 return bad(problems, format!("IPv4 total_len {} but {} bytes", h.total_len, pkt.len()));
             }
+            // A fragment: its L4 checksum covers the whole datagram, checked
+            // by the test over the reassembled datagram (reassemble).
+            if u16::from_be_bytes([pkt[6], pkt[7]]) & 0x3fff != 0 {
+                return;
+            }
             (h.protocol.0, &pkt[h.header_len()..])
         }
         6 => {
@@ -95,6 +100,9 @@ pub fn verify_ip(what: &str, pkt: &[u8], whole: bool, problems: &mut Vec<String>
             };
             if usize::from(h.payload_length) + 40 != pkt.len() {
                 return bad(problems, format!("IPv6 payload_len {} but {} bytes", h.payload_length, pkt.len()));
+            }
+            if h.next_header.0 == 44 {
+                return; // a fragment: as for IPv4
             }
             (h.next_header.0, &pkt[40..])
         }
@@ -164,6 +172,56 @@ pub fn verify_ip(what: &str, pkt: &[u8], whole: bool, problems: &mut Vec<String>
         4 | 41 => verify_ip(&format!("{what} (inner)"), l4, true, problems),
         p => bad(problems, format!("unexpected protocol {p}")),
     }
+}
+
+/// The IP datagram the fragments `frags` (IP packets, any order) make
+/// together, reassembled here (RFC 791 / RFC 8200, independent of bpf/), and
+/// every checksum of it verified over the whole: the L4 checksum of a
+/// fragmented datagram is only checkable so. Panics naming the problem.
+pub fn reassemble(what: &str, frags: &[&[u8]]) -> Vec<u8> {
+    let mut parts: Vec<(usize, bool, Vec<u8>)> = Vec::new();
+    let mut head: Option<Vec<u8>> = None;
+    let mut next_proto = 0u8;
+    for f in frags {
+        let (off, more, hdr, data) = if f[0] >> 4 == 4 {
+            let ihl = usize::from(f[0] & 0x0f) * 4;
+            let fo = u16::from_be_bytes([f[6], f[7]]);
+            (usize::from(fo & 0x1fff) * 8, fo & 0x2000 != 0, f[..ihl].to_vec(), f[ihl..].to_vec())
+        } else {
+            assert_eq!(f[6], 44, "{what}: an IPv6 packet without a Fragment header right after the fixed one");
+            let fo = u16::from_be_bytes([f[42], f[43]]);
+            next_proto = f[40];
+            (usize::from(fo >> 3) * 8, fo & 1 != 0, f[..40].to_vec(), f[48..].to_vec())
+        };
+        if off == 0 {
+            head = Some(hdr);
+        }
+        parts.push((off, more, data));
+    }
+    parts.sort_by_key(|p| p.0);
+    let mut body = Vec::new();
+    for (off, _, data) in &parts {
+        assert_eq!(*off, body.len(), "{what}: fragments leave a hole or overlap at byte {off}");
+        body.extend_from_slice(data);
+    }
+    assert!(!parts.last().unwrap().1, "{what}: the last fragment has M set");
+    let mut ip = head.unwrap_or_else(|| panic!("{what}: no first fragment"));
+    if ip[0] >> 4 == 4 {
+        let len = (ip.len() + body.len()) as u16;
+        ip[2..4].copy_from_slice(&len.to_be_bytes());
+        ip[6..8].copy_from_slice(&[0, 0]);
+        ip[10..12].copy_from_slice(&[0, 0]);
+        let s = ones_sum(&[&ip]);
+        ip[10..12].copy_from_slice(&(!s).to_be_bytes());
+    } else {
+        ip[4..6].copy_from_slice(&(body.len() as u16).to_be_bytes());
+        ip[6] = next_proto;
+    }
+    ip.extend_from_slice(&body);
+    let mut problems = Vec::new();
+    verify_ip(&format!("{what} (reassembled)"), &ip, true, &mut problems);
+    assert!(problems.is_empty(), "{what}: {problems:?}");
+    ip
 }
 
 pub fn verify_frame(what: &str, f: &[u8], problems: &mut Vec<String>) {
