@@ -1,0 +1,501 @@
+//! IP fragments to a VIP end to end (root), in the lab (lab/lab.sh) in each
+//! forwarding mode (DSR, tunnel, NAT), IPv4 and IPv6: 8000-byte UDP
+//! datagrams (about 6 fragments each) must reach exactly one backend whole,
+//! in order and reordered, and big pings must be answered (DSR, tunnel) or
+//! reach a backend whole (NAT). The design is bpf/frag.h's header comment.
+//!
+//! Reordering: this kernel has no sch_netem (`tc qdisc add .. netem` says
+//! "Specified qdisc kind is unknown"), so the client fragments the datagrams
+//! itself and sends the fragments through a raw socket (IPv4 IPPROTO_RAW /
+//! IPv6 IPPROTO_RAW, header included) in a shuffled order, several datagrams
+//! interleaved: later fragments often arrive before their first one.
+//!
+//! Tunnel mode: a client fragment of a full 1500 bytes cannot be wrapped in
+//! another 20 / 40 bytes on the lab's 1500-byte links (drop_tunnel_mtu;
+//! fragments carry no DF, so no ICMP either): the client's route to the VIP
+//! has `mtu 1400` there, as a real deployment would give its clients' path
+//! room for the outer header.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::lab::{counter, Lab};
+use common::require_root;
+
+const N: usize = 40;
+const SIZE: usize = 8000;
+const PORT: u16 = 9000;
+const VIP4: &str = "198.18.0.100";
+const VIP6: &str = "2001:2::100";
+const CLIENT4: &str = "198.18.0.1";
+const CLIENT6: &str = "2001:2::1";
+const BACKENDS: [&str; 3] = ["b1", "b2", "b3"];
+
+/// One UDP VIP per family on an address of its own (the ICMP fragments of a
+/// big ping go to the address's only VIP), port 9000, over b1..b3.
+fn config(mode: &str) -> String {
+    let mut c = String::new();
+    for (name, vip, net) in [("frag4", VIP4, "198.18.0."), ("frag6", VIP6, "2001:2::")] {
+        c += &format!("[[vip]]\nname = \"{name}\"\naddress = \"{vip}\"\nport = {PORT}\nprotocol = \"udp\"\nmode = \"{mode}\"\n");
+        for b in 11..=13 {
+            c += &format!("[[vip.backend]]\naddress = \"{net}{b}\"\n");
+        }
+    }
+    c
+}
+
+/// The backends' UDP server: logs `TAG LEN SHA256 PEER` per datagram and
+/// echoes it whole to its sender. Exits by itself after argv[3] seconds.
+const SERVER_PY: &str = r#"
+import hashlib, select, signal, socket, sys, time
+port = int(sys.argv[1]); log = open(sys.argv[2], "a", buffering=1)
+deadline = time.time() + float(sys.argv[3])
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+socks = []
+for a in sys.argv[4:]:
+    fam = socket.AF_INET6 if ":" in a else socket.AF_INET
+    s = socket.socket(fam, socket.SOCK_DGRAM)
+    if fam == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    s.bind((a, port))
+    socks.append(s)
+print("ready", flush=True)
+while time.time() < deadline:
+    r, _, _ = select.select(socks, [], [], 0.2)
+    for s in r:
+        d, peer = s.recvfrom(65535)
+        tag = d[:32].split(b"|")[0].decode("ascii", "replace")
+        log.write("%s %d %s %s\n" % (tag, len(d), hashlib.sha256(d).hexdigest(), peer[0]))
+        s.sendto(d, peer)
+"#;
+
+/// The client: N datagrams of SIZE bytes, distinct payloads `TAG-i|random`,
+/// to the VIP, then the echoes (bounded). argv: how (kernel | raw), family,
+/// src, dst, port, n, size, mtu, tag, seed. kernel: one UDP socket, the
+/// kernel fragments in order. raw: one UDP socket per datagram (its port is
+/// the datagram's source port, and it receives the echo); the client builds
+/// the fragments and sends them, four datagrams' worth shuffled together,
+/// through a raw socket. Prints one JSON line.
+const CLIENT_PY: &str = r#"
+import hashlib, json, os, random, select, socket, struct, sys, time
+how, fam, src, dst = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+port, n, size, mtu = int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7]), int(sys.argv[8])
+tag, rnd = sys.argv[9], random.Random(int(sys.argv[10]))
+AF = socket.AF_INET6 if fam == 6 else socket.AF_INET
+def csum(b):
+    if len(b) % 2: b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while s >> 16: s = (s & 0xffff) + (s >> 16)
+    return s
+payloads = []
+for i in range(n):
+    head = ("%s-%04d|" % (tag, i)).encode()
+    payloads.append(head + os.urandom(size - len(head)))
+sent = [{"tag": "%s-%04d" % (tag, i), "len": size, "sha": hashlib.sha256(p).hexdigest()} for i, p in enumerate(payloads)]
+socks, frags, early = [], 0, 0
+def udp_sock():
+    s = socket.socket(AF, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    s.bind((src, 0))
+    return s
+if how == "kernel":
+    s = udp_sock(); socks.append(s)
+    per = ((mtu - (48 if fam == 6 else 20)) // 8) * 8
+    for p in payloads:
+        s.sendto(p, (dst, port))
+        frags += -(-(len(p) + 8) // per)
+        time.sleep(0.005)
+else:
+    raw = socket.socket(AF, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    sa, da = socket.inet_pton(AF, src), socket.inet_pton(AF, dst)
+    per = ((mtu - (48 if fam == 6 else 20)) // 8) * 8
+    pending = []
+    for i, p in enumerate(payloads):
+        s = udp_sock(); socks.append(s)
+        sport = s.getsockname()[1]
+        ulen = 8 + len(p)
+        if fam == 6:
+            pseudo = sa + da + struct.pack("!IxxxB", ulen, 17)
+        else:
+            pseudo = sa + da + struct.pack("!xBH", 17, ulen)
+        ck = csum(pseudo + struct.pack("!HHHH", sport, port, ulen, 0) + p)
+        ck = (~ck & 0xffff) or 0xffff
+        dgram = struct.pack("!HHHH", sport, port, ulen, ck) + p
+        ident = rnd.randrange(1, 0xffff) if fam == 4 else rnd.randrange(1, 0xffffffff)
+        for off in range(0, len(dgram), per):
+            chunk = dgram[off:off + per]
+            more = 1 if off + per < len(dgram) else 0
+            if fam == 4:
+                h = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(chunk), ident, (more << 13) | (off // 8), 64, 17, 0, sa, da)
+                h = h[:10] + struct.pack("!H", (~csum(h)) & 0xffff) + h[12:]
+            else:
+                h = struct.pack("!IHBB16s16s", 6 << 28, 8 + len(chunk), 44, 64, sa, da)
+                h += struct.pack("!BBHI", 17, 0, off | more, ident)
+            pending.append((i, off, h + chunk))
+        if len(pending) and (i % 4 == 3 or i == n - 1):
+            rnd.shuffle(pending)
+            seen_first = set(); seen_any = set()
+            for (j, off, pkt) in pending:
+                if off == 0:
+                    if j in seen_any: early += 1
+                    seen_first.add(j)
+                seen_any.add(j)
+                raw.sendto(pkt, (dst, 0))
+                frags += 1
+                time.sleep(0.001)
+            pending = []
+        time.sleep(0.002)
+echoes, deadline, last = [], time.time() + 8, time.time()
+while len(echoes) < n and time.time() < deadline and time.time() - last < 3:
+    r, _, _ = select.select(socks, [], [], 0.2)
+    for s in r:
+        d, peer = s.recvfrom(65535)
+        last = time.time()
+        echoes.append({"tag": d[:32].split(b"|")[0].decode("ascii", "replace"), "len": len(d),
+                       "sha": hashlib.sha256(d).hexdigest(), "from": peer[0]})
+print(json.dumps({"sent": sent, "frags": frags, "early": early, "echoes": echoes}))
+"#;
+
+/// The UDP servers on the backends, stopped (SIGTERM to their own PIDs) when
+/// dropped, before the lab goes down.
+struct Servers {
+    children: Vec<Child>,
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            // SAFETY: signalling our own child by PID.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        }
+        let t = Instant::now();
+        for c in &mut self.children {
+            while t.elapsed() < Duration::from_secs(3) {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill(); // our own child, by PID (no-op if it exited)
+            let _ = c.wait();
+        }
+    }
+}
+
+fn server_log(lab: &Lab, b: &str) -> String {
+    format!("{}/frag-{b}.log", lab.state())
+}
+
+fn start_servers(lab: &Lab, mode: &str) -> Servers {
+    use std::io::BufRead;
+    let binds: Vec<&str> = if mode == "nat" { vec!["0.0.0.0", "::"] } else { vec![VIP4, VIP6] };
+    let mut s = Servers { children: Vec::new() };
+    for b in BACKENDS {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &lab.ns(b), "python3", "-c", SERVER_PY, &PORT.to_string(), &server_log(lab, b), "300"])
+            .args(&binds)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting a backend's UDP server");
+        let mut first = String::new();
+        let r = std::io::BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut first);
+        s.children.push(child);
+        assert!(r.is_ok() && first.trim() == "ready", "the UDP server on {b} did not start: {first:?}");
+    }
+    s
+}
+
+/// One logged datagram on a backend.
+#[derive(Debug, Clone)]
+struct Seen {
+    backend: String,
+    len: usize,
+    sha: String,
+    peer: String,
+}
+
+/// Every datagram the backends logged, by tag.
+fn seen_by_tag(lab: &Lab) -> BTreeMap<String, Vec<Seen>> {
+    let mut m: BTreeMap<String, Vec<Seen>> = BTreeMap::new();
+    for b in BACKENDS {
+        let log = std::fs::read_to_string(server_log(lab, b)).unwrap_or_default();
+        for l in log.lines() {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            if w.len() != 4 {
+                continue;
+            }
+            m.entry(w[0].to_string()).or_default().push(Seen {
+                backend: b.into(),
+                len: w[1].parse().unwrap_or(0),
+                sha: w[2].into(),
+                peer: w[3].into(),
+            });
+        }
+    }
+    m
+}
+
+/// Kernel counters (absolute) in a namespace.
+fn nstat(lab: &Lab, host: &str) -> BTreeMap<String, u64> {
+    let o = lab.sh(host, "nstat -asz");
+    let mut m = BTreeMap::new();
+    for l in String::from_utf8_lossy(&o.stdout).lines() {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        if w.len() >= 2 {
+            if let Ok(v) = w[1].parse() {
+                m.insert(w[0].to_string(), v);
+            }
+        }
+    }
+    m
+}
+
+fn delta(a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>, k: &str) -> i64 {
+    b.get(k).copied().unwrap_or(0) as i64 - a.get(k).copied().unwrap_or(0) as i64
+}
+
+const FRAG_COUNTERS: [&str; 10] = [
+    "frag_balanced",
+    "frag_tracked",
+    "frag_early",
+    "frag_expired",
+    "drop_frag_unresolved",
+    "drop_frag_table_full",
+    "drop_frag_backend_gone",
+    "drop_frag_split",
+    "pass_fragment",
+    "xdp_aborted",
+];
+
+fn frag_deltas(a: &serde_json::Value, b: &serde_json::Value) -> BTreeMap<&'static str, u64> {
+    FRAG_COUNTERS.iter().map(|k| (*k, counter(b, k) - counter(a, k))).collect()
+}
+
+fn stats(lab: &Lab) -> serde_json::Value {
+    lab.stats().expect("weir stats --json")
+}
+
+/// One phase: N datagrams of one family sent `how` (kernel | raw); asserts
+/// each reached exactly one backend whole and its echo came back whole.
+/// Returns the counters' deltas.
+fn phase(lab: &Lab, mode: &str, fam: u8, how: &str, seed: u32) -> BTreeMap<&'static str, u64> {
+    let (src, dst) = if fam == 4 { (CLIENT4, VIP4) } else { (CLIENT6, VIP6) };
+    let mtu = if mode == "tunnel" { 1400 } else { 1500 };
+    let tag = format!("{mode}{fam}{how}");
+    let what = format!("{mode} IPv{fam} {how}");
+    let before = stats(lab);
+    let script = format!(
+        "timeout 60 python3 -c \"$FRAG_CLIENT\" {how} {fam} {src} {dst} {PORT} {N} {SIZE} {mtu} {tag} {seed}"
+    );
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.ns("client"), "bash", "-c", &script])
+        .env("FRAG_CLIENT", CLIENT_PY)
+        .output()
+        .expect("running the client");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let r: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+        panic!("{what}: client output {text:?} ({e}); stderr {}", String::from_utf8_lossy(&out.stderr))
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let after = stats(lab);
+    let d = frag_deltas(&before, &after);
+
+    let seen = seen_by_tag(lab);
+    let sent = r["sent"].as_array().unwrap();
+    let mut per_backend: BTreeMap<String, usize> = BTreeMap::new();
+    let (mut whole, mut missing, mut twice, mut bad) = (0, Vec::new(), Vec::new(), Vec::new());
+    for s in sent {
+        let t = s["tag"].as_str().unwrap();
+        match seen.get(t).map(Vec::as_slice) {
+            None | Some([]) => missing.push(t.to_string()),
+            Some([one]) => {
+                if one.len == SIZE && one.sha == s["sha"].as_str().unwrap() {
+                    whole += 1;
+                    *per_backend.entry(one.backend.clone()).or_default() += 1;
+                } else {
+                    bad.push(format!("{t}: {one:?}"));
+                }
+            }
+            Some(many) => twice.push(format!("{t}: {many:?}")),
+        }
+    }
+    let peers: BTreeMap<String, usize> = seen
+        .iter()
+        .filter(|(t, _)| t.starts_with(&tag))
+        .flat_map(|(_, v)| v.iter().map(|s| s.peer.clone()))
+        .fold(BTreeMap::new(), |mut m, p| {
+            *m.entry(p).or_default() += 1;
+            m
+        });
+    let echoes = r["echoes"].as_array().unwrap();
+    let want: BTreeMap<&str, &str> = sent.iter().map(|s| (s["tag"].as_str().unwrap(), s["sha"].as_str().unwrap())).collect();
+    let echoes_whole = echoes
+        .iter()
+        .filter(|e| e["len"].as_u64() == Some(SIZE as u64) && want.get(e["tag"].as_str().unwrap_or("")) == e["sha"].as_str().as_ref())
+        .count();
+    let echo_from: BTreeMap<String, usize> = echoes.iter().fold(BTreeMap::new(), |mut m, e| {
+        *m.entry(e["from"].as_str().unwrap_or("?").to_string()).or_default() += 1;
+        m
+    });
+    eprintln!(
+        "{what}: sent {} datagrams ({} fragments, {} sent before their first fragment), whole at one backend {whole}, \
+         per backend {per_backend:?}, peers seen {peers:?}, echoes whole {echoes_whole}/{} from {echo_from:?}; weir {d:?}",
+        sent.len(),
+        r["frags"],
+        r["early"],
+        echoes.len()
+    );
+    let fail = |m: String| -> ! { panic!("{what}: {m}\n{}", lab.diagnostics()) };
+    if whole != N || !missing.is_empty() || !twice.is_empty() || !bad.is_empty() {
+        fail(format!("not every datagram reached exactly one backend whole: missing {missing:?}, twice {twice:?}, damaged {bad:?}"));
+    }
+    // The echo (a reply from the VIP in DSR / tunnel, translated back by
+    // weir in NAT) came back whole for every datagram.
+    if echoes_whole != N {
+        fail(format!("{echoes_whole} of {N} echoes came back whole"));
+    }
+    let want_peer = match (mode, fam) {
+        ("nat", 4) => "198.18.0.10",
+        ("nat", _) => "2001:2::10",
+        _ => src,
+    };
+    assert!(peers.keys().all(|p| p == want_peer), "{what}: the backends saw {peers:?}, expected only {want_peer}");
+    let frags = r["frags"].as_u64().unwrap();
+    let early = r["early"].as_u64().unwrap();
+    for k in ["drop_frag_unresolved", "drop_frag_table_full", "drop_frag_backend_gone", "drop_frag_split", "xdp_aborted", "pass_fragment"] {
+        assert_eq!(d[k], 0, "{what}: {k} moved: {d:?}");
+    }
+    if mode == "nat" {
+        // the client's fragments, and the echoes' fragments translated back
+        assert!(d["frag_balanced"] >= frags, "{what}: frag_balanced {} < {frags} fragments sent: {d:?}", d["frag_balanced"]);
+        assert!(d["frag_early"] >= early, "{what}: {d:?}, {early} datagrams had a fragment before their first");
+    } else {
+        // exactly the client's fragments, one entry per datagram: made by
+        // its first fragment, or by a later one that came first
+        assert_eq!(d["frag_balanced"], frags, "{what}: every fragment balanced: {d:?}");
+        assert_eq!(d["frag_early"], early, "{what}: {d:?}, {early} datagrams had a fragment before their first");
+        assert_eq!(d["frag_tracked"] + d["frag_early"], N as u64, "{what}: one entry per datagram: {d:?}");
+    }
+    if how == "raw" {
+        assert!(early > 0 && d["frag_early"] > 0, "{what}: the shuffle put later fragments first: {d:?}, client {early}");
+    }
+    d
+}
+
+/// `ping -s 4000 -c 3` to the VIP: 3 requests of 3 fragments each. DSR and
+/// tunnel: a backend answers from the VIP (all 3 replies). NAT: each echo
+/// reaches a backend whole (translated to it); its reply goes to weir's own
+/// address and is not translated back (NAT tracks no ICMP echo).
+fn big_ping(lab: &Lab, mode: &str, fam: u8) {
+    let vip = if fam == 4 { VIP4 } else { VIP6 };
+    let (echos, oks) = if fam == 4 { ("IcmpInEchos", "IpReasmOKs") } else { ("Icmp6InEchos", "Ip6ReasmOKs") };
+    let before: Vec<_> = BACKENDS.iter().map(|b| nstat(lab, b)).collect();
+    let s0 = stats(lab);
+    let o = lab.sh("client", &format!("ping -{fam} -n -s 4000 -c 3 -i 0.3 -W 2 {vip}"));
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    let replies = text.lines().filter(|l| l.contains("bytes from")).count();
+    std::thread::sleep(Duration::from_millis(300));
+    let d = frag_deltas(&s0, &stats(lab));
+    let after: Vec<_> = BACKENDS.iter().map(|b| nstat(lab, b)).collect();
+    let got: Vec<(String, i64, i64)> = BACKENDS
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (b.to_string(), delta(&before[i], &after[i], echos), delta(&before[i], &after[i], oks)))
+        .collect();
+    let total: i64 = got.iter().map(|g| g.1).sum();
+    eprintln!("{mode} IPv{fam} ping -s 4000 -c 3: {replies} replies; backends (echo requests, reassembled): {got:?}; weir {d:?}");
+    assert_eq!(total, 3, "{mode} IPv{fam} ping: 3 echo requests reached the backends whole: {got:?}\n{text}");
+    for g in &got {
+        assert!(g.2 >= g.1, "{mode} IPv{fam} ping: {} reassembled every echo it got: {got:?}", g.0);
+    }
+    assert!(d["frag_balanced"] >= 9, "{mode} IPv{fam} ping: its fragments were balanced: {d:?}");
+    for k in ["drop_frag_unresolved", "drop_frag_table_full", "drop_frag_backend_gone", "drop_frag_split", "xdp_aborted"] {
+        assert_eq!(d[k], 0, "{mode} IPv{fam} ping: {k} moved: {d:?}");
+    }
+    if mode == "nat" {
+        assert_eq!(replies, 0, "NAT IPv{fam} ping: the replies go to weir's address and are not translated back:\n{text}");
+    } else {
+        assert_eq!(replies, 3, "{mode} IPv{fam} ping: every big echo answered from the VIP:\n{text}\n{}", lab.diagnostics());
+    }
+}
+
+fn run(mode: &str) {
+    let mut lab = Lab::up_mode(&format!("wfl-{}-{}", &mode[..3], std::process::id()), mode);
+    // Partial datagrams on the backends count in IpReasmFails when they time
+    // out: 3 s instead of 30, so the check below sees them.
+    for b in BACKENDS {
+        let o = lab.sh(b, "sysctl -qw net.ipv4.ipfrag_time=3 net.ipv6.ip6frag_time=3");
+        assert!(o.status.success(), "sysctl in {b}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    if mode == "tunnel" {
+        let o = lab.sh("client", &format!("ip route add {VIP4}/32 dev c0 mtu lock 1400 && ip -6 route add {VIP6}/128 dev c0 mtu 1400"));
+        assert!(o.status.success(), "client route mtu: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    lab.start_weir(&config(mode));
+    let _servers = start_servers(&lab, mode);
+    let before: Vec<_> = BACKENDS.iter().map(|b| nstat(&lab, b)).collect();
+    let s0 = stats(&lab);
+
+    let mut seed = 1;
+    for fam in [4u8, 6] {
+        for how in ["kernel", "raw"] {
+            phase(&lab, mode, fam, how, seed);
+            seed += 1;
+        }
+    }
+    for fam in [4u8, 6] {
+        big_ping(&lab, mode, fam);
+    }
+
+    // Nothing partial left behind on any backend (timeouts count after 3 s).
+    std::thread::sleep(Duration::from_millis(3500));
+    let mut fails = Vec::new();
+    for (i, b) in BACKENDS.iter().enumerate() {
+        let a = nstat(&lab, b);
+        let f: Vec<(String, i64)> = ["IpReasmReqds", "IpReasmOKs", "IpReasmFails", "IpReasmTimeout", "Ip6ReasmReqds", "Ip6ReasmOKs", "Ip6ReasmFails", "Ip6ReasmTimeout"]
+            .iter()
+            .map(|k| (k.to_string(), delta(&before[i], &a, k)))
+            .collect();
+        eprintln!("{mode}: {b} kernel reassembly: {f:?}");
+        for (k, v) in &f {
+            if k.contains("Fails") || k.contains("Timeout") {
+                if *v != 0 {
+                    fails.push(format!("{b} {k} +{v}"));
+                }
+            }
+        }
+    }
+    let s = stats(&lab);
+    eprintln!("{mode}: weir over the whole run: {:?}", frag_deltas(&s0, &s));
+    assert!(fails.is_empty(), "{mode}: backends failed to reassemble datagrams: {fails:?}\n{}", lab.diagnostics());
+    assert_eq!(counter(&s, "xdp_aborted"), 0);
+}
+
+#[test]
+fn fragments_dsr() {
+    if !require_root("fragments end-to-end test (DSR)") {
+        return;
+    }
+    run("dsr");
+}
+
+#[test]
+fn fragments_tunnel() {
+    if !require_root("fragments end-to-end test (tunnel)") {
+        return;
+    }
+    run("tunnel");
+}
+
+#[test]
+fn fragments_nat() {
+    if !require_root("fragments end-to-end test (NAT)") {
+        return;
+    }
+    run("nat");
+}
