@@ -30,6 +30,9 @@ const SIZE: usize = 8000;
 const PORT: u16 = 9000;
 const VIP4: &str = "198.18.0.100";
 const VIP6: &str = "2001:2::100";
+/// NAT only: the same VIP with the source-hash scheduler, on an address of its own.
+const VIP4SH: &str = "198.18.0.102";
+const VIP6SH: &str = "2001:2::102";
 const CLIENT4: &str = "198.18.0.1";
 const CLIENT6: &str = "2001:2::1";
 const BACKENDS: [&str; 3] = ["b1", "b2", "b3"];
@@ -38,8 +41,15 @@ const BACKENDS: [&str; 3] = ["b1", "b2", "b3"];
 /// big ping go to the address's only VIP), port 9000, over b1..b3.
 fn config(mode: &str) -> String {
     let mut c = String::new();
-    for (name, vip, net) in [("frag4", VIP4, "198.18.0."), ("frag6", VIP6, "2001:2::")] {
-        c += &format!("[[vip]]\nname = \"{name}\"\naddress = \"{vip}\"\nport = {PORT}\nprotocol = \"udp\"\nmode = \"{mode}\"\n");
+    let mut vips = vec![("frag4", VIP4, "198.18.0.", "maglev"), ("frag6", VIP6, "2001:2::", "maglev")];
+    if mode == "nat" {
+        vips.push(("frag4sh", VIP4SH, "198.18.0.", "source-hash"));
+        vips.push(("frag6sh", VIP6SH, "2001:2::", "source-hash"));
+    }
+    for (name, vip, net, sched) in vips {
+        c += &format!(
+            "[[vip]]\nname = \"{name}\"\naddress = \"{vip}\"\nport = {PORT}\nprotocol = \"udp\"\nmode = \"{mode}\"\nscheduler = \"{sched}\"\n"
+        );
         for b in 11..=13 {
             c += &format!("[[vip.backend]]\naddress = \"{net}{b}\"\n");
         }
@@ -74,12 +84,14 @@ while time.time() < deadline:
 "#;
 
 /// The client: N datagrams of SIZE bytes, distinct payloads `TAG-i|random`,
-/// to the VIP, then the echoes (bounded). argv: how (kernel | raw), family,
-/// src, dst, port, n, size, mtu, tag, seed. kernel: one UDP socket, the
-/// kernel fragments in order. raw: one UDP socket per datagram (its port is
-/// the datagram's source port, and it receives the echo); the client builds
-/// the fragments and sends them, four datagrams' worth shuffled together,
-/// through a raw socket. Prints one JSON line.
+/// to the VIP, then the echoes (bounded). argv: how (kernel | raw |
+/// rawport), family, src, dst, port, n, size, mtu, tag, seed. kernel: one
+/// UDP socket, the kernel fragments in order. raw: one UDP socket per
+/// datagram (its port is the datagram's source port, and it receives the
+/// echo: every datagram a new flow); the client builds the fragments and
+/// sends them, four datagrams' worth shuffled together, through a raw
+/// socket. rawport: the same from one UDP socket (one flow). Prints one JSON
+/// line.
 const CLIENT_PY: &str = r#"
 import hashlib, json, os, random, select, socket, struct, sys, time
 how, fam, src, dst = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
@@ -111,12 +123,15 @@ if how == "kernel":
         time.sleep(0.005)
 else:
     raw = socket.socket(AF, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    if how == "rawport":
+        socks.append(udp_sock())
     sa, da = socket.inet_pton(AF, src), socket.inet_pton(AF, dst)
     per = ((mtu - (48 if fam == 6 else 20)) // 8) * 8
     pending = []
     for i, p in enumerate(payloads):
-        s = udp_sock(); socks.append(s)
-        sport = s.getsockname()[1]
+        if how == "raw":
+            socks.append(udp_sock())
+        sport = socks[-1].getsockname()[1]
         ulen = 8 + len(p)
         if fam == 6:
             pseudo = sa + da + struct.pack("!IxxxB", ulen, 17)
@@ -280,14 +295,26 @@ fn stats(lab: &Lab) -> serde_json::Value {
     lab.stats().expect("weir stats --json")
 }
 
-/// One phase: N datagrams of one family sent `how` (kernel | raw); asserts
-/// each reached exactly one backend whole and its echo came back whole.
-/// Returns the counters' deltas.
-fn phase(lab: &Lab, mode: &str, fam: u8, how: &str, seed: u32) -> BTreeMap<&'static str, u64> {
-    let (src, dst) = if fam == 4 { (CLIENT4, VIP4) } else { (CLIENT6, VIP6) };
+/// What a phase measured.
+struct Outcome {
+    d: BTreeMap<&'static str, u64>,
+    /// datagrams that reached no backend
+    missing: usize,
+    /// datagrams the client sent a later fragment of before the first
+    early: u64,
+    frags: u64,
+}
+
+/// One phase: N datagrams of one family sent `how` (kernel | raw | rawport)
+/// to `dst`. Unless `lossy`, asserts each reached exactly one backend whole
+/// and its echo came back whole, and the counters; with `lossy` only that
+/// none arrived damaged or twice and every echo that came back is whole.
+fn phase(lab: &Lab, mode: &str, fam: u8, how: &str, seed: u32, dst: &str, lossy: bool) -> Outcome {
+    let src = if fam == 4 { CLIENT4 } else { CLIENT6 };
     let mtu = if mode == "tunnel" { 1400 } else { 1500 };
-    let tag = format!("{mode}{fam}{how}");
-    let what = format!("{mode} IPv{fam} {how}");
+    let sh = if dst.ends_with("102") { "sh" } else { "" };
+    let tag = format!("{mode}{fam}{how}{sh}");
+    let what = format!("{mode} IPv{fam} {how} to {dst}");
     let before = stats(lab);
     let script = format!(
         "timeout 60 python3 -c \"$FRAG_CLIENT\" {how} {fam} {src} {dst} {PORT} {N} {SIZE} {mtu} {tag} {seed}"
@@ -351,6 +378,14 @@ fn phase(lab: &Lab, mode: &str, fam: u8, how: &str, seed: u32) -> BTreeMap<&'sta
         echoes.len()
     );
     let fail = |m: String| -> ! { panic!("{what}: {m}\n{}", lab.diagnostics()) };
+    let frags = r["frags"].as_u64().unwrap();
+    let early = r["early"].as_u64().unwrap();
+    if lossy {
+        if !twice.is_empty() || !bad.is_empty() || echoes_whole != echoes.len() || echoes_whole > whole {
+            fail(format!("twice {twice:?}, damaged {bad:?}, echoes {echoes_whole} whole of {} (datagrams whole {whole})", echoes.len()));
+        }
+        return Outcome { d, missing: missing.len(), early, frags };
+    }
     if whole != N || !missing.is_empty() || !twice.is_empty() || !bad.is_empty() {
         fail(format!("not every datagram reached exactly one backend whole: missing {missing:?}, twice {twice:?}, damaged {bad:?}"));
     }
@@ -365,15 +400,15 @@ fn phase(lab: &Lab, mode: &str, fam: u8, how: &str, seed: u32) -> BTreeMap<&'sta
         _ => src,
     };
     assert!(peers.keys().all(|p| p == want_peer), "{what}: the backends saw {peers:?}, expected only {want_peer}");
-    let frags = r["frags"].as_u64().unwrap();
-    let early = r["early"].as_u64().unwrap();
     for k in ["drop_frag_unresolved", "drop_frag_table_full", "drop_frag_backend_gone", "drop_frag_split", "xdp_aborted", "pass_fragment"] {
         assert_eq!(d[k], 0, "{what}: {k} moved: {d:?}");
     }
     if mode == "nat" {
-        // the client's fragments, and the echoes' fragments translated back
-        assert!(d["frag_balanced"] >= frags, "{what}: frag_balanced {} < {frags} fragments sent: {d:?}", d["frag_balanced"]);
-        assert!(d["frag_early"] >= early, "{what}: {d:?}, {early} datagrams had a fragment before their first");
+        // the client's fragments and the echoes' (the same number, translated
+        // back); an entry per datagram each way
+        assert_eq!(d["frag_balanced"], 2 * frags, "{what}: every fragment balanced, both ways: {d:?}");
+        assert_eq!(d["frag_early"], early, "{what}: {d:?}, {early} datagrams had a fragment before their first");
+        assert_eq!(d["frag_tracked"] + d["frag_early"], 2 * N as u64, "{what}: one entry per datagram each way: {d:?}");
     } else {
         // exactly the client's fragments, one entry per datagram: made by
         // its first fragment, or by a later one that came first
@@ -381,10 +416,10 @@ fn phase(lab: &Lab, mode: &str, fam: u8, how: &str, seed: u32) -> BTreeMap<&'sta
         assert_eq!(d["frag_early"], early, "{what}: {d:?}, {early} datagrams had a fragment before their first");
         assert_eq!(d["frag_tracked"] + d["frag_early"], N as u64, "{what}: one entry per datagram: {d:?}");
     }
-    if how == "raw" {
+    if how != "kernel" {
         assert!(early > 0 && d["frag_early"] > 0, "{what}: the shuffle put later fragments first: {d:?}, client {early}");
     }
-    d
+    Outcome { d, missing: 0, early, frags }
 }
 
 /// `ping -s 4000 -c 3` to the VIP: 3 requests of 3 fragments each. DSR and
@@ -441,39 +476,106 @@ fn run(mode: &str) {
     let before: Vec<_> = BACKENDS.iter().map(|b| nstat(&lab, b)).collect();
     let s0 = stats(&lab);
 
+    // What the switch hands the backends meanwhile: DSR the client's
+    // fragments as they are, tunnel each in IPIP / IP6IP6, NAT readdressed.
+    let sniffer = lab.sniff(&["p-b1", "p-b2", "p-b3"], 180);
     let mut seed = 1;
+    let mut sent_frags = 0;
     for fam in [4u8, 6] {
+        let vip = if fam == 4 { VIP4 } else { VIP6 };
         for how in ["kernel", "raw"] {
-            phase(&lab, mode, fam, how, seed);
+            sent_frags += phase(&lab, mode, fam, how, seed, vip, false).frags;
             seed += 1;
         }
+        // One flow, reordered: the first fragment of a datagram whose later
+        // fragment came first follows the datagram's entry, not the flow's
+        // backend. DSR / tunnel: whole, wherever the entry says. NAT: the
+        // flow is bound to its backend; a source-hash VIP places the early
+        // fragment on that backend (see nat_one_flow_reordered below for
+        // another scheduler).
+        let dst = match (mode, fam) {
+            ("nat", 4) => VIP4SH,
+            ("nat", _) => VIP6SH,
+            _ => vip,
+        };
+        sent_frags += phase(&lab, mode, fam, "rawport", seed, dst, false).frags;
+        seed += 1;
     }
     for fam in [4u8, 6] {
         big_ping(&lab, mode, fam);
     }
+    let seen = sniffer.finish();
+    eprintln!("{mode}: frames the switch sent the backends: {seen}; client fragments sent {sent_frags} (+ 18 of pings)");
+    let n = |k: &str| seen[k].as_u64().unwrap();
+    let all = sent_frags + 18;
+    match mode {
+        "dsr" => assert!(n("vip4_plain") + n("vip6_plain") >= all && n("ipip") + n("ip6ip6") == 0, "{seen}"),
+        "tunnel" => assert!(n("ipip") + n("ip6ip6") >= all && n("vip4_plain") + n("vip6_plain") == 0, "{seen}"),
+        _ => assert!(n("frames") >= all && n("ipip") + n("ip6ip6") + n("vip4_plain") + n("vip6_plain") == 0, "{seen}"),
+    }
 
     // Nothing partial left behind on any backend (timeouts count after 3 s).
+    let fails = reasm_fails(&lab, mode, &before);
+    let s = stats(&lab);
+    eprintln!("{mode}: weir over the whole run: {:?}", frag_deltas(&s0, &s));
+    assert!(fails.values().all(|v| *v == 0), "{mode}: backends failed to reassemble datagrams: {fails:?}\n{}", lab.diagnostics());
+    assert_eq!(counter(&s, "xdp_aborted"), 0);
+
+    if mode == "nat" {
+        nat_one_flow_reordered(&lab, seed);
+    }
+}
+
+/// Sleeps out the backends' reassembly timeout (3 s), prints their
+/// reassembly counters since `before` and returns the failures per family
+/// ("IpReasmFails", "Ip6ReasmFails"), summed over the backends.
+fn reasm_fails(lab: &Lab, what: &str, before: &[BTreeMap<String, u64>]) -> BTreeMap<&'static str, i64> {
     std::thread::sleep(Duration::from_millis(3500));
-    let mut fails = Vec::new();
+    let mut fails = BTreeMap::from([("IpReasmFails", 0), ("Ip6ReasmFails", 0)]);
     for (i, b) in BACKENDS.iter().enumerate() {
-        let a = nstat(&lab, b);
-        let f: Vec<(String, i64)> = ["IpReasmReqds", "IpReasmOKs", "IpReasmFails", "IpReasmTimeout", "Ip6ReasmReqds", "Ip6ReasmOKs", "Ip6ReasmFails", "Ip6ReasmTimeout"]
+        let a = nstat(lab, b);
+        let f: Vec<(&str, i64)> = ["IpReasmReqds", "IpReasmOKs", "IpReasmFails", "IpReasmTimeout", "Ip6ReasmReqds", "Ip6ReasmOKs", "Ip6ReasmFails", "Ip6ReasmTimeout"]
             .iter()
-            .map(|k| (k.to_string(), delta(&before[i], &a, k)))
+            .map(|k| (*k, delta(&before[i], &a, k)))
             .collect();
-        eprintln!("{mode}: {b} kernel reassembly: {f:?}");
-        for (k, v) in &f {
-            if k.contains("Fails") || k.contains("Timeout") {
-                if *v != 0 {
-                    fails.push(format!("{b} {k} +{v}"));
-                }
+        eprintln!("{what}: {b} kernel reassembly: {f:?}");
+        for (k, v) in f {
+            if let Some(x) = fails.get_mut(k) {
+                *x += v;
             }
         }
     }
-    let s = stats(&lab);
-    eprintln!("{mode}: weir over the whole run: {:?}", frag_deltas(&s0, &s));
-    assert!(fails.is_empty(), "{mode}: backends failed to reassemble datagrams: {fails:?}\n{}", lab.diagnostics());
-    assert_eq!(counter(&s, "xdp_aborted"), 0);
+    fails
+}
+
+/// KNOWN LIMIT (measured, asserted as it is): NAT, one client flow to a
+/// maglev VIP, fragments reordered. An early later fragment places its
+/// datagram by (source, destination, identification), blind to the flow;
+/// when that is not the flow's backend, the first fragment is dropped
+/// (drop_frag_split: a NAT flow is bound to its backend) and the later
+/// fragments already sent sit on the other backend until its reassembly
+/// timeout (IpReasmFails). Every datagram lost is accounted for; none
+/// arrives damaged or twice. A source-hash VIP does not have this (above).
+fn nat_one_flow_reordered(lab: &Lab, mut seed: u32) {
+    for fam in [4u8, 6] {
+        let before: Vec<_> = BACKENDS.iter().map(|b| nstat(lab, b)).collect();
+        let vip = if fam == 4 { VIP4 } else { VIP6 };
+        let o = phase(lab, "nat", fam, "rawport", seed, vip, true);
+        seed += 1;
+        let fails = reasm_fails(lab, "nat one flow reordered", &before);
+        let key = if fam == 4 { "IpReasmFails" } else { "Ip6ReasmFails" };
+        eprintln!(
+            "KNOWN LIMIT nat IPv{fam}, one flow, maglev, reordered: {} of {N} datagrams lost ({} had a fragment before their first), \
+             drop_frag_split {}, partial datagrams timed out on the backends {}",
+            o.missing, o.early, o.d["drop_frag_split"], fails[key]
+        );
+        assert!(o.missing > 0, "NAT IPv{fam}: the known limit did not show; update this test and the README: {:?}", o.d);
+        assert_eq!(o.d["drop_frag_split"], o.missing as u64, "NAT IPv{fam}: every datagram lost is a split first fragment: {:?}", o.d);
+        assert_eq!(fails[key], o.missing as i64, "NAT IPv{fam}: each lost datagram's later fragments timed out on one backend: {fails:?}");
+        for k in ["drop_frag_unresolved", "drop_frag_table_full", "drop_frag_backend_gone", "xdp_aborted", "pass_fragment"] {
+            assert_eq!(o.d[k], 0, "NAT IPv{fam} one flow reordered: {k} moved: {:?}", o.d);
+        }
+    }
 }
 
 #[test]
