@@ -310,10 +310,17 @@ struct Outcome {
 /// and its echo came back whole, and the counters; with `lossy` only that
 /// none arrived damaged or twice and every echo that came back is whole.
 fn phase(lab: &Lab, mode: &str, fam: u8, how: &str, seed: u32, dst: &str, lossy: bool) -> Outcome {
-    let src = if fam == 4 { CLIENT4 } else { CLIENT6 };
     let mtu = if mode == "tunnel" { 1400 } else { 1500 };
+    phase_mtu(lab, mode, fam, how, seed, dst, lossy, mtu)
+}
+
+/// [`phase`] with fragments for a path MTU of `mtu` (raw, rawport; kernel:
+/// the route's MTU decides).
+#[allow(clippy::too_many_arguments)]
+fn phase_mtu(lab: &Lab, mode: &str, fam: u8, how: &str, seed: u32, dst: &str, lossy: bool, mtu: u32) -> Outcome {
+    let src = if fam == 4 { CLIENT4 } else { CLIENT6 };
     let sh = if dst.ends_with("102") { "sh" } else { "" };
-    let tag = format!("{mode}{fam}{how}{sh}");
+    let tag = format!("{mode}{fam}{how}{sh}{mtu}");
     let what = format!("{mode} IPv{fam} {how} to {dst}");
     let before = stats(lab);
     let script = format!(
@@ -526,6 +533,74 @@ fn run(mode: &str) {
     }
 }
 
+/// Tunnel mode, client fragments of a full 1500 bytes (what a client on a
+/// 1500-byte path sends; the lab's links are all 1500): wrapped they would
+/// be 1520 / 1540 bytes, above the MTU.
+/// - IPv4 (LIMIT, asserted as it is): fragments carry no DF, so weir drops
+///   them (drop_tunnel_mtu, no ICMP) and only each datagram's short last
+///   fragment reaches a backend, to time out there. The client never learns.
+/// - IPv6: weir answers each with packet-too-big (icmp_too_big), as it
+///   should, and the datagrams are lost the same way.
+/// - FAILS (data-plane defect, bpf/tunnel.h send_too_big): the client must
+///   then learn the path MTU (1460) and its next datagrams arrive whole. It
+///   does not: the packet-too-big quotes the IPv6 header and 8 bytes, which
+///   for a fragment are the Fragment header, not the UDP header; Linux
+///   (icmpv6_notify) skips the Fragment header and needs 8 more bytes to
+///   find the socket, so it discards the message and the route keeps MTU
+///   1500. Every later datagram is lost the same way. A quote of at least
+///   IPv6 header + Fragment header + 8 (56 bytes) for a first fragment would
+///   do (RFC 4443 2.4(c): as much of the packet as fits in 1280).
+fn tunnel_full_size(lab: &Lab, mut seed: u32) {
+    for fam in [4u8, 6] {
+        let before: Vec<_> = BACKENDS.iter().map(|b| nstat(lab, b)).collect();
+        let c0 = nstat(lab, "client");
+        let s0 = stats(lab);
+        let vip = if fam == 4 { VIP4 } else { VIP6 };
+        let o = phase_mtu(lab, "tunnel", fam, "raw", seed, vip, true, 1500);
+        seed += 1;
+        let s1 = stats(lab);
+        let mtu_drops = counter(&s1, "drop_tunnel_mtu") - counter(&s0, "drop_tunnel_mtu");
+        let too_big = counter(&s1, "icmp_too_big") - counter(&s0, "icmp_too_big");
+        let fails = reasm_fails(lab, "tunnel full-size fragments", &before);
+        let c1 = nstat(lab, "client");
+        let key = if fam == 4 { "IpReasmFails" } else { "Ip6ReasmFails" };
+        eprintln!(
+            "LIMIT tunnel IPv{fam}, 1500-byte fragments: {} of {N} datagrams lost, {} fragments sent, drop_tunnel_mtu {mtu_drops}, \
+             icmp_too_big {too_big}, partial datagrams timed out on the backends {}; client Icmp6InPktTooBigs +{}, IcmpInDestUnreachs +{}; weir {:?}",
+            o.missing,
+            o.frags,
+            fails[key],
+            delta(&c0, &c1, "Icmp6InPktTooBigs"),
+            delta(&c0, &c1, "IcmpInDestUnreachs"),
+            o.d
+        );
+        // 8008 bytes in 1480 / 1448-byte pieces: 5 full-size fragments and a
+        // short last one. IPv4 fragments have no DF: dropped silently. IPv6:
+        // packet-too-big to the client (within the ICMP budget).
+        assert_eq!(o.missing, N, "tunnel IPv{fam}: no datagram of full-size fragments can arrive whole: {:?}", o.d);
+        assert_eq!(mtu_drops + too_big, 5 * N as u64, "tunnel IPv{fam}: every full-size fragment refused for the MTU: {:?}", o.d);
+        if fam == 4 {
+            assert_eq!(too_big, 0, "tunnel IPv4: no ICMP for fragments without DF");
+        } else {
+            assert!(too_big > 0, "tunnel IPv6: packet-too-big for full-size fragments");
+            assert_eq!(delta(&c0, &c1, "Icmp6InPktTooBigs"), too_big as i64, "the client received every packet-too-big");
+        }
+        assert_eq!(fails[key], N as i64, "tunnel IPv{fam}: each datagram's last fragment timed out on a backend");
+    }
+    // FAILS here (see above): the IPv6 client should have learned the path
+    // MTU from weir's packet-too-big; then its kernel fragments for it and
+    // the datagrams arrive whole.
+    let r = lab.sh("client", &format!("ip -6 route get {VIP6}"));
+    let route = String::from_utf8_lossy(&r.stdout).to_string();
+    eprintln!("tunnel: the client's route to {VIP6} after the packets-too-big: {}", route.trim());
+    assert!(
+        route.contains("mtu 1460"),
+        "DATA-PLANE DEFECT: the client did not learn mtu 1460 from weir's packet-too-big for its fragments \
+         (the ICMPv6 quotes 40 + 8 bytes: the IPv6 and Fragment headers, no UDP header): {route}"
+    );
+    phase_mtu(lab, "tunnel", 6, "kernel", seed, VIP6, false, 1500);
+}
+
 /// Sleeps out the backends' reassembly timeout (3 s), prints their
 /// reassembly counters since `before` and returns the failures per family
 /// ("IpReasmFails", "Ip6ReasmFails"), summed over the backends.
@@ -592,6 +667,24 @@ fn fragments_tunnel() {
         return;
     }
     run("tunnel");
+}
+
+/// Tunnel mode with full-size (1500-byte) client fragments; see
+/// [`tunnel_full_size`]. FAILS on its last assertion: a data-plane defect
+/// (the IPv6 packet-too-big for a fragment teaches the client nothing).
+#[test]
+fn fragments_tunnel_full_size() {
+    if !require_root("fragments end-to-end test (tunnel, full-size fragments)") {
+        return;
+    }
+    let mut lab = Lab::up_mode(&format!("wfl-tfs-{}", std::process::id()), "tunnel");
+    for b in BACKENDS {
+        let o = lab.sh(b, "sysctl -qw net.ipv4.ipfrag_time=3 net.ipv6.ip6frag_time=3");
+        assert!(o.status.success(), "sysctl in {b}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    lab.start_weir(&config("tunnel"));
+    let _servers = start_servers(&lab, "tunnel");
+    tunnel_full_size(&lab, 100);
 }
 
 #[test]
