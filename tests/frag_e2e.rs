@@ -1,20 +1,32 @@
 //! IP fragments to a VIP end to end (root), in the lab (lab/lab.sh) in each
-//! forwarding mode (DSR, tunnel, NAT), IPv4 and IPv6: 8000-byte UDP
-//! datagrams (about 6 fragments each) must reach exactly one backend whole,
-//! in order and reordered, and big pings must be answered (DSR, tunnel) or
-//! reach a backend whole (NAT). The design is bpf/frag.h's header comment.
+//! forwarding mode (DSR, tunnel, NAT), IPv4 and IPv6. Per family, 40
+//! datagrams of 8000 bytes (6 fragments each) with distinct payloads, sent
+//! (1) by the kernel, in order, from one socket; (2) reordered, one flow per
+//! datagram; (3) reordered, one flow (NAT: to a source-hash VIP). Each must
+//! reach exactly one backend whole (length + sha256 logged by a UDP server
+//! on every backend), its echo must come back whole, the switch must hand
+//! the backends every fragment in the mode's form, weir's frag_* counters
+//! must match what the client sent, and no backend's kernel may time out a
+//! partial datagram (IpReasmFails / Ip6ReasmFails, reassembly timeout 3 s).
+//! Then `ping -s 4000 -c 3` to each VIP: answered from the VIP (DSR,
+//! tunnel), or each echo reassembled on one backend and not answered (NAT).
+//! The design is bpf/frag.h's header comment.
+//!
+//! Measured and asserted as they are: NAT, one flow, maglev, reordered
+//! (nat_one_flow_reordered: datagrams lost, drop_frag_split); tunnel with
+//! 1500-byte client fragments (fragments_tunnel_full_size, which FAILS on a
+//! data-plane defect: see tunnel_full_size).
 //!
 //! Reordering: this kernel has no sch_netem (`tc qdisc add .. netem` says
 //! "Specified qdisc kind is unknown"), so the client fragments the datagrams
 //! itself and sends the fragments through a raw socket (IPv4 IPPROTO_RAW /
-//! IPv6 IPPROTO_RAW, header included) in a shuffled order, several datagrams
-//! interleaved: later fragments often arrive before their first one.
+//! IPv6 IPPROTO_RAW, header included) in a shuffled order, four datagrams
+//! interleaved (seeded): later fragments often arrive before their first.
 //!
 //! Tunnel mode: a client fragment of a full 1500 bytes cannot be wrapped in
-//! another 20 / 40 bytes on the lab's 1500-byte links (drop_tunnel_mtu;
-//! fragments carry no DF, so no ICMP either): the client's route to the VIP
-//! has `mtu 1400` there, as a real deployment would give its clients' path
-//! room for the outer header.
+//! another 20 / 40 bytes on the lab's 1500-byte links, so in fragments_tunnel
+//! the client's route to the VIP has `mtu 1400`, as a deployment would give
+//! its clients' path room for the outer header.
 
 mod common;
 
