@@ -552,66 +552,58 @@ fn run(mode: &str) {
 /// - IPv4 (LIMIT, asserted as it is): fragments carry no DF, so weir drops
 ///   them (drop_tunnel_mtu, no ICMP) and only each datagram's short last
 ///   fragment reaches a backend, to time out there. The client never learns.
-/// - IPv6: weir answers each with packet-too-big (icmp_too_big), as it
-///   should, and the datagrams are lost the same way.
-/// - FAILS (data-plane defect, bpf/tunnel.h send_too_big): the client must
-///   then learn the path MTU (1460) and its next datagrams arrive whole. It
-///   does not: the packet-too-big quotes the IPv6 header and 8 bytes, which
-///   for a fragment are the Fragment header, not the UDP header; Linux
-///   (icmpv6_notify) skips the Fragment header and needs 8 more bytes to
-///   find the socket, so it discards the message and the route keeps MTU
-///   1500. Every later datagram is lost the same way. A quote of at least
-///   IPv6 header + Fragment header + 8 (56 bytes) for a first fragment would
-///   do (RFC 4443 2.4(c): as much of the packet as fits in 1280).
+/// - IPv6: weir answers with packet-too-big (icmp_too_big) quoting the
+///   first fragment up to its UDP header; the client learns the path MTU
+///   (1460) and its next datagrams arrive whole. (Before: the quote stopped
+///   at the Fragment header; Linux, icmpv6_notify, needs the transport
+///   header to find the socket, so it learned nothing and every datagram
+///   was lost.)
 fn tunnel_full_size(lab: &Lab, mut seed: u32) {
-    for fam in [4u8, 6] {
-        let before: Vec<_> = BACKENDS.iter().map(|b| nstat(lab, b)).collect();
-        let c0 = nstat(lab, "client");
-        let s0 = stats(lab);
-        let vip = if fam == 4 { VIP4 } else { VIP6 };
-        let o = phase_mtu(lab, "tunnel", fam, "raw", seed, vip, true, 1500);
-        seed += 1;
-        let s1 = stats(lab);
-        let mtu_drops = counter(&s1, "drop_tunnel_mtu") - counter(&s0, "drop_tunnel_mtu");
-        let too_big = counter(&s1, "icmp_too_big") - counter(&s0, "icmp_too_big");
-        let fails = reasm_fails(lab, "tunnel full-size fragments", &before);
-        let c1 = nstat(lab, "client");
-        let key = if fam == 4 { "IpReasmFails" } else { "Ip6ReasmFails" };
-        eprintln!(
-            "LIMIT tunnel IPv{fam}, 1500-byte fragments: {} of {N} datagrams lost, {} fragments sent, drop_tunnel_mtu {mtu_drops}, \
-             icmp_too_big {too_big}, partial datagrams timed out on the backends {}; client Icmp6InPktTooBigs +{}, IcmpInDestUnreachs +{}; weir {:?}",
-            o.missing,
-            o.frags,
-            fails[key],
-            delta(&c0, &c1, "Icmp6InPktTooBigs"),
-            delta(&c0, &c1, "IcmpInDestUnreachs"),
-            o.d
-        );
-        // 8008 bytes in 1480 / 1448-byte pieces: 5 full-size fragments and a
-        // short last one. IPv4 fragments have no DF: dropped silently. IPv6:
-        // packet-too-big to the client (within the ICMP budget).
-        assert_eq!(o.missing, N, "tunnel IPv{fam}: no datagram of full-size fragments can arrive whole: {:?}", o.d);
-        assert_eq!(mtu_drops + too_big, 5 * N as u64, "tunnel IPv{fam}: every full-size fragment refused for the MTU: {:?}", o.d);
-        if fam == 4 {
-            assert_eq!(too_big, 0, "tunnel IPv4: no ICMP for fragments without DF");
-        } else {
-            assert!(too_big > 0, "tunnel IPv6: packet-too-big for full-size fragments");
-            assert_eq!(delta(&c0, &c1, "Icmp6InPktTooBigs"), too_big as i64, "the client received every packet-too-big");
-        }
-        assert_eq!(fails[key], N as i64, "tunnel IPv{fam}: each datagram's last fragment timed out on a backend");
-    }
-    // FAILS here (see above): the IPv6 client should have learned the path
-    // MTU from weir's packet-too-big; then its kernel fragments for it and
-    // the datagrams arrive whole.
+    // IPv4: fragments carry no DF; weir does not fragment: every full-size
+    // fragment is dropped (drop_tunnel_mtu), no ICMP.
+    let before: Vec<_> = BACKENDS.iter().map(|b| nstat(lab, b)).collect();
+    let s0 = stats(lab);
+    let o = phase_mtu(lab, "tunnel", 4, "raw", seed, VIP4, true, 1500);
+    seed += 1;
+    let s1 = stats(lab);
+    let mtu_drops = counter(&s1, "drop_tunnel_mtu") - counter(&s0, "drop_tunnel_mtu");
+    let too_big = counter(&s1, "icmp_too_big") - counter(&s0, "icmp_too_big");
+    let fails = reasm_fails(lab, "tunnel full-size fragments", &before);
+    eprintln!(
+        "LIMIT tunnel IPv4, 1500-byte fragments: {} of {N} datagrams lost, {} fragments sent, drop_tunnel_mtu {mtu_drops}, \
+         icmp_too_big {too_big}, partial datagrams timed out on the backends {}; weir {:?}",
+        o.missing, o.frags, fails["IpReasmFails"], o.d
+    );
+    // 8008 bytes in 1480-byte pieces: 5 full-size fragments and a short last one.
+    assert_eq!(o.missing, N, "tunnel IPv4: no datagram of full-size fragments can arrive whole: {:?}", o.d);
+    assert_eq!((mtu_drops, too_big), (5 * N as u64, 0), "tunnel IPv4: every full-size fragment dropped, no ICMP: {:?}", o.d);
+    assert_eq!(fails["IpReasmFails"], N as i64, "tunnel IPv4: each datagram's last fragment timed out on a backend");
+
+    // IPv6: packet-too-big to the client, quoting its first fragment up to
+    // the UDP header: its kernel learns the path MTU and fragments for it.
+    // (A quote that stops at the Fragment header teaches it nothing: every
+    // datagram was lost before the fix.)
+    let c0 = nstat(lab, "client");
+    let s0 = stats(lab);
+    let o = phase_mtu(lab, "tunnel", 6, "kernel", seed, VIP6, true, 1500);
+    seed += 1;
+    let s1 = stats(lab);
+    let too_big = counter(&s1, "icmp_too_big") - counter(&s0, "icmp_too_big");
+    let c1 = nstat(lab, "client");
     let r = lab.sh("client", &format!("ip -6 route get {VIP6}"));
     let route = String::from_utf8_lossy(&r.stdout).to_string();
-    eprintln!("tunnel: the client's route to {VIP6} after the packets-too-big: {}", route.trim());
-    assert!(
-        route.contains("mtu 1460"),
-        "DATA-PLANE DEFECT: the client did not learn mtu 1460 from weir's packet-too-big for its fragments \
-         (the ICMPv6 quotes 40 + 8 bytes: the IPv6 and Fragment headers, no UDP header): {route}"
+    eprintln!(
+        "tunnel IPv6, the client fragments for 1500: {} of {N} datagrams lost while it learned the path MTU, icmp_too_big {too_big}, \
+         client Icmp6InPktTooBigs +{}; its route to {VIP6} now: {}",
+        o.missing,
+        delta(&c0, &c1, "Icmp6InPktTooBigs"),
+        route.trim()
     );
-    phase_mtu(lab, "tunnel", 6, "kernel", seed, VIP6, false, 1500);
+    assert!(too_big > 0, "tunnel IPv6: packet-too-big for full-size fragments");
+    assert!(route.contains("mtu 1460"), "the client did not learn mtu 1460 from weir's packet-too-big: {route}");
+    assert!(o.missing < N, "tunnel IPv6: datagrams after the packet-too-big arrive whole");
+    // Now every datagram is whole (the client fragments for 1460).
+    phase_mtu(lab, "tunnel", 6, "kernel", seed, VIP6, false, 1460);
 }
 
 /// Sleeps out the backends' reassembly timeout (3 s), prints their
@@ -683,8 +675,8 @@ fn fragments_tunnel() {
 }
 
 /// Tunnel mode with full-size (1500-byte) client fragments; see
-/// [`tunnel_full_size`]. FAILS on its last assertion: a data-plane defect
-/// (the IPv6 packet-too-big for a fragment teaches the client nothing).
+/// [`tunnel_full_size`]. Failed before the packet-too-big for an IPv6 first
+/// fragment quoted the UDP header (the client learned nothing).
 #[test]
 fn fragments_tunnel_full_size() {
     if !require_root("fragments end-to-end test (tunnel, full-size fragments)") {
