@@ -27,8 +27,22 @@ pub struct Config {
     /// Running as one node of a tier behind ECMP (docs/scale-out.md).
     #[serde(default)]
     pub tier: Tier,
+    /// `[health]`: what every data-path check shares.
+    #[serde(default)]
+    pub health: HealthGlobal,
     #[serde(default, rename = "vip")]
     pub vips: Vec<Vip>,
+}
+
+/// `[health]`: settings of the data-path health checks (`health.via =
+/// "datapath"` on a VIP).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthGlobal {
+    /// Source address of data-path probes: backends answer it directly, so
+    /// it must route back to this node (default: the interface's first
+    /// IPv4 address). Weir owns TCP ports 61000-62023 on it.
+    pub datapath_source: Option<String>,
 }
 
 /// Default UDP port of the flow sync between the nodes of a tier.
@@ -391,6 +405,18 @@ pub enum CheckKind {
     None,
 }
 
+/// Which way a probe goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckVia {
+    /// From weir's namespace to the backend's own address.
+    #[default]
+    Direct,
+    /// To the VIP, delivered to the backend as client packets are (DSR:
+    /// its MAC; tunnel: encapsulated); NAT VIPs probe directly as before.
+    Datapath,
+}
+
 /// A health check; every field optional so a backend can override a VIP's.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -408,6 +434,9 @@ pub struct HealthCheck {
     pub rise: Option<u32>,
     /// Failures in a row that take a backend out (default 3).
     pub fall: Option<u32>,
+    /// "direct" (default): probe the backend's address; "datapath": probe
+    /// the VIP through the path client packets take (DSR and tunnel VIPs).
+    pub via: Option<CheckVia>,
 }
 
 /// A backend's effective check.
@@ -421,6 +450,7 @@ pub struct Check {
     pub timeout_ms: u32,
     pub rise: u32,
     pub fall: u32,
+    pub via: CheckVia,
 }
 
 impl HealthCheck {
@@ -447,6 +477,7 @@ impl HealthCheck {
             timeout_ms: pick(&|h| h.timeout_ms, interval_ms.min(500)),
             rise: pick(&|h| h.rise, 2),
             fall: pick(&|h| h.fall, 3),
+            via: backend.and_then(|h| h.via).or_else(|| vip.and_then(|h| h.via)).unwrap_or_default(),
         })
     }
 }
@@ -567,6 +598,13 @@ impl Config {
 
     pub fn validate(&self) -> Result<()> {
         self.tier.validate()?;
+        if let Some(src) = &self.health.datapath_source {
+            match src.parse::<IpAddr>() {
+                Ok(IpAddr::V4(a)) if !a.is_unspecified() && !a.is_multicast() && !a.is_loopback() && !a.is_broadcast() => {}
+                Ok(ip) => bail!("health.datapath_source: {ip} cannot be the probes' source (need a unicast IPv4 address that routes back to this node)"),
+                Err(_) => bail!("health.datapath_source: '{src}' is not an IPv4 address"),
+            }
+        }
         if self.conntrack.size == 0 || self.conntrack.size > MAX_FLOWS {
             bail!(
                 "conntrack.size: {} is out of range: 1 to {MAX_FLOWS} flows (the LRU table is preallocated, ~100 bytes per flow)",
@@ -743,6 +781,9 @@ impl Config {
                     }
                     if c.kind == CheckKind::Http && !c.path.starts_with('/') {
                         bail!("{bat}.health.path: '{}' must start with /", c.path);
+                    }
+                    if c.via == CheckVia::Datapath && vip.mode != Mode::Nat && !addr.is_ipv4() {
+                        bail!("{bat}.health.via: \"datapath\" checks IPv4 VIPs only so far; use \"direct\" for {addr}");
                     }
                 }
                 if let Some(ifn) = &b.iface {

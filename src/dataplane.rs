@@ -16,8 +16,10 @@ pub use crate::mapio::{addr_words, read_counters};
 mod addresses;
 mod hops;
 mod nat;
+mod probe;
 mod read;
 mod writer;
+pub use probe::ProbeSlot;
 pub use hops::{configured_hops, next_hops, resolve_hops, Followed, HopPlan, NextHop};
 use crate::net::Iface;
 use crate::shield::{policy, ShieldLoad, ShieldMaps};
@@ -82,6 +84,8 @@ pub struct Dataplane {
     writes: std::cell::Cell<u64>,
     /// `writes` as of each (VIP id, half) table block's last write.
     blocks: RefCell<BTreeMap<(u32, u32), u64>>,
+    /// Data-path probes by index in probe_targets (source port - PROBE_PORT_LO).
+    probe_slots: RefCell<BTreeMap<u32, ProbeSlot>>,
 }
 
 fn key32(k: u32) -> [u8; 4] {
@@ -183,6 +187,7 @@ impl Dataplane {
             backend_entries: RefCell::new(BTreeMap::new()),
             writes: Default::default(),
             blocks: RefCell::new(BTreeMap::new()),
+            probe_slots: RefCell::new(BTreeMap::new()),
         })
     }
 

@@ -66,6 +66,8 @@ pub struct Plan {
     pub nat_timeouts: [u32; 4],
     /// `[tier]`: announcing and flow sync.
     pub tier: crate::config::Tier,
+    /// `health.datapath_source` (None: the interface's first IPv4 address).
+    pub probe_source: Option<IpAddr>,
 }
 
 /// The identity Maglev hashes: the backend's address bytes.
@@ -160,6 +162,7 @@ impl Plan {
             shield: cfg.shield.clone(),
             nat_timeouts: [ct.tcp_timeout, ct.tcp_syn_timeout, ct.tcp_fin_timeout, ct.udp_timeout],
             tier: cfg.tier.clone(),
+            probe_source: cfg.health.datapath_source.as_deref().and_then(|s| s.parse().ok()),
         })
     }
 
@@ -540,6 +543,7 @@ impl PlanIds {
             shield,
             nat_timeouts: [0; 4],
             tier: Default::default(),
+            probe_source: None,
             vips: self
                 .vips
                 .iter()
