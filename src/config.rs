@@ -654,6 +654,18 @@ impl Config {
         if let Some(sh) = &self.shield {
             sh.validate()?;
         }
+        // One probe source port per data-path check (bpf/probe.h).
+        let datapath = self
+            .vips
+            .iter()
+            .filter(|v| v.mode != Mode::Nat)
+            .flat_map(|v| v.backends.iter().map(move |b| HealthCheck::resolve(b.health.as_ref(), v.health.as_ref(), v.port)))
+            .filter(|c| c.as_ref().is_some_and(|c| c.via == CheckVia::Datapath))
+            .count();
+        let most = usize::from(crate::skel::PROBE_PORTS);
+        if datapath > most {
+            bail!("health.via: {datapath} backends have data-path checks, at most {most} are supported (one probe source port each); use via = \"direct\" for some");
+        }
         let mut seen = HashSet::new();
         for (i, vip) in self.vips.iter().enumerate() {
             let at = format!("vip[{i}]");
@@ -1067,6 +1079,36 @@ weight = 3
         assert!(HealthCheck::resolve(None, none.vips[0].health.as_ref(), 80).is_none());
         let e = err(&with("on_down = \"drop\"", ""));
         assert!(e.contains("unknown variant `drop`"), "{e}");
+    }
+
+    #[test]
+    fn datapath_checks_validate() {
+        let with = |vip: &str| GOOD.replace("scheduler = \"round-robin\"\n", &format!("scheduler = \"round-robin\"\n{vip}\n"));
+        let c = Config::from_toml(&with("health = { kind = \"http\", via = \"datapath\" }")).unwrap();
+        let v = &c.vips[0];
+        let b0 = HealthCheck::resolve(v.backends[0].health.as_ref(), v.health.as_ref(), v.port).unwrap();
+        assert_eq!(b0.via, CheckVia::Datapath);
+        let d = Config::from_toml(&with("health = { kind = \"http\" }")).unwrap();
+        let b0 = HealthCheck::resolve(d.vips[0].backends[0].health.as_ref(), d.vips[0].health.as_ref(), 80).unwrap();
+        assert_eq!(b0.via, CheckVia::Direct, "the default is as before");
+        let e = err(&with("health = { via = \"datapth\" }"));
+        assert!(e.contains("unknown variant `datapth`") && e.contains("direct") && e.contains("datapath"), "{e}");
+        let src = |s: &str| format!("[health]\ndatapath_source = \"{s}\"\n{}", with("health = { via = \"datapath\" }"));
+        assert!(Config::from_toml(&src("198.18.0.9")).is_ok());
+        let e = err(&src("2001:db8::9"));
+        assert!(e.contains("health.datapath_source: 2001:db8::9 cannot be the probes' source"), "{e}");
+        let e = err(&src("127.0.0.1"));
+        assert!(e.contains("health.datapath_source: 127.0.0.1 cannot be"), "{e}");
+        let e = err(&src("node"));
+        assert!(e.contains("health.datapath_source: 'node' is not an IPv4 address"), "{e}");
+        let v6 = with("health = { via = \"datapath\" }")
+            .replace("198.18.0.100", "2001:2::100")
+            .replace("198.18.0.11", "2001:2::11")
+            .replace("198.18.0.12", "2001:2::12");
+        let e = err(&v6);
+        assert!(e.contains("vip[0].backend[0].health.via: \"datapath\" checks IPv4 VIPs only so far"), "{e}");
+        let e = err(&format!("[health]\nsource = \"198.18.0.9\"\n{}", with("")));
+        assert!(e.contains("unknown field `source`"), "{e}");
     }
 
     #[test]
