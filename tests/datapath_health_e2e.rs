@@ -8,7 +8,9 @@
 //! loopback, later b3's decapsulator stops: the direct checks keep passing
 //! (the backends' servers are fine), the data-path checks take the backend
 //! out within interval x fall, and no client request goes to it until it
-//! is repaired; then it comes back. Finally weir is killed with SIGKILL:
+//! is repaired; then it comes back. A reload without data-path checks
+//! removes the prober veth, one with them brings it back; a hand-over
+//! leaves one (the new instance's). Finally weir is killed with SIGKILL:
 //! its prober veth is gone with it.
 
 mod common;
@@ -101,6 +103,26 @@ fn wait_health(lab: &Lab, v: usize, b: usize, want: &str, max: Duration) -> Dura
     panic!("backend {b} of VIP {v} not {want} within {max:?}\n{}", lab.diagnostics());
 }
 
+/// `weir reload` with `cfg` written over the lab's config.
+fn reload(lab: &mut Lab, cfg: &str) -> std::process::Output {
+    std::fs::write(&lab.config, cfg).unwrap();
+    Command::new("ip").args(["netns", "exec", &lab.ns("lb"), WEIR, "reload", "--iface", "veth6"]).output().unwrap()
+}
+
+/// Prober veths in the balancer's namespace.
+fn probe_links(lab: &Lab) -> usize {
+    let o = lab.exec("lb", &["ip", "-o", "link", "show"]);
+    String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.contains("wprobe")).count()
+}
+
+fn all_up(lab: &Lab) {
+    for v in 0..4 {
+        for b in 0..3 {
+            wait_health(lab, v, b, "up", Duration::from_secs(3));
+        }
+    }
+}
+
 fn decap_attached(lab: &Lab, b: &str) -> bool {
     let o = lab.exec(b, &["ip", "-d", "link", "show", "dev", "b0"]);
     String::from_utf8_lossy(&o.stdout).contains("prog/xdp")
@@ -117,11 +139,8 @@ fn datapath_checks_see_a_lost_vip_and_a_stopped_decapsulator() {
         assert!(o.status.success(), "adding the tunnel VIP to {b}'s lo: {}", String::from_utf8_lossy(&o.stderr));
     }
     lab.start_weir(CONFIG);
-    for v in 0..4 {
-        for b in 0..3 {
-            wait_health(&lab, v, b, "up", Duration::from_secs(5));
-        }
-    }
+    all_up(&lab);
+    assert_eq!(probe_links(&lab), 1, "one prober veth");
 
     // ~24 s of requests, alternating the two VIPs, each line
     // "<ms since start when sent> <vip> <body or FAILED>".
@@ -239,6 +258,37 @@ fn datapath_checks_see_a_lost_vip_and_a_stopped_decapsulator() {
     eprintln!("probe_sent {sent}, probe_reply {replies}, drop_probe {dropped}");
     assert!(sent > 0 && replies > 0);
     assert_eq!(dropped, 0, "frames from the prober namespace that were no probe");
+
+    // A reload without data-path checks removes the prober veth and
+    // stops the probes; one with them brings both back.
+    let direct = CONFIG.replace(", via = \"datapath\"", "");
+    let o = reload(&mut lab, &direct);
+    assert!(o.status.success(), "reload: {}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(probe_links(&lab), 0, "the prober veth left with the last data-path check");
+    let sent = counter(&lab.stats().unwrap(), "probe_sent");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(counter(&lab.stats().unwrap(), "probe_sent"), sent, "no probe after the reload");
+    let o = reload(&mut lab, CONFIG);
+    assert!(o.status.success(), "reload: {}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(probe_links(&lab), 1);
+    std::thread::sleep(Duration::from_millis(500));
+    let s = lab.stats().unwrap();
+    assert!(counter(&s, "probe_reply") > replies, "probes answered again after the reload");
+    all_up(&lab);
+
+    // A hand-over: the new instance has its own prober veth, the old one's is gone.
+    let (st, _) = lab.take_over();
+    assert!(st.success(), "the old instance exited with {st}");
+    let t = Instant::now();
+    while probe_links(&lab) != 1 {
+        assert!(t.elapsed() < Duration::from_secs(5), "prober veths after the hand-over: {}", probe_links(&lab));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let before = counter(&lab.stats().unwrap(), "probe_reply");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(counter(&lab.stats().unwrap(), "probe_reply") > before, "the new instance's probes are answered");
+    all_up(&lab);
+    assert_eq!(counter(&lab.stats().unwrap(), "drop_probe"), 0);
 
     // SIGKILL: the prober namespace dies with the process, its veth too.
     let child = lab.weir.as_mut().unwrap();
