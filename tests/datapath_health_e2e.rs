@@ -10,7 +10,8 @@
 //! out within interval x fall, and no client request goes to it until it
 //! is repaired; then it comes back. A reload without data-path checks
 //! removes the prober veth, one with them brings it back; a hand-over
-//! leaves one (the new instance's). Finally weir is killed with SIGKILL:
+//! leaves one (the new instance's); a new interface address is followed.
+//! Finally weir is killed with SIGKILL:
 //! its prober veth is gone with it.
 
 mod common;
@@ -289,6 +290,25 @@ fn datapath_checks_see_a_lost_vip_and_a_stopped_decapsulator() {
     assert!(counter(&lab.stats().unwrap(), "probe_reply") > before, "the new instance's probes are answered");
     all_up(&lab);
     assert_eq!(counter(&lab.stats().unwrap(), "drop_probe"), 0);
+
+    // The interface's address changes: probes from the old one would go
+    // unanswered (nobody has it now), so the prober follows within the
+    // second weir takes to notice.
+    // (promote_secondaries: deleting the primary keeps the new address.)
+    for cmd in [
+        "sysctl -qw net.ipv4.conf.veth6.promote_secondaries=1",
+        "ip addr add 198.18.0.9/24 dev veth6",
+        "ip addr del 198.18.0.10/24 dev veth6",
+    ] {
+        let o = lab.sh("lb", cmd);
+        assert!(o.status.success(), "{cmd}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    let before = counter(&lab.stats().unwrap(), "probe_reply");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(counter(&lab.stats().unwrap(), "probe_reply") > before, "probes from the new address are answered");
+    all_up(&lab);
+    assert_eq!(probe_links(&lab), 1);
 
     // SIGKILL: the prober namespace dies with the process, its veth too.
     let child = lab.weir.as_mut().unwrap();

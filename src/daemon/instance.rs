@@ -278,6 +278,10 @@ impl Instance {
         if self.probenet.as_ref().map(|n| n.source) == src.map(IpAddr::V4) {
             return Ok(());
         }
+        // The probers of the old namespace stop first (their probes would
+        // fail from now on); the caller starts them anew (start_probers),
+        // or restore_probers after a failure.
+        self.probers = None;
         self.dp.set_probe_on(false)?;
         self.probenet = None;
         if let Some(a) = src {
@@ -286,6 +290,16 @@ impl Instance {
             self.probenet = Some(n);
         }
         Ok(())
+    }
+
+    /// After a failed reload or address change: the prober namespace and
+    /// probers of the running plan again (a failure here is logged: the
+    /// data-path checks fail, and say why).
+    fn restore_probers(&mut self) {
+        let plan = self.plan.clone();
+        if let Err(e) = self.probenet_for(&plan).and_then(|()| self.start_probers()) {
+            tracing::error!("restarting the health checks: {e:#}");
+        }
     }
 
     fn start_probers(&mut self) -> Result<()> {
@@ -505,8 +519,17 @@ impl Service for Instance {
         let down: BTreeSet<u32> = self.health_down().into_iter().filter(|id| checked.contains(id)).collect();
         // The prober namespace first: a failure there refuses the reload
         // before anything is written.
-        self.probenet_for(&new)?;
-        let summary = self.dp.reload(&self.plan, &new, &hops.hops, &hops.tx, &down)?;
+        if let Err(e) = self.probenet_for(&new) {
+            self.restore_probers();
+            return Err(e);
+        }
+        let summary = match self.dp.reload(&self.plan, &new, &hops.hops, &hops.tx, &down) {
+            Ok(s) => s,
+            Err(e) => {
+                self.restore_probers();
+                return Err(e);
+            }
+        };
         self.plan = new;
         self.fingerprints = None;
         self.live_cache.clear();
@@ -696,6 +719,21 @@ impl Service for Instance {
                     match self.dp.follow_addresses(&self.plan, now.addrs) {
                         Ok(lines) => lines.iter().for_each(|l| tracing::info!("{l}")),
                         Err(e) => tracing::warn!("following the interface's addresses: {e:#}"),
+                    }
+                    // Data-path probes from the interface's address follow it.
+                    let had = self.probenet.as_ref().map(|n| n.source);
+                    let plan = self.plan.clone();
+                    match self.probenet_for(&plan) {
+                        Ok(()) if self.probenet.as_ref().map(|n| n.source) == had => {}
+                        Ok(()) => {
+                            if let Err(e) = self.start_probers() {
+                                tracing::warn!("restarting the health checks: {e:#}");
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!("data-path health checks: {e:#}");
+                            self.restore_probers();
+                        }
                     }
                 }
                 Ok(_) => {}
