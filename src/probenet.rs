@@ -69,7 +69,11 @@ fn new_netns() -> Result<OwnedFd> {
     std::thread::spawn(|| -> Result<OwnedFd> {
         // SAFETY: unshare affects the calling (short-lived) thread only.
         if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-            bail!("creating the prober network namespace (unshare): {} (needs CAP_SYS_ADMIN)", std::io::Error::last_os_error());
+            bail!(
+                "creating the prober network namespace of data-path health checks (unshare): {}; they need CAP_SYS_ADMIN \
+                 besides CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (or use health.via = \"direct\")",
+                std::io::Error::last_os_error()
+            );
         }
         // No IPv6 in there: no router solicitations to drop outside.
         for k in ["default", "all"] {

@@ -797,6 +797,14 @@ pub fn run(o: &Options) -> Result<()> {
         None => dp.apply_down(&plan, &hops.hops, &hops.tx, &BTreeSet::new())?,
     }
 
+    // A fresh start makes the prober namespace before attaching: a node
+    // that cannot run its data-path checks never serves. (After a
+    // take-over it is made below, once the old instance, whose probe
+    // replies go through the same maps, has gone.)
+    let early_probenet = match (&handoff, probe_source(&plan, &iface)?) {
+        (None, Some(a)) => Some(ProbeNet::create(&dp, &iface, a)?),
+        _ => None,
+    };
     let mut metrics = None;
     let (link, control) = match handoff {
         Some(mut h) => {
@@ -863,7 +871,7 @@ pub fn run(o: &Options) -> Result<()> {
         started: Instant::now(),
         health: BTreeMap::new(),
         probers: None,
-        probenet: None,
+        probenet: early_probenet,
         health_gen: 0,
         hops,
         watched: watched.clone(),
