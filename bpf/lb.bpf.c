@@ -5,7 +5,8 @@
  *   -> VIP lookup (port, then port 0) -> flow table (keep the backend)
  *   -> schedule a new flow -> rewrite and send (XDP_TX or DEVMAP redirect):
  *      DSR (MACs), NAT (nat.h) or tunnel (tunnel.h)
- *   Not a VIP: a NAT flow's reply, or an ICMP error about one (nat.h).
+ *   Not a VIP: a NAT flow's reply, or an ICMP error about one (nat.h); a
+ *   backend's answer to a data-path health check (probe.h).
  *   ICMP to a VIP (icmp.h): echo answered; an error about a DSR or tunnel
  *   backend's reply sent on to that backend.
  */
@@ -25,6 +26,7 @@
 #include "tunnel.h"
 #include "icmp.h"
 #include "frag.h"
+#include "probe.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -135,6 +137,12 @@ static __always_inline int process(struct xdp_md *ctx, struct packet *pkt, __u32
 	if (!vip) {
 		if (nat_on) {
 			rc = nat_return(c, data, data_end, pkt, bid_out, vip_out);
+			if (rc >= 0)
+				return rc;
+		}
+		/* A backend's answer to a data-path health check (probe.h). */
+		if (probe_on) {
+			rc = probe_reply(c, data, data_end, pkt);
 			if (rc >= 0)
 				return rc;
 		}

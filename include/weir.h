@@ -21,6 +21,19 @@ enum weir_const {
 	WEIR_HASH_SEED = 0x5745,
 	WEIR_FAMILY_V4 = 4,
 	WEIR_FAMILY_V6 = 6,
+	/*
+	 * Data-path health checks (bpf/probe.h): tx_ports slots the daemon
+	 * keeps for the balancer interface itself (a probe leaves by it) and
+	 * the prober veth (replies go into it); backends' redirect interfaces
+	 * use the slots below them. Probe source ports are
+	 * WEIR_PROBE_PORT_LO .. + WEIR_PROBE_PORTS - 1, outside the kernel's
+	 * default ephemeral range (32768-60999): weir owns them on the
+	 * prober's source address.
+	 */
+	WEIR_PROBE_SLOT_IFACE = 63,
+	WEIR_PROBE_SLOT_VETH = 62,
+	WEIR_PROBE_PORT_LO = 61000,
+	WEIR_PROBE_PORTS = 1024,
 };
 
 /* Ring value meaning "this VIP has no usable backend" (u32::MAX in Rust). */
@@ -224,6 +237,30 @@ struct frag_entry {
 	__u32 stamp;
 };
 
+/*
+ * Data-path health checks (bpf/probe.h). probe_cfg's one value: where the
+ * probers are. Addresses network order, ports host order.
+ */
+struct probe_cfg {
+	__u32 addr[4];      /* the probers' source address (IPv4 in addr[0]) */
+	__u8 inner_mac[6];  /* the prober namespace's veth */
+	__u8 outer_mac[6];  /* its peer in weir's namespace */
+	__u8 family;        /* WEIR_FAMILY_V4 / V6 */
+	__u8 pad[3];
+};
+
+/*
+ * One probe source port's target (probe_targets[port - WEIR_PROBE_PORT_LO]):
+ * the VIP it probes and a copy of its backend's entry (a backend out of
+ * rotation has its `backends` entry cleared, yet must be probed to return).
+ * be.family = 0: no probe on this port.
+ */
+struct probe_target {
+	struct vip_key vip;
+	__u32 backend_id;
+	struct backend be;
+};
+
 /* Per VIP and per backend, per CPU. */
 struct traffic {
 	__u64 packets;
@@ -305,6 +342,10 @@ enum weir_stat {
 	WEIR_STAT_DROP_FRAG_TABLE_FULL, /* no room for the datagram's entry (fragments.max_datagrams) */
 	WEIR_STAT_DROP_FRAG_BACKEND_GONE, /* the datagram's backend left or changed between its fragments */
 	WEIR_STAT_DROP_FRAG_SPLIT,   /* a NAT first fragment whose flow's backend is not its datagram's */
+	/* data-path health checks (probe.h) */
+	WEIR_STAT_PROBE_SENT,   /* a prober's packet sent to its backend the way client packets go */
+	WEIR_STAT_PROBE_REPLY,  /* a backend's packet to a prober port steered into the prober veth */
+	WEIR_STAT_DROP_PROBE,   /* a frame from the prober veth that is no known probe (port, VIP, backend) */
 	WEIR_STAT_MAX,
 };
 

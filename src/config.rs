@@ -30,6 +30,9 @@ pub struct Config {
     /// IP fragments to VIPs (README "Fragments").
     #[serde(default)]
     pub fragments: Fragments,
+    /// `[health]`: what every data-path check shares.
+    #[serde(default)]
+    pub health: HealthGlobal,
     #[serde(default, rename = "vip")]
     pub vips: Vec<Vip>,
 }
@@ -84,6 +87,17 @@ impl Fragments {
         }
         Ok(())
     }
+}
+
+/// `[health]`: settings of the data-path health checks (`health.via =
+/// "datapath"` on a VIP).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthGlobal {
+    /// Source address of data-path probes: backends answer it directly, so
+    /// it must route back to this node (default: the interface's first
+    /// IPv4 address). Weir owns TCP ports 61000-62023 on it.
+    pub datapath_source: Option<String>,
 }
 
 /// Default UDP port of the flow sync between the nodes of a tier.
@@ -446,6 +460,18 @@ pub enum CheckKind {
     None,
 }
 
+/// Which way a probe goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckVia {
+    /// From weir's namespace to the backend's own address.
+    #[default]
+    Direct,
+    /// To the VIP, delivered to the backend as client packets are (DSR:
+    /// its MAC; tunnel: encapsulated); NAT VIPs probe directly as before.
+    Datapath,
+}
+
 /// A health check; every field optional so a backend can override a VIP's.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -463,6 +489,9 @@ pub struct HealthCheck {
     pub rise: Option<u32>,
     /// Failures in a row that take a backend out (default 3).
     pub fall: Option<u32>,
+    /// "direct" (default): probe the backend's address; "datapath": probe
+    /// the VIP through the path client packets take (DSR and tunnel VIPs).
+    pub via: Option<CheckVia>,
 }
 
 /// A backend's effective check.
@@ -476,6 +505,7 @@ pub struct Check {
     pub timeout_ms: u32,
     pub rise: u32,
     pub fall: u32,
+    pub via: CheckVia,
 }
 
 impl HealthCheck {
@@ -502,6 +532,7 @@ impl HealthCheck {
             timeout_ms: pick(&|h| h.timeout_ms, interval_ms.min(500)),
             rise: pick(&|h| h.rise, 2),
             fall: pick(&|h| h.fall, 3),
+            via: backend.and_then(|h| h.via).or_else(|| vip.and_then(|h| h.via)).unwrap_or_default(),
         })
     }
 }
@@ -623,6 +654,13 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         self.tier.validate()?;
         self.fragments.validate()?;
+        if let Some(src) = &self.health.datapath_source {
+            match src.parse::<IpAddr>() {
+                Ok(IpAddr::V4(a)) if !a.is_unspecified() && !a.is_multicast() && !a.is_loopback() && !a.is_broadcast() => {}
+                Ok(ip) => bail!("health.datapath_source: {ip} cannot be the probes' source (need a unicast IPv4 address that routes back to this node)"),
+                Err(_) => bail!("health.datapath_source: '{src}' is not an IPv4 address"),
+            }
+        }
         if self.conntrack.size == 0 || self.conntrack.size > MAX_FLOWS {
             bail!(
                 "conntrack.size: {} is out of range: 1 to {MAX_FLOWS} flows (the LRU table is preallocated, ~100 bytes per flow)",
@@ -671,6 +709,18 @@ impl Config {
         }
         if let Some(sh) = &self.shield {
             sh.validate()?;
+        }
+        // One probe source port per data-path check (bpf/probe.h).
+        let datapath = self
+            .vips
+            .iter()
+            .filter(|v| v.mode != Mode::Nat)
+            .flat_map(|v| v.backends.iter().map(move |b| HealthCheck::resolve(b.health.as_ref(), v.health.as_ref(), v.port)))
+            .filter(|c| c.as_ref().is_some_and(|c| c.via == CheckVia::Datapath))
+            .count();
+        let most = usize::from(crate::skel::PROBE_PORTS);
+        if datapath > most {
+            bail!("health.via: {datapath} backends have data-path checks, at most {most} are supported (one probe source port each); use via = \"direct\" for some");
         }
         let mut seen = HashSet::new();
         for (i, vip) in self.vips.iter().enumerate() {
@@ -799,6 +849,9 @@ impl Config {
                     }
                     if c.kind == CheckKind::Http && !c.path.starts_with('/') {
                         bail!("{bat}.health.path: '{}' must start with /", c.path);
+                    }
+                    if c.via == CheckVia::Datapath && vip.mode != Mode::Nat && !addr.is_ipv4() {
+                        bail!("{bat}.health.via: \"datapath\" checks IPv4 VIPs only so far; use \"direct\" for {addr}");
                     }
                 }
                 if let Some(ifn) = &b.iface {
@@ -1082,6 +1135,36 @@ weight = 3
         assert!(HealthCheck::resolve(None, none.vips[0].health.as_ref(), 80).is_none());
         let e = err(&with("on_down = \"drop\"", ""));
         assert!(e.contains("unknown variant `drop`"), "{e}");
+    }
+
+    #[test]
+    fn datapath_checks_validate() {
+        let with = |vip: &str| GOOD.replace("scheduler = \"round-robin\"\n", &format!("scheduler = \"round-robin\"\n{vip}\n"));
+        let c = Config::from_toml(&with("health = { kind = \"http\", via = \"datapath\" }")).unwrap();
+        let v = &c.vips[0];
+        let b0 = HealthCheck::resolve(v.backends[0].health.as_ref(), v.health.as_ref(), v.port).unwrap();
+        assert_eq!(b0.via, CheckVia::Datapath);
+        let d = Config::from_toml(&with("health = { kind = \"http\" }")).unwrap();
+        let b0 = HealthCheck::resolve(d.vips[0].backends[0].health.as_ref(), d.vips[0].health.as_ref(), 80).unwrap();
+        assert_eq!(b0.via, CheckVia::Direct, "the default is as before");
+        let e = err(&with("health = { via = \"datapth\" }"));
+        assert!(e.contains("unknown variant `datapth`") && e.contains("direct") && e.contains("datapath"), "{e}");
+        let src = |s: &str| format!("[health]\ndatapath_source = \"{s}\"\n{}", with("health = { via = \"datapath\" }"));
+        assert!(Config::from_toml(&src("198.18.0.9")).is_ok());
+        let e = err(&src("2001:db8::9"));
+        assert!(e.contains("health.datapath_source: 2001:db8::9 cannot be the probes' source"), "{e}");
+        let e = err(&src("127.0.0.1"));
+        assert!(e.contains("health.datapath_source: 127.0.0.1 cannot be"), "{e}");
+        let e = err(&src("node"));
+        assert!(e.contains("health.datapath_source: 'node' is not an IPv4 address"), "{e}");
+        let v6 = with("health = { via = \"datapath\" }")
+            .replace("198.18.0.100", "2001:2::100")
+            .replace("198.18.0.11", "2001:2::11")
+            .replace("198.18.0.12", "2001:2::12");
+        let e = err(&v6);
+        assert!(e.contains("vip[0].backend[0].health.via: \"datapath\" checks IPv4 VIPs only so far"), "{e}");
+        let e = err(&format!("[health]\nsource = \"198.18.0.9\"\n{}", with("")));
+        assert!(e.contains("unknown field `source`"), "{e}");
     }
 
     #[test]

@@ -17,8 +17,10 @@ mod addresses;
 mod frags;
 mod hops;
 mod nat;
+mod probe;
 mod read;
 mod writer;
+pub use probe::ProbeSlot;
 pub use hops::{configured_hops, next_hops, resolve_hops, Followed, HopPlan, NextHop};
 use crate::net::Iface;
 use crate::shield::{policy, ShieldLoad, ShieldMaps};
@@ -96,6 +98,8 @@ pub struct Dataplane {
     writes: std::cell::Cell<u64>,
     /// `writes` as of each (VIP id, half) table block's last write.
     blocks: RefCell<BTreeMap<(u32, u32), u64>>,
+    /// Data-path probes by index in probe_targets (source port - PROBE_PORT_LO).
+    probe_slots: RefCell<BTreeMap<u32, ProbeSlot>>,
 }
 
 fn key32(k: u32) -> [u8; 4] {
@@ -201,6 +205,7 @@ impl Dataplane {
             backend_entries: RefCell::new(BTreeMap::new()),
             writes: Default::default(),
             blocks: RefCell::new(BTreeMap::new()),
+            probe_slots: RefCell::new(BTreeMap::new()),
         })
     }
 

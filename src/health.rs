@@ -1,10 +1,14 @@
-//! Health checks: one prober thread per checked backend, from the
-//! balancer's own network namespace toward the backend's real address,
-//! one probe per interval (never a flood). Results go to the control loop,
-//! which owns the state machine and the maps.
+//! Health checks: one prober thread per checked backend, one probe per
+//! interval (never a flood). A direct check goes from the balancer's own
+//! network namespace to the backend's real address; a data-path check
+//! (`health.via = "datapath"`) goes from the prober namespace
+//! (src/probenet.rs) to the VIP, from a source port that names the backend,
+//! and reaches it the way client packets do (bpf/probe.h). Results go to the
+//! control loop, which owns the state machine and the maps.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
@@ -59,7 +63,91 @@ pub fn probe(addr: IpAddr, c: &Check) -> Result<(), String> {
     let timeout = Duration::from_millis(u64::from(c.timeout_ms));
     let deadline = Instant::now() + timeout;
     let sa = SocketAddr::new(addr, c.port);
-    let mut s = TcpStream::connect_timeout(&sa, timeout).map_err(|e| format!("connect {sa}: {e}"))?;
+    let s = TcpStream::connect_timeout(&sa, timeout).map_err(|e| format!("connect {sa}: {e}"))?;
+    converse(s, addr, c, deadline)
+}
+
+/// A data-path probe: like `probe`, to the VIP, from `from` (the probers'
+/// address and this backend's port), on a thread inside the prober
+/// namespace. Closed with a reset (SO_LINGER 0): no TIME_WAIT keeps the
+/// port from the next probe.
+pub fn probe_from(from: SocketAddr, vip: IpAddr, c: &Check) -> Result<(), String> {
+    let timeout = Duration::from_millis(u64::from(c.timeout_ms));
+    let deadline = Instant::now() + timeout;
+    let sa = SocketAddr::new(vip, c.port);
+    let s = connect_from(from, sa, timeout).map_err(|e| format!("connect {sa} from {from} (data path): {e}"))?;
+    converse(s, vip, c, deadline)
+}
+
+fn connect_from(from: SocketAddr, to: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    let (SocketAddr::V4(f), SocketAddr::V4(t)) = (from, to) else {
+        return Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "data-path checks are IPv4 only"));
+    };
+    let last = std::io::Error::last_os_error;
+    // SAFETY: a fresh socket, owned at once.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0) };
+    if fd < 0 {
+        return Err(last());
+    }
+    // SAFETY: fd is ours.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    let set = |level, name, v: &[u8]| -> std::io::Result<()> {
+        // SAFETY: valid fd, a buffer of the option's size.
+        if unsafe { libc::setsockopt(raw, level, name, v.as_ptr().cast(), v.len() as libc::socklen_t) } != 0 {
+            return Err(last());
+        }
+        Ok(())
+    };
+    set(libc::SOL_SOCKET, libc::SO_REUSEADDR, &1i32.to_ne_bytes())?;
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: linger is plain data.
+    set(libc::SOL_SOCKET, libc::SO_LINGER, unsafe {
+        std::slice::from_raw_parts((&linger as *const libc::linger).cast(), std::mem::size_of::<libc::linger>())
+    })?;
+    let sin = |a: std::net::SocketAddrV4| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let (fa, ta) = (sin(f), sin(t));
+    // SAFETY: valid fd and sockaddr_in of the given length.
+    if unsafe { libc::bind(raw, (&fa as *const libc::sockaddr_in).cast(), len) } != 0 {
+        return Err(last());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::connect(raw, (&ta as *const libc::sockaddr_in).cast(), len) } != 0 {
+        let e = last();
+        if e.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(e);
+        }
+        let mut p = libc::pollfd { fd: raw, events: libc::POLLOUT, revents: 0 };
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut p, 1, timeout.as_millis().min(i32::MAX as u128) as i32) };
+        if n < 0 {
+            return Err(last());
+        }
+        if n == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connection timed out"));
+        }
+        let mut err: libc::c_int = 0;
+        let mut l = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: valid fd, an int buffer.
+        unsafe { libc::getsockopt(raw, libc::SOL_SOCKET, libc::SO_ERROR, (&mut err as *mut libc::c_int).cast(), &mut l) };
+        if err != 0 {
+            return Err(std::io::Error::from_raw_os_error(err));
+        }
+    }
+    let s = TcpStream::from(fd);
+    s.set_nonblocking(false)?;
+    Ok(s)
+}
+
+/// After the connect: a TCP check is done; an HTTP check asks and reads
+/// the status line.
+fn converse(mut s: TcpStream, addr: IpAddr, c: &Check, deadline: Instant) -> Result<(), String> {
     if c.kind != CheckKind::Http {
         return Ok(());
     }
@@ -95,6 +183,18 @@ pub struct Target {
     pub backend_id: u32,
     pub addr: IpAddr,
     pub check: Check,
+    /// A data-path check: probe the VIP from the prober namespace.
+    pub datapath: Option<Datapath>,
+}
+
+/// Where a data-path probe goes from.
+#[derive(Clone)]
+pub struct Datapath {
+    /// The prober namespace (src/probenet.rs).
+    pub netns: std::sync::Arc<OwnedFd>,
+    /// The probers' address and this backend's port.
+    pub from: SocketAddr,
+    pub vip: IpAddr,
 }
 
 #[derive(Debug)]
@@ -123,8 +223,17 @@ fn spawn(t: Target, tx: Sender<Event>, stop: Arc<AtomicBool>) -> JoinHandle<()> 
     std::thread::spawn(move || {
         let interval = Duration::from_millis(u64::from(t.check.interval_ms));
         let mut next = Instant::now();
+        // A data-path prober lives in the prober namespace.
+        let entered = match &t.datapath {
+            Some(d) => crate::probenet::enter(&d.netns).map_err(|e| format!("{e:#}")),
+            None => Ok(()),
+        };
         while !stop.load(Ordering::Relaxed) {
-            let result = probe(t.addr, &t.check);
+            let result = match (&t.datapath, &entered) {
+                (_, Err(e)) => Err(e.clone()),
+                (Some(d), Ok(())) => probe_from(d.from, d.vip, &t.check),
+                (None, Ok(())) => probe(t.addr, &t.check),
+            };
             if tx.send(Event { vip_id: t.vip_id, backend_id: t.backend_id, result }).is_err() {
                 return;
             }
@@ -171,7 +280,7 @@ mod tests {
     }
 
     fn check(kind: CheckKind, port: u16) -> Check {
-        Check { kind, port, path: "/hc".into(), expect: 200, interval_ms: 100, timeout_ms: 300, rise: 1, fall: 1 }
+        Check { kind, port, path: "/hc".into(), expect: 200, interval_ms: 100, timeout_ms: 300, rise: 1, fall: 1, via: Default::default() }
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod net;
 pub mod netlink;
 pub mod plan;
+pub mod probenet;
 pub mod rr;
 pub mod shield;
 pub mod skel;

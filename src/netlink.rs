@@ -227,6 +227,61 @@ impl Rtnl {
         }
     }
 
+    /// A veth pair: `name` here, `peer` created straight in the network
+    /// namespace `peer_netns` (an fd of it), never in this one.
+    pub fn add_veth(&mut self, name: &str, peer: &str, peer_netns: std::os::fd::RawFd) -> Result<()> {
+        use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkInfo};
+        let mut p = LinkMessage::default();
+        p.attributes.push(LinkAttribute::IfName(peer.to_string()));
+        p.attributes.push(LinkAttribute::NetNsFd(peer_netns));
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        m.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))),
+        ]));
+        self.change(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL)
+            .with_context(|| format!("creating veth pair {name} / {peer}"))
+    }
+
+    /// Delete a link (a veth takes its peer with it).
+    pub fn del_link(&mut self, ifindex: u32) -> Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = ifindex;
+        self.change(RouteNetlinkMessage::DelLink(m), 0).with_context(|| format!("deleting link {ifindex}"))
+    }
+
+    /// A permanent IPv4 neighbour entry (no ARP for it, ever).
+    pub fn add_permanent_neighbour(&mut self, ifindex: u32, ip: std::net::Ipv4Addr, mac: [u8; 6]) -> Result<()> {
+        let mut m = NeighbourMessage::default();
+        m.header.family = AddressFamily::Inet;
+        m.header.ifindex = ifindex;
+        m.header.state = NeighbourState::Permanent;
+        m.header.kind = netlink_packet_route::route::RouteType::Unicast;
+        m.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        m.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        self.change(RouteNetlinkMessage::NewNeighbour(m), NLM_F_CREATE | netlink_packet_core::NLM_F_REPLACE)
+            .with_context(|| format!("adding neighbour {ip} on interface {ifindex}"))
+    }
+
+    /// The IPv4 default route via `gw` out of `ifindex` (on-link: `gw` need
+    /// not be in any of the link's subnets).
+    pub fn add_default_route_v4(&mut self, ifindex: u32, gw: std::net::Ipv4Addr) -> Result<()> {
+        use netlink_packet_route::route::{RouteFlags, RouteHeader, RouteProtocol, RouteScope, RouteType};
+        let mut m = RouteMessage::default();
+        m.header.address_family = AddressFamily::Inet;
+        m.header.destination_prefix_length = 0;
+        m.header.table = RouteHeader::RT_TABLE_MAIN;
+        m.header.protocol = RouteProtocol::Static;
+        m.header.scope = RouteScope::Universe;
+        m.header.kind = RouteType::Unicast;
+        m.header.flags = RouteFlags::Onlink;
+        m.attributes.push(RouteAttribute::Gateway(RouteAddress::Inet(gw)));
+        m.attributes.push(RouteAttribute::Oif(ifindex));
+        self.change(RouteNetlinkMessage::NewRoute(m), NLM_F_CREATE | NLM_F_EXCL)
+            .with_context(|| format!("adding the default route via {gw} on interface {ifindex}"))
+    }
+
     /// Every neighbour entry (IPv4 and IPv6).
     pub fn neighbours(&mut self) -> Result<Vec<Neighbour>> {
         let r = self.request(RouteNetlinkMessage::GetNeighbour(NeighbourMessage::default()), true)?;

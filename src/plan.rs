@@ -68,6 +68,8 @@ pub struct Plan {
     pub fragments: crate::config::Fragments,
     /// `[tier]`: announcing and flow sync.
     pub tier: crate::config::Tier,
+    /// `health.datapath_source` (None: the interface's first IPv4 address).
+    pub probe_source: Option<IpAddr>,
 }
 
 /// The identity Maglev hashes: the backend's address bytes.
@@ -163,6 +165,7 @@ impl Plan {
             nat_timeouts: [ct.tcp_timeout, ct.tcp_syn_timeout, ct.tcp_fin_timeout, ct.udp_timeout],
             tier: cfg.tier.clone(),
             fragments: cfg.fragments.clone(),
+            probe_source: cfg.health.datapath_source.as_deref().and_then(|s| s.parse().ok()),
         })
     }
 
@@ -544,6 +547,7 @@ impl PlanIds {
             nat_timeouts: [0; 4],
             tier: Default::default(),
             fragments: Default::default(),
+            probe_source: None,
             vips: self
                 .vips
                 .iter()

@@ -26,7 +26,7 @@ pub mod decap {
 pub use lb::types::{
     backend as Backend, flow as Flow, in6_key as In6Key, stat_block as StatBlock, lpm_v4 as LpmV4, lpm_v6 as LpmV6,
     shield_policy as ShieldPolicy, shield_state as ShieldState, trace_event as TraceEvent, weir_attack_mode, weir_shield_flags, flow_key as FlowKey, traffic as Traffic, vip_key as VipKey,
-    vip_meta as VipMeta, nat_fwd as NatFwd, nat_rev as NatRev, weir_nat_state, weir_vip_flags, weir_backend_flags, weir_const, weir_fwd_mode, weir_sched, weir_stat,
+    vip_meta as VipMeta, nat_fwd as NatFwd, probe_cfg as ProbeCfg, probe_target as ProbeTarget, nat_rev as NatRev, weir_nat_state, weir_vip_flags, weir_backend_flags, weir_const, weir_fwd_mode, weir_sched, weir_stat,
 };
 
 // SAFETY: plain C structs of integers and byte arrays, no pointers, no padding
@@ -46,6 +46,8 @@ unsafe impl plain::Plain for VipKey {}
 unsafe impl plain::Plain for VipMeta {}
 unsafe impl plain::Plain for NatFwd {}
 unsafe impl plain::Plain for NatRev {}
+unsafe impl plain::Plain for ProbeCfg {}
+unsafe impl plain::Plain for ProbeTarget {}
 
 const _: () = assert!(std::mem::size_of::<VipKey>() == 20);
 const _: () = assert!(std::mem::size_of::<VipMeta>() == 36);
@@ -60,11 +62,18 @@ const _: () = assert!(std::mem::size_of::<ShieldPolicy>() == 40);
 const _: () = assert!(std::mem::size_of::<ShieldState>() == 32);
 const _: () = assert!(std::mem::size_of::<LpmV6>() == 20);
 const _: () = assert!(std::mem::size_of::<TraceEvent>() == 64);
+const _: () = assert!(std::mem::size_of::<ProbeCfg>() == 32);
+const _: () = assert!(std::mem::size_of::<ProbeTarget>() == 64);
 
 pub const MAX_VIPS: u32 = weir_const::WEIR_MAX_VIPS.0;
 pub const MAX_BACKENDS: u32 = weir_const::WEIR_MAX_BACKENDS.0;
 pub const RR_SLOTS: u32 = weir_const::WEIR_RR_SLOTS.0;
 pub const MAX_TX_PORTS: u32 = weir_const::WEIR_MAX_TX_PORTS.0;
+/// Data-path health checks (bpf/probe.h): DEVMAP slots and source ports.
+pub const PROBE_SLOT_IFACE: u32 = weir_const::WEIR_PROBE_SLOT_IFACE.0;
+pub const PROBE_SLOT_VETH: u32 = weir_const::WEIR_PROBE_SLOT_VETH.0;
+pub const PROBE_PORT_LO: u16 = weir_const::WEIR_PROBE_PORT_LO.0 as u16;
+pub const PROBE_PORTS: u16 = weir_const::WEIR_PROBE_PORTS.0 as u16;
 pub const HASH_SEED: u32 = weir_const::WEIR_HASH_SEED.0;
 pub const FAMILY_V4: u8 = weir_const::WEIR_FAMILY_V4.0 as u8;
 pub const FAMILY_V6: u8 = weir_const::WEIR_FAMILY_V6.0 as u8;

@@ -17,7 +17,10 @@ use crate::attach::{attach, AttachMode, XdpLink};
 use crate::config::{Config, OnDown};
 use crate::control::ControlSocket;
 use crate::dataplane::{resolve_hops, Dataplane, HopPlan, NextHop, Settings};
-use crate::health::{Checker, Health, Target};
+use crate::dataplane::ProbeSlot;
+use crate::health::{Checker, Datapath, Health, Target};
+use crate::probenet::ProbeNet;
+use crate::skel::{VipKey, PROBE_PORTS, PROBE_PORT_LO};
 use crate::metrics::MetricsServer;
 use crate::net::{Iface, Resolver};
 use crate::plan::Plan;
@@ -51,6 +54,8 @@ pub struct Instance {
     health: BTreeMap<u32, Health>,
     /// Probers of health-check generation `health_gen`.
     probers: Option<Checker>,
+    /// The prober namespace, while some check goes through the data path.
+    probenet: Option<ProbeNet>,
     health_gen: u64,
     hops: HopPlan,
     watched: Watched,
@@ -84,15 +89,59 @@ struct Drain {
     done: bool,
 }
 
-fn health_targets(p: &Plan) -> Vec<Target> {
-    p.vips
-        .iter()
-        .flat_map(|v| {
-            v.backends.iter().filter_map(move |b| {
-                b.check.clone().map(|check| Target { vip_id: v.id, backend_id: b.id, addr: b.addr, check })
-            })
-        })
-        .collect()
+/// Whether a backend's check goes through the data path (DSR and tunnel
+/// VIPs; a NAT VIP's backends are probed directly, as before).
+fn is_datapath(v: &crate::plan::PlannedVip, check: &crate::config::Check) -> bool {
+    check.via == crate::config::CheckVia::Datapath && v.mode != crate::config::Mode::Nat
+}
+
+fn checked_ids(p: &Plan) -> BTreeSet<u32> {
+    p.vips.iter().flat_map(|v| v.backends.iter().filter(|b| b.check.is_some()).map(|b| b.id)).collect()
+}
+
+/// The probers to run, and for data-path checks (given the prober
+/// namespace) the source port of each: PROBE_PORT_LO on, in plan order.
+fn health_targets(p: &Plan, net: Option<&ProbeNet>) -> Result<(Vec<Target>, Vec<ProbeSlot>)> {
+    let mut targets = Vec::new();
+    let mut slots = Vec::new();
+    for v in &p.vips {
+        for b in &v.backends {
+            let Some(check) = b.check.clone() else { continue };
+            let datapath = match net {
+                Some(n) if is_datapath(v, &check) => {
+                    let i = u16::try_from(slots.len()).ok().filter(|i| *i < PROBE_PORTS).with_context(|| {
+                        format!("more than {PROBE_PORTS} data-path health checks (one source port each)")
+                    })?;
+                    let port = PROBE_PORT_LO + i;
+                    let (addr, family) = crate::mapio::addr_words(v.addr);
+                    let vip = VipKey { addr, port: v.port.to_be(), proto: v.proto.number(), family };
+                    slots.push(ProbeSlot { port, vip, backend_id: b.id });
+                    Some(Datapath { netns: n.netns.clone(), from: std::net::SocketAddr::new(n.source, port), vip: v.addr })
+                }
+                _ => None,
+            };
+            targets.push(Target { vip_id: v.id, backend_id: b.id, addr: b.addr, check, datapath });
+        }
+    }
+    Ok((targets, slots))
+}
+
+/// The data-path probes' source address: health.datapath_source, or the
+/// interface's first IPv4 address. None: no data-path check configured.
+fn probe_source(p: &Plan, iface: &Iface) -> Result<Option<std::net::Ipv4Addr>> {
+    let wanted = p.vips.iter().any(|v| v.backends.iter().any(|b| b.check.as_ref().is_some_and(|c| is_datapath(v, c))));
+    if !wanted {
+        return Ok(None);
+    }
+    let ip = p.probe_source.or_else(|| iface.addrs.iter().copied().find(IpAddr::is_ipv4));
+    match ip {
+        Some(IpAddr::V4(a)) => Ok(Some(a)),
+        _ => bail!(
+            "health.via = \"datapath\": {} has no IPv4 address to send probes from; set health.datapath_source \
+             to an address of this node that the backends route back to it",
+            iface.name
+        ),
+    }
 }
 
 /// Resolve a plan's next hops without waiting: MACs the kernel has now, or
@@ -223,8 +272,43 @@ impl Instance {
         self.health.iter().filter(|(_, h)| !h.up).map(|(id, _)| *id).collect()
     }
 
-    fn start_probers(&mut self) {
-        let targets = health_targets(&self.plan);
+    /// The prober namespace for `plan`: kept, made (the first data-path
+    /// check, or a new source address) or dropped (none left).
+    fn probenet_for(&mut self, plan: &Plan) -> Result<()> {
+        let src = probe_source(plan, &self.iface)?;
+        if self.probenet.as_ref().map(|n| n.source) == src.map(IpAddr::V4) {
+            return Ok(());
+        }
+        // The probers of the old namespace stop first (their probes would
+        // fail from now on); the caller starts them anew (start_probers),
+        // or restore_probers after a failure.
+        self.probers = None;
+        self.dp.set_probe_on(false)?;
+        self.probenet = None;
+        if let Some(a) = src {
+            let n = ProbeNet::create(&self.dp, &self.iface, a)?;
+            tracing::info!("data-path health checks from {a}, ports {PROBE_PORT_LO}-{} (prober veth {})", PROBE_PORT_LO + PROBE_PORTS - 1, n.outer);
+            self.probenet = Some(n);
+        }
+        Ok(())
+    }
+
+    /// After a failed reload or address change: the prober namespace and
+    /// probers of the running plan again (a failure here is logged: the
+    /// data-path checks fail, and say why).
+    fn restore_probers(&mut self) {
+        let plan = self.plan.clone();
+        if let Err(e) = self.probenet_for(&plan).and_then(|()| self.start_probers()) {
+            tracing::error!("restarting the health checks: {e:#}");
+        }
+    }
+
+    fn start_probers(&mut self) -> Result<()> {
+        // The old probers stop (joined) before the ports are given out anew.
+        self.probers = None;
+        let (targets, slots) = health_targets(&self.plan, self.probenet.as_ref())?;
+        self.dp.set_probe_targets(&slots)?;
+        self.dp.set_probe_on(!slots.is_empty())?;
         let keep: BTreeMap<u32, Health> =
             targets.iter().map(|t| (t.backend_id, self.health.get(&t.backend_id).copied().unwrap_or_default())).collect();
         self.health = keep;
@@ -242,6 +326,7 @@ impl Instance {
             }
         });
         self.probers = Some(checker);
+        Ok(())
     }
 
     fn update_watched(&self) {
@@ -431,15 +516,27 @@ impl Service for Instance {
         }
         let hops = settled_hops(&new, &self.iface, &self.hops)?;
         // Down only if still checked: a backend whose check was removed is back.
-        let checked: BTreeSet<u32> = health_targets(&new).iter().map(|t| t.backend_id).collect();
+        let checked = checked_ids(&new);
         let down: BTreeSet<u32> = self.health_down().into_iter().filter(|id| checked.contains(id)).collect();
-        let summary = self.dp.reload(&self.plan, &new, &hops.hops, &hops.tx, &down)?;
+        // The prober namespace first: a failure there refuses the reload
+        // before anything is written.
+        if let Err(e) = self.probenet_for(&new) {
+            self.restore_probers();
+            return Err(e);
+        }
+        let summary = match self.dp.reload(&self.plan, &new, &hops.hops, &hops.tx, &down) {
+            Ok(s) => s,
+            Err(e) => {
+                self.restore_probers();
+                return Err(e);
+            }
+        };
         self.plan = new;
         self.fingerprints = None;
         self.live_cache.clear();
         self.hops = hops;
         self.update_watched();
-        self.start_probers();
+        self.start_probers()?;
         self.log_unresolved();
         if let Err(e) = self.start_announcer(None) {
             tracing::error!("announcing: {e:#}");
@@ -634,6 +731,21 @@ impl Service for Instance {
                         Ok(lines) => lines.iter().for_each(|l| tracing::info!("{l}")),
                         Err(e) => tracing::warn!("following the interface's addresses: {e:#}"),
                     }
+                    // Data-path probes from the interface's address follow it.
+                    let had = self.probenet.as_ref().map(|n| n.source);
+                    let plan = self.plan.clone();
+                    match self.probenet_for(&plan) {
+                        Ok(()) if self.probenet.as_ref().map(|n| n.source) == had => {}
+                        Ok(()) => {
+                            if let Err(e) = self.start_probers() {
+                                tracing::warn!("restarting the health checks: {e:#}");
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!("data-path health checks: {e:#}");
+                            self.restore_probers();
+                        }
+                    }
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!("reading {}'s addresses: {e:#}", self.iface.name),
@@ -696,6 +808,14 @@ pub fn run(o: &Options) -> Result<()> {
         None => dp.apply_down(&plan, &hops.hops, &hops.tx, &BTreeSet::new())?,
     }
 
+    // A fresh start makes the prober namespace before attaching: a node
+    // that cannot run its data-path checks never serves. (After a
+    // take-over it is made below, once the old instance, whose probe
+    // replies go through the same maps, has gone.)
+    let early_probenet = match (&handoff, probe_source(&plan, &iface)?) {
+        (None, Some(a)) => Some(ProbeNet::create(&dp, &iface, a)?),
+        _ => None,
+    };
     let mut metrics = None;
     let (link, control) = match handoff {
         Some(mut h) => {
@@ -762,6 +882,7 @@ pub fn run(o: &Options) -> Result<()> {
         started: Instant::now(),
         health: BTreeMap::new(),
         probers: None,
+        probenet: early_probenet,
         health_gen: 0,
         hops,
         watched: watched.clone(),
@@ -778,7 +899,8 @@ pub fn run(o: &Options) -> Result<()> {
         fingerprints: None,
         live_cache: Default::default(),
     };
-    inst.start_probers();
+    inst.probenet_for(&inst.plan.clone())?;
+    inst.start_probers()?;
     // Taken over from a running instance: its backends were seen alive (a
     // hand-over must not withdraw announcements while checks restart).
     if handed_over {
@@ -824,12 +946,13 @@ pub fn run(o: &Options) -> Result<()> {
     }
     // Withdraw first (the device goes, the BGP daemon withdraws), then
     // detach: the probers and the rest go after.
-    let Instance { link, iface, dp, probers, announcer, .. } = inst;
+    let Instance { link, iface, dp, probers, probenet, announcer, .. } = inst;
     drop(announcer);
     drop(link);
     tracing::info!("detached from {}", iface.name);
     drop(control);
     drop(probers);
+    drop(probenet);
     drop(dp);
     Ok(())
 }

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::net::Iface;
 use crate::plan::Plan;
-use crate::skel::MAX_TX_PORTS;
+use crate::skel::PROBE_SLOT_VETH;
 
 /// Where a backend's frames leave: its MAC, the egress interface's MAC, and
 /// the DEVMAP slot (0: XDP_TX out of the receiving interface).
@@ -83,8 +83,9 @@ pub fn resolve_hops(
                 Some(name) => {
                     if !slots.contains_key(name) {
                         let n = slots.len() as u32 + 1;
-                        if n >= MAX_TX_PORTS {
-                            bail!("more than {} redirect interfaces", MAX_TX_PORTS - 1);
+                        // The top slots are the data-path checks' (PROBE_SLOT_*).
+                        if n >= PROBE_SLOT_VETH {
+                            bail!("more than {} redirect interfaces", PROBE_SLOT_VETH - 1);
                         }
                         let i = Iface::lookup(name)
                             .with_context(|| format!("backend {} of {}: iface {name}", b.addr, vip.name))?;

@@ -186,7 +186,7 @@ impl Dataplane {
             .update(&key32(b.id), bytes_of(&be), MapFlags::ANY)
             .with_context(|| format!("writing backend {}", b.addr))?;
         self.backend_entries.borrow_mut().insert(b.id, be);
-        Ok(())
+        self.refresh_probes_of(b.id)
     }
 
     /// Apply `new` over the running `old` without detaching: backends and
@@ -303,7 +303,8 @@ impl Dataplane {
                 self.skel.maps.backends.update(&key32(id), bytes_of(&cur), MapFlags::ANY).context("writing a backend's MAC")?;
             }
         }
-        Ok(())
+        drop(entries);
+        self.refresh_probes_of(id)
     }
 
     /// Put a backend back as `apply` wrote it.
