@@ -390,3 +390,57 @@ fn vlan_config_errors_name_the_field() {
     assert!(e.contains("vip[1].vlan: none (untagged) but vip[0] has the same address and vlan 10"), "{e}");
     assert!(weir::config::Config::from_toml(&cfg("vlan = 4094", "vlan = 1")).is_ok());
 }
+
+/// A NAT port taken over from an expired flow of another VIP (nat_claim
+/// rewrites the entry in place, under its compare-and-swap): the new
+/// flow's replies go to its own VIP's VLAN, not the old flow's.
+#[test]
+fn a_taken_over_nat_port_carries_the_new_flows_vlan() {
+    if !require_root("VLAN BPF fixtures") {
+        return;
+    }
+    // Two NAT VIPs on VLANs 10 and 11 sharing one SNAT address and port,
+    // and one backend: their flows have the same reverse key.
+    let vip = |name: &str, addr: &str, vlan: u16| {
+        format!(
+            r#"
+[[vip]]
+name = "{name}"
+address = "{addr}"
+port = 80
+protocol = "tcp"
+mode = "nat"
+source_address = "198.18.0.70"
+source_ports = [41000, 41000]
+vlan = {vlan}
+[[vip.backend]]
+address = "198.18.0.71"
+mac = "02:00:00:00:00:47"
+vlan = 20
+"#
+        )
+    };
+    let cfg = format!(
+        "[conntrack]\nsize = 1024\ntcp_fin_timeout = 1\n[maglev]\ntable_size = 251\n{}{}",
+        vip("a", "198.18.0.130", 10),
+        vip("b", "198.18.0.131", 11)
+    );
+    let lb = load(&cfg);
+    const BMAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x47];
+    let a = Pkt::new(C4, "198.18.0.130", syn(44001, 80), b"").tag(tci(0, false, 10));
+    let want = a.clone().macs(BMAC, LB_MAC).addrs("198.18.0.70", "198.18.0.71").ports(41000, 80).tag(tci(0, false, 20));
+    check(&lb, "VIP a (VLAN 10): SYN", &a.frame(), XDP_TX, Some(&want.frame()), TX_NEW);
+    let a = Pkt::new(C4, "198.18.0.130", fin(44001, 80), b"").tag(tci(0, false, 10));
+    let want = a.clone().macs(BMAC, LB_MAC).addrs("198.18.0.70", "198.18.0.71").ports(41000, 80).tag(tci(0, false, 20));
+    check(&lb, "VIP a: FIN (closing: 1 s timeout)", &a.frame(), XDP_TX, Some(&want.frame()), &["xdp_tx", "flow_hit"]);
+    std::thread::sleep(std::time::Duration::from_millis(2600));
+
+    let b = Pkt::new("10.1.2.4", "198.18.0.131", syn(44002, 80), b"").tag(tci(0, false, 11));
+    let want = b.clone().macs(BMAC, LB_MAC).addrs("198.18.0.70", "198.18.0.71").ports(41000, 80).tag(tci(0, false, 20));
+    check(&lb, "VIP b (VLAN 11): SYN takes the expired port over", &b.frame(), XDP_TX, Some(&want.frame()), TX_NEW);
+    let reply = Pkt::new("198.18.0.71", "198.18.0.70", synack_opts(80, 41000), b"")
+        .macs(LB_MAC, BMAC)
+        .tag(tci(0, false, 20));
+    let want = reply.clone().macs(CLIENT_MAC, LB_MAC).addrs("198.18.0.131", "10.1.2.4").ports(80, 44002).tag(tci(0, false, 11));
+    check(&lb, "reply of b's flow: VLAN 11, not a's 10", &reply.frame(), XDP_TX, Some(&want.frame()), &["xdp_tx", "nat_reply"]);
+}
