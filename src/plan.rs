@@ -368,6 +368,26 @@ fn ring_moved(old: &PlannedVip, new: &PlannedVip) -> f64 {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn check_shows_vlans_and_a_reload_names_their_changes() {
+        let t = |vip: &str, be: &str| {
+            format!(
+                "[maglev]\ntable_size = 251\n[[vip]]\nname = \"web\"\naddress = \"198.18.0.100\"\nport = 80\nprotocol = \"tcp\"\n{vip}\n\
+                 [[vip.backend]]\naddress = \"198.18.0.11\"\nmac = \"02:00:00:00:00:0b\"\n{be}\n"
+            )
+        };
+        let plan = |s: String| super::Plan::build(&crate::config::Config::from_toml(&s).unwrap()).unwrap();
+        let tagged = plan(t("vlan = 10", "vlan = 20"));
+        assert_eq!((tagged.vips[0].vlan, tagged.vips[0].backends[0].vlan), (10, 20));
+        let d = tagged.describe();
+        assert!(d.contains("  vlan: 10 (frames tagged 10 only"), "{d}");
+        assert!(d.contains("mac 02:00:00:00:00:0b vlan 20"), "{d}");
+        let plain = plan(t("", ""));
+        assert!(!plain.describe().contains("vlan"), "{}", plain.describe());
+        let diff = super::diff(&plain, &tagged);
+        assert_eq!(diff, ["  vip web: backend 198.18.0.11 vlan none -> 20", "  vip web: vlan none -> 10"], "{diff:?}");
+    }
+
+    #[test]
     fn the_reload_diff_names_every_change() {
         let base = r#"
 [maglev]
