@@ -12,7 +12,7 @@
 mod common;
 
 use common::*;
-use etherparse::Icmpv6Type;
+use etherparse::{icmpv4, Icmpv4Type, Icmpv6Type};
 
 const C4: &str = "10.1.2.3";
 const C6: &str = "2001:db8::7";
@@ -273,8 +273,9 @@ fn tunnel_outer_frame_is_tagged() {
 }
 
 /// NAT: the forward frame leaves on the backend's VLAN (20), the translated
-/// reply goes back on the client's (the VIP's, 10), whatever tag the
-/// backend's reply came with; priorities are the frame's own.
+/// reply (and an ICMP error about the flow) goes back on the client's (the
+/// VIP's, 10), whatever tag the backend's side sent it with; priorities are
+/// the frame's own.
 #[test]
 fn nat_forward_and_return_across_vlans() {
     let Some(lb) = load_lb() else { return };
@@ -309,6 +310,20 @@ fn nat_forward_and_return_across_vlans() {
     let d = Pkt::new(C4, NAT, ack(43001, 80), b"more").tag(tci(1, false, 10));
     let want = d.clone().macs(NAT_BMAC, LB_MAC).addrs(NAT_S, NAT_B).ports(port, 8080).tag(tci(1, false, 20));
     check(&lb, "NAT forward, tracked flow", &d.frame(), XDP_TX, Some(&want.frame()), &["xdp_tx", "flow_hit"]);
+
+    // An ICMP error about the flow from the backend's side (VLAN 20,
+    // priority 5), quoting the forwarded SYN: translated, and sent on the
+    // client's VLAN 10 with its own priority.
+    let fwd_ip = c.clone().addrs(NAT_S, NAT_B).ports(port, 8080).ip_bytes();
+    let cli_ip = c.ip_bytes();
+    let frag =
+        Icmpv4Type::DestinationUnreachable(icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 });
+    let err = Pkt::new(NAT_B, NAT_S, L4::Icmp4(frag), &fwd_ip[..20 + 8])
+        .macs(LB_MAC, NAT_BMAC)
+        .ip_fields(0xc0, 0x5151, false, 64)
+        .tag(tci(5, false, 20));
+    let want = err.clone().macs(CLIENT_MAC, LB_MAC).addrs(NAT, C4).with_payload(&cli_ip[..20 + 8]).tag(tci(5, false, 10));
+    check(&lb, "NAT ICMP error: VLAN 20 -> client's VLAN 10", &err.frame(), XDP_TX, Some(&want.frame()), &["xdp_tx", "nat_icmp"]);
 }
 
 /// ARP and NDP for a VIP on a VLAN: answered only when the request came
