@@ -12,7 +12,7 @@
 mod common;
 
 use common::*;
-use etherparse::{icmpv4, Icmpv4Type, Icmpv6Type};
+use etherparse::{icmpv4, IcmpEchoHeader, Icmpv4Type, Icmpv6Type};
 
 const C4: &str = "10.1.2.3";
 const C6: &str = "2001:db8::7";
@@ -458,4 +458,38 @@ vlan = 20
         .tag(tci(0, false, 20));
     let want = reply.clone().macs(CLIENT_MAC, LB_MAC).addrs("198.18.0.131", "10.1.2.4").ports(80, 44002).tag(tci(0, false, 11));
     check(&lb, "reply of b's flow: VLAN 11, not a's 10", &reply.frame(), XDP_TX, Some(&want.frame()), &["xdp_tx", "nat_reply"]);
+}
+
+/// What weir builds in the client's own frame goes back on the client's
+/// VLAN: ICMP too-big for a tunnel VIP (the tag pushed again in front of
+/// the new headers, with the client frame's priority) and echo replies
+/// (the tag kept); a ping on another VLAN goes to the kernel.
+#[test]
+fn too_big_and_ping_answer_on_the_vips_vlan() {
+    let Some(lb) = load_lb() else { return };
+    // 20 + 20 + 1450 = 1490 bytes inner: 1510 encapsulated, above MTU 1500.
+    let big = Pkt::new(C4, TUN, ack(45001, 80), &vec![0x5a; 1450]).ip_fields(0x48, 0x7777, true, 50).tag(tci(3, false, 10));
+    let cli = big.ip_bytes();
+    let answer = Pkt::new(
+        TUN,
+        C4,
+        L4::Icmp4(Icmpv4Type::DestinationUnreachable(icmpv4::DestUnreachableHeader::FragmentationNeeded {
+            next_hop_mtu: 1480,
+        })),
+        &cli[..28],
+    )
+    .macs(CLIENT_MAC, LB_MAC)
+    .ip_fields(0, 0, false, 64)
+    .tag(tci(3, false, 10));
+    check(&lb, "too big on VLAN 10: frag-needed on VLAN 10", &big.frame(), XDP_TX, Some(&answer.frame()), &["xdp_tx", "icmp_too_big"]);
+
+    let echo = IcmpEchoHeader { id: 7, seq: 1 };
+    let req = Pkt::new(C4, REWRITE, L4::Icmp4(Icmpv4Type::EchoRequest(echo.clone())), b"ping").ip_fields(0, 0x4321, true, 57);
+    let reply = Pkt::new(REWRITE, C4, L4::Icmp4(Icmpv4Type::EchoReply(echo)), b"ping")
+        .macs(CLIENT_MAC, LB_MAC)
+        .ip_fields(0, 0x4321, true, 64);
+    let q = tci(6, false, 10);
+    check_exact(&lb, "ping on the VIP's VLAN 10: answered, tag kept", &req.clone().tag(q).frame(), XDP_TX, Some(&reply.tag(q).frame()), &["xdp_tx", "echo_reply"]);
+    check_exact(&lb, "ping on VLAN 11", &req.clone().tag(tci(0, false, 11)).frame(), XDP_PASS, None, &["xdp_pass", "pass_unknown_proto"]);
+    check_exact(&lb, "ping untagged", &req.frame(), XDP_PASS, None, &["xdp_pass", "pass_unknown_proto"]);
 }
