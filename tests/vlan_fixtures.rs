@@ -484,7 +484,7 @@ fn too_big_and_ping_answer_on_the_vips_vlan() {
     check(&lb, "too big on VLAN 10: frag-needed on VLAN 10", &big.frame(), XDP_TX, Some(&answer.frame()), &["xdp_tx", "icmp_too_big"]);
 
     let echo = IcmpEchoHeader { id: 7, seq: 1 };
-    let req = Pkt::new(C4, REWRITE, L4::Icmp4(Icmpv4Type::EchoRequest(echo.clone())), b"ping").ip_fields(0, 0x4321, true, 57);
+    let req = Pkt::new(C4, REWRITE, L4::Icmp4(Icmpv4Type::EchoRequest(echo)), b"ping").ip_fields(0, 0x4321, true, 57);
     let reply = Pkt::new(REWRITE, C4, L4::Icmp4(Icmpv4Type::EchoReply(echo)), b"ping")
         .macs(CLIENT_MAC, LB_MAC)
         .ip_fields(0, 0x4321, true, 64);

@@ -174,7 +174,6 @@ impl Dataplane {
             generation,
             port: b.port.map(u16::to_be).unwrap_or(0),
             vlan: b.vlan,
-            ..Default::default()
         };
         if fresh {
             let cpus = libbpf_rs::num_possible_cpus()?;
