@@ -37,6 +37,9 @@ static __always_inline int handle_arp(struct stat_block *c, void *data, void *da
 	flags = bpf_map_lookup_elem(&vip_arp, &target);
 	if (!flags)
 		return pass_because(c, WEIR_STAT_PASS_ARP_OTHER);
+	/* Only on the address's VLAN; the reply keeps the request's tag. */
+	if (!neigh_vlan_ok(*flags, pkt))
+		return pass_because(c, WEIR_STAT_PASS_VLAN);
 	if (*flags & WEIR_VIP_NO_NEIGH) {
 		stat_inc(c, WEIR_STAT_DROP_ARP_QUIET);
 		return verdict(c, XDP_DROP);

@@ -137,7 +137,7 @@ static __always_inline int frag_send(struct stat_block *c, struct xdp_md *ctx, s
 		return tunnel_encap(c, ctx, pkt, vip, be);
 	if (vip->mode == WEIR_MODE_NAT && frag_l3_rewrite(data, data_end, pkt, vip->source, be->addr))
 		return drop_because(c, WEIR_STAT_DROP_ENCAP);
-	return send_to_backend(c, data, be);
+	return send_tagged(c, ctx, pkt, be);
 }
 
 /* A later fragment of a NAT backend's reply whose first fragment was translated. */
@@ -165,6 +165,11 @@ static __always_inline int frag_nat_reply(struct stat_block *c, struct xdp_md *c
 	*vip_out = r->vip_id;
 	if (frag_l3_rewrite(data, data_end, pkt, r->vip, r->client))
 		return drop_because(c, WEIR_STAT_DROP_ENCAP);
+	if (nat_client_tag(ctx, pkt, r))
+		return drop_because(c, WEIR_STAT_DROP_ENCAP);
+	eth = (void *)(long)ctx->data;
+	if ((void *)(eth + 1) > (void *)(long)ctx->data_end)
+		return verdict(c, XDP_ABORTED);
 	__builtin_memcpy(eth->h_dest, r->client_mac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, r->lb_mac, ETH_ALEN);
 	stat_inc(c, WEIR_STAT_FRAG_BALANCED);
@@ -209,6 +214,9 @@ static __always_inline int frag_later(struct stat_block *c, struct xdp_md *ctx, 
 		vip = frag_vip(pkt, want.vip_port, want.vip_proto);
 		if (!vip)
 			return drop_because(c, WEIR_STAT_DROP_FRAG_UNRESOLVED);
+		/* A VIP is served on its own VLAN only (lb.bpf.c). */
+		if ((pkt->tci & VLAN_VID_MASK) != vip->vlan)
+			return pass_because(c, WEIR_STAT_PASS_VLAN);
 		/* A TCP datagram's first fragment may be a SYN the shield must
 		 * see, or need a NAT flow only a SYN opens: not placed blind. */
 		if (pkt->key.proto == IPPROTO_TCP && (vip->mode == WEIR_MODE_NAT || shield_on))
@@ -232,6 +240,8 @@ static __always_inline int frag_later(struct stat_block *c, struct xdp_md *ctx, 
 	be = bpf_map_lookup_elem(&backends, &bid);
 	if (!vip || !be || !(be->flags & WEIR_BACKEND_ACTIVE) || be->generation != e.generation)
 		return drop_because(c, WEIR_STAT_DROP_FRAG_BACKEND_GONE);
+	if ((pkt->tci & VLAN_VID_MASK) != vip->vlan)
+		return pass_because(c, WEIR_STAT_PASS_VLAN);
 	*bid_out = bid;
 	*vip_out = vip->vip_id;
 	return frag_send(c, ctx, pkt, vip, be, bid, bytes);

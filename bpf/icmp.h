@@ -122,6 +122,9 @@ static __always_inline int icmp_error_to_backend(struct stat_block *c, struct xd
 	vip = find_vip(&k);
 	if (!vip || (vip->mode != WEIR_MODE_DSR && vip->mode != WEIR_MODE_TUNNEL))
 		return -1;
+	/* From the VIP's own VLAN only, as its traffic. */
+	if ((pkt->tci & VLAN_VID_MASK) != vip->vlan)
+		return -1;
 	/* The frame must hold the packet the IP header describes (Ethernet
 	 * padding aside), and that packet what was read of it (up to the
 	 * quoted ports): the tunnel's outer header takes its length from it. */
@@ -154,7 +157,7 @@ static __always_inline int icmp_error_to_backend(struct stat_block *c, struct xd
 	if (vip->mode == WEIR_MODE_TUNNEL)
 		action = tunnel_encap(c, ctx, pkt, vip, be);
 	else
-		action = send_to_backend(c, data, be);
+		action = send_tagged(c, ctx, pkt, be);
 	if (action == XDP_TX || action == XDP_REDIRECT)
 		stat_inc(c, WEIR_STAT_ICMP_TO_BACKEND);
 	return action;
@@ -204,7 +207,7 @@ static __always_inline int icmp_echo(struct stat_block *c, void *data, void *dat
 		if ((void *)(iph + 1) > data_end)
 			return -1;
 		flags = bpf_map_lookup_elem(&vip_arp, &pkt->key.dst[0]);
-		if (!flags || !(*flags & WEIR_VIP_ECHO))
+		if (!flags || !(*flags & WEIR_VIP_ECHO) || !neigh_vlan_ok(*flags, pkt))
 			return -1;
 		/* No options (the reply would have to echo some), not a
 		 * fragment (the parser passes those already), a valid header. */
@@ -220,7 +223,7 @@ static __always_inline int icmp_echo(struct stat_block *c, void *data, void *dat
 		if ((void *)(ip6 + 1) > data_end)
 			return -1;
 		flags = bpf_map_lookup_elem(&vip_nd, pkt->key.dst);
-		if (!flags || !(*flags & WEIR_VIP_ECHO))
+		if (!flags || !(*flags & WEIR_VIP_ECHO) || !neigh_vlan_ok(*flags, pkt))
 			return -1;
 		ip_len = bpf_ntohs(ip6->payload_len) + sizeof(*ip6);
 	}

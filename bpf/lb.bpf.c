@@ -124,7 +124,7 @@ static __always_inline int process(struct xdp_md *ctx, struct packet *pkt, __u32
 			if (rc >= 0)
 				return rc;
 			if (nat_on) {
-				rc = nat_icmp(c, data, data_end, pkt);
+				rc = nat_icmp(c, ctx, pkt);
 				if (rc >= 0)
 					return rc;
 			}
@@ -136,7 +136,7 @@ static __always_inline int process(struct xdp_md *ctx, struct packet *pkt, __u32
 	vip = find_vip(&pkt->key);
 	if (!vip) {
 		if (nat_on) {
-			rc = nat_return(c, data, data_end, pkt, bid_out, vip_out);
+			rc = nat_return(c, ctx, pkt, bid_out, vip_out);
 			if (rc >= 0)
 				return rc;
 		}
@@ -149,6 +149,9 @@ static __always_inline int process(struct xdp_md *ctx, struct packet *pkt, __u32
 		return pass_because(c, WEIR_STAT_PASS_NOT_VIP);
 	}
 	*vip_out = vip->vip_id;
+	/* A VIP is served on its own VLAN only (untagged when it has none). */
+	if ((pkt->tci & VLAN_VID_MASK) != vip->vlan)
+		return pass_because(c, WEIR_STAT_PASS_VLAN);
 
 	/* The shield sits before the flow table: what it stops never gets state. */
 	if (shield_on && pkt->key.proto == IPPROTO_TCP) {
@@ -163,7 +166,7 @@ static __always_inline int process(struct xdp_md *ctx, struct packet *pkt, __u32
 	}
 
 	if (vip->mode == WEIR_MODE_NAT)
-		return nat_forward(c, data, data_end, pkt, vip, bid_out, bytes);
+		return nat_forward(c, ctx, pkt, vip, bid_out, bytes);
 
 	if (pkt->frag) {
 		/* A first fragment: a later one of its datagram may have come first. */
@@ -231,7 +234,7 @@ send:
 	traffic_add(&backend_stats, bid, bytes, new_flow);
 	if (vip->mode == WEIR_MODE_TUNNEL)
 		return tunnel_encap(c, ctx, pkt, vip, be);
-	return send_to_backend(c, data, be);
+	return send_tagged(c, ctx, pkt, be);
 }
 
 SEC("xdp")

@@ -214,6 +214,7 @@ static __always_inline int nat_claim(struct flow_key *rk, const struct nat_rev *
 		old->vip_id = nr->vip_id;
 		old->state = nr->state;
 		old->ack_expect = nr->ack_expect;
+		old->client_vlan = nr->client_vlan;
 		/* Publish: an atomic exchange, ordered after the writes above. */
 		__sync_lock_test_and_set(&old->last_seen, now);
 		return 0;
@@ -225,9 +226,11 @@ static __always_inline int nat_claim(struct flow_key *rk, const struct nat_rev *
  * A client packet to a NAT VIP: find its flow or make one, then translate.
  * The XDP action; *bid_out gets the backend.
  */
-static __always_inline int nat_forward(struct stat_block *c, void *data, void *data_end, struct packet *pkt,
+static __always_inline int nat_forward(struct stat_block *c, struct xdp_md *ctx, struct packet *pkt,
 				       const struct vip_meta *vip, __u32 *bid_out, __u64 bytes)
 {
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
 	__u32 now = nat_now();
 	struct flow_key rk = {};
@@ -297,6 +300,7 @@ static __always_inline int nat_forward(struct stat_block *c, void *data, void *d
 			.last_seen = now,
 			.vip_id = vip->vip_id,
 			.state = WEIR_NAT_ESTABLISHED,
+			.client_vlan = vip->vlan,
 		};
 		struct nat_fwd nf = { .backend_id = bid, .vip_id = vip->vip_id, .generation = be->generation };
 
@@ -337,13 +341,29 @@ send:
 	traffic_add(&backend_stats, bid, bytes, new_flow);
 	if (l34_rewrite(data, data_end, pkt, source, be->addr, sport, dport))
 		return drop_because(c, WEIR_STAT_DROP_ENCAP);
-	return send_to_backend(c, data, be);
+	return send_tagged(c, ctx, pkt, be);
+}
+
+/*
+ * A translated reply goes back on the client's VLAN (the flow's, its VIP's
+ * when it was made), with the backend frame's priority. 0, or -1 when the
+ * frame could not be grown or shrunk; pointers are stale afterwards.
+ */
+static __always_inline int nat_client_tag(struct xdp_md *ctx, const struct packet *pkt, const struct nat_rev *r)
+{
+	__u16 vid = r->client_vlan;
+
+	if (!(pkt->tagged | vid))
+		return 0;
+	return vlan_set(ctx, pkt->tagged, vid, pkt->tci);
 }
 
 /* A backend's reply to the SNAT address: the XDP action, or -1 (not ours). */
-static __always_inline int nat_return(struct stat_block *c, void *data, void *data_end, struct packet *pkt,
+static __always_inline int nat_return(struct stat_block *c, struct xdp_md *ctx, struct packet *pkt,
 				      __u32 *bid_out, __u32 *vip_out)
 {
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
 	__u32 now = nat_now();
 	struct nat_rev *r;
@@ -382,6 +402,11 @@ static __always_inline int nat_return(struct stat_block *c, void *data, void *da
 	}
 	if (l34_rewrite(data, data_end, pkt, r->vip, r->client, r->vip_port, r->client_port))
 		return drop_because(c, WEIR_STAT_DROP_ENCAP);
+	if (nat_client_tag(ctx, pkt, r))
+		return drop_because(c, WEIR_STAT_DROP_ENCAP);
+	eth = (void *)(long)ctx->data;
+	if ((void *)(eth + 1) > (void *)(long)ctx->data_end)
+		return verdict(c, XDP_ABORTED);
 	__builtin_memcpy(eth->h_dest, r->client_mac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, r->lb_mac, ETH_ALEN);
 	stat_inc(c, WEIR_STAT_NAT_REPLY);
@@ -393,8 +418,10 @@ static __always_inline int nat_return(struct stat_block *c, void *data, void *da
  * live flow (source -> backend): translated so the client sees an error
  * about its own packet (client -> VIP), from the VIP. -1: not ours.
  */
-static __always_inline int nat_icmp(struct stat_block *c, void *data, void *data_end, struct packet *pkt)
+static __always_inline int nat_icmp(struct stat_block *c, struct xdp_md *ctx, struct packet *pkt)
 {
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
 	__u32 l3 = pkt->l3_off, l4 = pkt->l4_off;
 	struct flow_key rk = {};
@@ -534,6 +561,11 @@ static __always_inline int nat_icmp(struct stat_block *c, void *data, void *data
 	if ((void *)(icmp + 8) > data_end)
 		return drop_because(c, WEIR_STAT_DROP_ENCAP);
 	*(__u16 *)(icmp + 2) = csum_apply(*(__u16 *)(icmp + 2), outer);
+	if (nat_client_tag(ctx, pkt, r))
+		return drop_because(c, WEIR_STAT_DROP_ENCAP);
+	eth = (void *)(long)ctx->data;
+	if ((void *)(eth + 1) > (void *)(long)ctx->data_end)
+		return verdict(c, XDP_ABORTED);
 	__builtin_memcpy(eth->h_dest, r->client_mac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, r->lb_mac, ETH_ALEN);
 	stat_inc(c, WEIR_STAT_NAT_ICMP);

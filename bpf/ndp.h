@@ -57,6 +57,9 @@ static __always_inline int handle_ndp(struct stat_block *c, void *data, void *da
 	flags = bpf_map_lookup_elem(&vip_nd, &target);
 	if (!flags || (*flags & WEIR_VIP_NO_NEIGH))
 		return -1;
+	/* Only on the address's VLAN; the advertisement keeps the tag. */
+	if (!neigh_vlan_ok(*flags, pkt))
+		return pass_because(c, WEIR_STAT_PASS_VLAN);
 
 	/* Element-wise: a memcpy from the const volatile would be folded to zeros. */
 	for (i = 0; i < ETH_ALEN; i++)

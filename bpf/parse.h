@@ -72,6 +72,11 @@ struct packet {
 	 * FRAG_LATER does not. frag_id as it is in the header. */
 	__u8 frag;
 	__u32 frag_id;
+	/* The 802.1Q / 802.1ad tag's TCI (host order), 0 when untagged;
+	 * its low 12 bits are the VLAN id the frame arrived on. */
+	__u16 tci;
+	__u8 tagged;
+	__u8 pad;
 };
 
 /* maps.h (lb.bpf.c) sets frag_on before load; a program without it (the
@@ -83,6 +88,16 @@ struct packet {
 #define FRAG_NONE 0
 #define FRAG_FIRST 1
 #define FRAG_LATER 2
+
+#define VLAN_VID_MASK 0x0fff
+
+/* Whether a frame on its VLAN may be answered for an address whose
+ * vip_arp / vip_nd value is `v` (weir.h, WEIR_NEIGH_VLAN_SHIFT). */
+static __always_inline int neigh_vlan_ok(__u32 v, const struct packet *pkt)
+{
+	return (v & WEIR_NEIGH_ANY_VLAN) ||
+	       ((v >> WEIR_NEIGH_VLAN_SHIFT) & VLAN_VID_MASK) == (pkt->tci & VLAN_VID_MASK);
+}
 
 #define TCP_FIN 0x01
 #define TCP_SYN 0x02
@@ -105,6 +120,8 @@ static __always_inline int parse_eth(void *data, void *data_end, struct packet *
 		if ((void *)(vh + 1) > data_end)
 			return WEIR_STAT_PASS_TRUNCATED;
 		proto = vh->encap_proto;
+		pkt->tci = bpf_ntohs(vh->tci);
+		pkt->tagged = 1;
 		off += sizeof(*vh);
 	}
 	pkt->l3_off = off;

@@ -120,6 +120,11 @@ static __always_inline int send_too_big(struct stat_block *c, struct xdp_md *ctx
 	}
 	__builtin_memcpy(eth->h_dest, client_mac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, lb_mac, ETH_ALEN);
+	/* Back on the VLAN the client's frame came by. */
+	if (pkt->tci & VLAN_VID_MASK) {
+		if (vlan_set(ctx, 0, pkt->tci & VLAN_VID_MASK, pkt->tci))
+			return drop_because(c, WEIR_STAT_DROP_ENCAP);
+	}
 	stat_inc(c, WEIR_STAT_ICMP_TOO_BIG);
 	return verdict(c, XDP_TX);
 }
@@ -214,6 +219,16 @@ static __always_inline int tunnel_encap(struct stat_block *c, struct xdp_md *ctx
 		ip6->hop_limit = 64;
 		__builtin_memcpy(&ip6->saddr, vip->source, 16);
 		__builtin_memcpy(&ip6->daddr, be->addr, 16);
+	}
+	/* The outer frame carries the backend's (next hop's) tag, with the
+	 * client frame's priority. */
+	if (be->vlan) {
+		if (vlan_set(ctx, 0, be->vlan, pkt->tci))
+			return drop_because(c, WEIR_STAT_DROP_ENCAP);
+		data = (void *)(long)ctx->data;
+		data_end = (void *)(long)ctx->data_end;
+		if (data + ETH_HLEN > data_end)
+			return verdict(c, XDP_ABORTED);
 	}
 	return send_to_backend(c, data, be);
 }

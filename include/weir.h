@@ -34,6 +34,11 @@ enum weir_const {
 	WEIR_PROBE_SLOT_VETH = 62,
 	WEIR_PROBE_PORT_LO = 61000,
 	WEIR_PROBE_PORTS = 1024,
+	/*
+	 * vip_arp / vip_nd values: enum weir_vip_flags in the low bits, the
+	 * address's VLAN id (0: untagged) from this bit on (12 bits).
+	 */
+	WEIR_NEIGH_VLAN_SHIFT = 16,
 };
 
 /* Ring value meaning "this VIP has no usable backend" (u32::MAX in Rust). */
@@ -70,6 +75,11 @@ enum weir_vip_flags {
 	 * of the address: the config requires them alike).
 	 */
 	WEIR_VIP_NO_NEIGH = 4,
+	/*
+	 * vip_arp / vip_nd only: answer ARP / NDP for the address on any VLAN
+	 * (a NAT source address: backends on several VLANs resolve it).
+	 */
+	WEIR_NEIGH_ANY_VLAN = 8,
 };
 
 /*
@@ -113,7 +123,12 @@ struct vip_meta {
 	__u16 port_lo;   /* nat: SNAT ports port_lo .. port_lo + port_span - 1 (host order) */
 	__u16 port_span;
 	__u8 flags;      /* enum weir_vip_flags */
-	__u8 pad[3];
+	__u8 pad;
+	/*
+	 * 802.1Q VLAN id (host order) the VIP is served on: only frames tagged
+	 * with it; 0: only untagged (or priority-tagged) frames.
+	 */
+	__u16 vlan;
 };
 
 struct backend {
@@ -129,7 +144,8 @@ struct backend {
 	 */
 	__u16 generation;
 	__u16 port;      /* nat: backend port, network order; 0: the VIP's */
-	__u16 pad;
+	/* 802.1Q VLAN id (host order) its frames leave with; 0: untagged */
+	__u16 vlan;
 };
 
 struct in6_key {
@@ -201,6 +217,10 @@ struct nat_rev {
 	/* SYN_RECV: the acknowledgement that completes the handshake (the
 	 * backend's ISN + 1, host order). */
 	__u32 ack_expect;
+	/* The VLAN id (host order, 0: untagged) replies go to the client
+	 * with: the VIP's when the flow was made. */
+	__u16 client_vlan;
+	__u16 pad2;
 };
 
 /*
@@ -346,6 +366,9 @@ enum weir_stat {
 	WEIR_STAT_PROBE_SENT,   /* a prober's packet sent to its backend the way client packets go */
 	WEIR_STAT_PROBE_REPLY,  /* a backend's packet to a prober port steered into the prober veth */
 	WEIR_STAT_DROP_PROBE,   /* a frame from the prober veth that is no known probe (port, VIP, backend) */
+	/* a frame for a VIP (or an ARP / NDP request for its address) that
+	 * arrived on another VLAN than the VIP's (tagged, for a VIP without vlan) */
+	WEIR_STAT_PASS_VLAN,
 	WEIR_STAT_MAX,
 };
 

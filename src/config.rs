@@ -437,6 +437,11 @@ pub struct Vip {
     /// (default true; false when `tier.announce` is on: a routed tier
     /// announces by BGP). Per address: VIPs that share one must agree.
     pub arp: Option<bool>,
+    /// 802.1Q VLAN id (1-4094) the VIP is served on: only frames tagged
+    /// with it are balanced, and ARP / NDP / ping for its address are
+    /// answered on it only. Absent: untagged frames only. Per address:
+    /// VIPs that share one must agree.
+    pub vlan: Option<u16>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -553,6 +558,20 @@ pub struct Backend {
     pub health: Option<HealthCheck>,
     /// nat: the port the backend serves on (default: the VIP's port).
     pub port: Option<u16>,
+    /// 802.1Q VLAN id (1-4094) the backend's frames leave with (tunnel:
+    /// the outer frame's, the next hop's VLAN). Absent: untagged.
+    pub vlan: Option<u16>,
+}
+
+/// An 802.1Q VLAN id as the config gives it: 1 to 4094 (0 and 4095 are
+/// reserved by 802.1Q; "untagged" is written by leaving `vlan` out).
+fn check_vlan(at: &str, v: Option<u16>) -> Result<()> {
+    match v {
+        Some(n) if !(1..=4094).contains(&n) => {
+            bail!("{at}.vlan: {n} is not a VLAN id: 1 to 4094 (leave vlan out for untagged frames)")
+        }
+        _ => Ok(()),
+    }
 }
 
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
@@ -785,6 +804,18 @@ impl Config {
                     !arp
                 );
             }
+            check_vlan(&at, vip.vlan)?;
+            if let Some(j) = self.vips[..i]
+                .iter()
+                .position(|o| o.address.parse::<IpAddr>().ok() == Some(addr) && o.vlan != vip.vlan)
+            {
+                let show = |v: Option<u16>| v.map(|n| n.to_string()).unwrap_or_else(|| "none (untagged)".into());
+                bail!(
+                    "{at}.vlan: {} but vip[{j}] has the same address and vlan {}: an address lives on one VLAN (ARP/NDP is answered per address), set it alike",
+                    show(vip.vlan),
+                    show(self.vips[j].vlan)
+                );
+            }
             if let Some(src) = vip.source_ip().filter(|_| vip.mode == Mode::Nat) {
                 if let Some(j) = self.vips.iter().position(|o| o.address.parse::<IpAddr>().ok() == Some(src)) {
                     bail!(
@@ -821,6 +852,7 @@ impl Config {
                         bail!("{bat}.port: the VIP balances every port (port 0), so each flow keeps its own port; remove backend port or give the VIP a port");
                     }
                 }
+                check_vlan(&bat, b.vlan)?;
                 if b.iface.is_some() && vip.mode == Mode::Nat {
                     bail!("{bat}.iface: mode = \"nat\" sends backends out of the interface weir runs on (replies must come back through it); remove iface");
                 }

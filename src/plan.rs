@@ -26,6 +26,8 @@ pub struct PlannedBackend {
     pub check: Option<crate::config::Check>,
     /// nat: the backend's port (None: the VIP's).
     pub port: Option<u16>,
+    /// 802.1Q VLAN id its frames leave with; 0: untagged.
+    pub vlan: u16,
 }
 
 #[derive(Debug, Clone)]
@@ -54,6 +56,8 @@ pub struct PlannedVip {
     pub icmp_echo: bool,
     /// Answer ARP / NDP for its address.
     pub arp: bool,
+    /// 802.1Q VLAN id it is served on; 0: untagged frames only.
+    pub vlan: u16,
 }
 
 #[derive(Debug, Clone)]
@@ -129,6 +133,7 @@ impl Plan {
                         slots: 0,
                         check: crate::config::HealthCheck::resolve(b.health.as_ref(), v.health.as_ref(), v.port),
                         port: b.port,
+                        vlan: b.vlan.unwrap_or(0),
                     }
                 });
             }
@@ -154,6 +159,7 @@ impl Plan {
                 icmp_too_big: v.icmp_too_big.unwrap_or(true),
                 icmp_echo: v.icmp_echo.unwrap_or(true),
                 arp: v.arp.unwrap_or(!cfg.tier.announce),
+                vlan: v.vlan.unwrap_or(0),
             });
         }
         let ct = &cfg.conntrack;
@@ -208,6 +214,9 @@ impl Plan {
             if !v.icmp_echo {
                 let _ = writeln!(s, "  ping: not answered (icmp_echo = false)");
             }
+            if v.vlan != 0 {
+                let _ = writeln!(s, "  vlan: {} (frames tagged {} only; ARP/NDP answered on it)", v.vlan, v.vlan);
+            }
             for b in &v.backends {
                 let share = 100.0 * f64::from(b.slots) / f64::from(self.table_size);
                 let mac = b.mac.map(|m| format_mac(&m)).unwrap_or_else(|| "(from neighbour table)".into());
@@ -216,6 +225,7 @@ impl Plan {
                     Some(p) => format!(" port {p}{via}"),
                     None => via,
                 };
+                let via = if b.vlan != 0 { format!("{via} vlan {}", b.vlan) } else { via };
                 let via = match &b.check {
                     Some(c) => format!(
                         "{via}  check {}:{} every {} ms",
@@ -322,6 +332,12 @@ pub fn diff(old: &Plan, new: &Plan) -> Vec<String> {
                 }
                 _ => {}
             }
+            if let Some(x) = o.backends.iter().find(|x| x.addr == b.addr).filter(|x| x.vlan != b.vlan) {
+                out.push(format!("  vip {}: backend {} vlan {} -> {}", v.name, b.addr, show_vlan(x.vlan), show_vlan(b.vlan)));
+            }
+        }
+        if o.vlan != v.vlan {
+            out.push(format!("  vip {}: vlan {} -> {}", v.name, show_vlan(o.vlan), show_vlan(v.vlan)));
         }
         for x in &o.backends {
             if !v.backends.iter().any(|b| b.addr == x.addr) {
@@ -334,6 +350,14 @@ pub fn diff(old: &Plan, new: &Plan) -> Vec<String> {
         }
     }
     out
+}
+
+fn show_vlan(v: u16) -> String {
+    if v == 0 {
+        "none".into()
+    } else {
+        v.to_string()
+    }
 }
 
 /// Share of a VIP's Maglev slots whose backend (by address) differs between
@@ -349,6 +373,26 @@ fn ring_moved(old: &PlannedVip, new: &PlannedVip) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn check_shows_vlans_and_a_reload_names_their_changes() {
+        let t = |vip: &str, be: &str| {
+            format!(
+                "[maglev]\ntable_size = 251\n[[vip]]\nname = \"web\"\naddress = \"198.18.0.100\"\nport = 80\nprotocol = \"tcp\"\n{vip}\n\
+                 [[vip.backend]]\naddress = \"198.18.0.11\"\nmac = \"02:00:00:00:00:0b\"\n{be}\n"
+            )
+        };
+        let plan = |s: String| super::Plan::build(&crate::config::Config::from_toml(&s).unwrap()).unwrap();
+        let tagged = plan(t("vlan = 10", "vlan = 20"));
+        assert_eq!((tagged.vips[0].vlan, tagged.vips[0].backends[0].vlan), (10, 20));
+        let d = tagged.describe();
+        assert!(d.contains("  vlan: 10 (frames tagged 10 only"), "{d}");
+        assert!(d.contains("mac 02:00:00:00:00:0b vlan 20"), "{d}");
+        let plain = plan(t("", ""));
+        assert!(!plain.describe().contains("vlan"), "{}", plain.describe());
+        let diff = super::diff(&plain, &tagged);
+        assert_eq!(diff, ["  vip web: backend 198.18.0.11 vlan none -> 20", "  vip web: vlan none -> 10"], "{diff:?}");
+    }
+
     #[test]
     fn the_reload_diff_names_every_change() {
         let base = r#"
@@ -571,6 +615,7 @@ impl PlanIds {
                             slots: 0,
                             check: None,
                             port: None,
+                            vlan: 0,
                         })
                         .collect(),
                     ring: Vec::new(),
@@ -582,6 +627,7 @@ impl PlanIds {
                     icmp_too_big: true,
                     icmp_echo: true,
                     arp: true,
+                    vlan: 0,
                 })
                 .collect(),
         })

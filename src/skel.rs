@@ -55,7 +55,7 @@ const _: () = assert!(std::mem::size_of::<Backend>() == 40);
 const _: () = assert!(std::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(std::mem::size_of::<Flow>() == 8);
 const _: () = assert!(std::mem::size_of::<NatFwd>() == 28);
-const _: () = assert!(std::mem::size_of::<NatRev>() == 64);
+const _: () = assert!(std::mem::size_of::<NatRev>() == 68);
 const _: () = assert!(std::mem::size_of::<Traffic>() == 24);
 const _: () = assert!(std::mem::size_of::<StatBlock>() == 8 * STAT_COUNT);
 const _: () = assert!(std::mem::size_of::<ShieldPolicy>() == 40);
@@ -79,6 +79,8 @@ pub const FAMILY_V4: u8 = weir_const::WEIR_FAMILY_V4.0 as u8;
 pub const FAMILY_V6: u8 = weir_const::WEIR_FAMILY_V6.0 as u8;
 /// `WEIR_NO_BACKEND` in weir.h (a #define: too large for a C enum).
 pub const NO_BACKEND: u32 = u32::MAX;
+/// vip_arp / vip_nd values: the address's VLAN id from this bit on.
+pub const NEIGH_VLAN_SHIFT: u32 = weir_const::WEIR_NEIGH_VLAN_SHIFT.0;
 pub const STAT_COUNT: usize = weir_stat::WEIR_STAT_MAX.0 as usize;
 
 /// Names of the global counters, by index (the enum's order in weir.h).

@@ -462,6 +462,19 @@ fn the_checker_catches_wrong_outputs() {
         Tampered { name: "DSR TTL", input: dsr.clone(), tamper: |_, _, o, _| o[22] ^= 1, want: Inv::DsrBeyondMacs },
         Tampered { name: "DSR MAC", input: dsr.clone(), tamper: |_, _, o, _| o[5] ^= 0x40, want: Inv::DsrWrongBackend },
         Tampered {
+            name: "DSR tagged",
+            input: dsr.clone(),
+            tamper: |_, _, o, _| drop(o.splice(12..12, [0x81, 0, 0, 7])),
+            want: Inv::VlanTagged,
+        },
+        Tampered {
+            name: "DSR from a VLAN",
+            input: dsr.clone(),
+            // The same untagged output, but the input came on VLAN 7.
+            tamper: |i, _, _, _| drop(i.splice(12..12, [0x81, 0, 0, 7])),
+            want: Inv::VlanServed,
+        },
+        Tampered {
             name: "DSR of a lying length",
             input: dsr.clone(),
             // The same output, but the input said it was longer than it is.

@@ -92,11 +92,17 @@ impl Dataplane {
     pub(crate) fn sync_neighbours(&self, plan: &Plan) -> Result<()> {
         let echo = weir_vip_flags::WEIR_VIP_ECHO.0;
         let quiet = weir_vip_flags::WEIR_VIP_NO_NEIGH.0;
+        let any_vlan = weir_vip_flags::WEIR_NEIGH_ANY_VLAN.0;
         let mut want: BTreeMap<Vec<u8>, (u8, u32)> = BTreeMap::new();
         for v in &plan.vips {
-            let mut addrs = vec![(v.addr, if v.icmp_echo { echo } else { 0 } | if v.arp { 0 } else { quiet })];
+            // The VLAN id above the flags: the config gives every VIP of an
+            // address the same one.
+            let vlan = u32::from(v.vlan) << crate::skel::NEIGH_VLAN_SHIFT;
+            let mut addrs = vec![(v.addr, if v.icmp_echo { echo } else { 0 } | if v.arp { 0 } else { quiet } | vlan)];
             if v.mode == crate::config::Mode::Nat {
-                addrs.extend(v.source.filter(|s| !self.settings.iface_addrs.contains(s)).map(|s| (s, 0)));
+                // Backends resolve a NAT source address from their own
+                // VLANs, which may be several: answered on any.
+                addrs.extend(v.source.filter(|s| !self.settings.iface_addrs.contains(s)).map(|s| (s, any_vlan)));
             }
             for (a, flags) in addrs {
                 let (w, family) = addr_words(a);

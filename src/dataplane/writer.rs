@@ -137,6 +137,7 @@ impl Dataplane {
             // hi - lo + 1 ports; a full 1-65535 range is one short of 65535 + 1.
             port_span: (u32::from(hi) - u32::from(lo) + 1).min(65535) as u16,
             flags: if vip.icmp_too_big { weir_vip_flags::WEIR_VIP_ICMP_TOO_BIG.0 as u8 } else { 0 },
+            vlan: vip.vlan,
             ..Default::default()
         };
         self.skel.maps.vips.update(bytes_of(&key), bytes_of(&meta), MapFlags::ANY).context("writing the VIP")?;
@@ -173,7 +174,7 @@ impl Dataplane {
             flags: weir_backend_flags::WEIR_BACKEND_ACTIVE.0 as u8,
             generation,
             port: b.port.map(u16::to_be).unwrap_or(0),
-            ..Default::default()
+            vlan: b.vlan,
         };
         if fresh {
             let cpus = libbpf_rs::num_possible_cpus()?;

@@ -440,9 +440,15 @@ pub fn check_exact<T: Target + ?Sized>(t: &T, name: &str, f: &[u8], a: u32, o: O
 /// The L4 source port of an output frame (the SNAT port), read at the
 /// offset the IP header gives.
 pub fn out_sport(out: &[u8]) -> Option<u16> {
-    let l4 = match u16::from_be_bytes([*out.get(12)?, *out.get(13)?]) {
-        0x0800 => 14 + usize::from(out.get(14)? & 0x0f) * 4,
-        0x86dd => 14 + 40,
+    // After one 802.1Q / 802.1ad tag, if there is one.
+    let mut et = 12;
+    if matches!(u16::from_be_bytes([*out.get(12)?, *out.get(13)?]), 0x8100 | 0x88a8) {
+        et += 4;
+    }
+    let l3 = et + 2;
+    let l4 = match u16::from_be_bytes([*out.get(et)?, *out.get(et + 1)?]) {
+        0x0800 => l3 + usize::from(out.get(l3)? & 0x0f) * 4,
+        0x86dd => l3 + 40,
         _ => return None,
     };
     Some(u16::from_be_bytes([*out.get(l4)?, *out.get(l4 + 1)?]))

@@ -43,6 +43,9 @@ pub struct Pkt {
     pub flow: u32,
     pub l4: L4,
     pub payload: Vec<u8>,
+    /// An 802.1Q tag's TCI (priority, DEI, VLAN id) after the MACs; None:
+    /// untagged.
+    pub tci: Option<u16>,
 }
 
 pub fn ip(s: &str) -> IpAddr {
@@ -63,6 +66,7 @@ impl Pkt {
             flow: 0,
             l4,
             payload: payload.to_vec(),
+            tci: None,
         }
     }
     pub fn macs(mut self, dst: [u8; 6], src: [u8; 6]) -> Pkt {
@@ -102,6 +106,15 @@ impl Pkt {
             L4::Tcp(h) => h.sequence_number = seq,
             _ => panic!("seq() on a packet without TCP"),
         }
+        self
+    }
+    /// Tagged 802.1Q with this TCI (`tci(pcp, dei, vid)`).
+    pub fn tag(mut self, tci: u16) -> Pkt {
+        self.tci = Some(tci);
+        self
+    }
+    pub fn untagged(mut self) -> Pkt {
+        self.tci = None;
         self
     }
     pub fn with_payload(mut self, payload: &[u8]) -> Pkt {
@@ -207,9 +220,18 @@ impl Pkt {
     pub fn frame(&self) -> Vec<u8> {
         let ether_type = if self.src.is_ipv4() { EtherType::IPV4 } else { EtherType::IPV6 };
         let mut f = Ethernet2Header { source: self.eth_src, destination: self.eth_dst, ether_type }.to_bytes().to_vec();
+        if let Some(tci) = self.tci {
+            f.splice(12..12, [0x81, 0x00, (tci >> 8) as u8, tci as u8]);
+        }
         f.extend_from_slice(&self.ip_bytes());
         f
     }
+}
+
+/// An 802.1Q TCI: priority (PCP, 0-7), drop eligible (DEI), VLAN id.
+pub fn tci(pcp: u16, dei: bool, vid: u16) -> u16 {
+    assert!(pcp < 8 && vid < 4096);
+    (pcp << 13) | (u16::from(dei) << 12) | vid
 }
 
 pub fn tcp_hdr(sport: u16, dport: u16, seq: u32, ack: Option<u32>, window: u16) -> TcpHeader {

@@ -60,6 +60,13 @@ pub enum Inv {
     /// ICMP too-big for a packet that would fit once wrapped (or whose IP
     /// length lies), or on a VIP that is not a tunnel with icmp_too_big.
     TooBigUnwarranted,
+    /// Served (balanced, or a NAT reply translated) for a frame on a VLAN:
+    /// no VIP of the fuzz config has a `vlan`, so only untagged (or
+    /// priority-tagged, VLAN id 0) frames are a VIP's (README "VLANs").
+    VlanServed,
+    /// A frame sent to a backend or a translated NAT reply carries a tag:
+    /// nothing in the fuzz config has a `vlan`, so it must leave untagged.
+    VlanTagged,
 }
 
 impl fmt::Display for Inv {
@@ -227,6 +234,31 @@ fn sent(m: &Model, st: &Stats, r: &Run) -> Verdict {
     if d(st.challenged) {
         return fresh(r, Outcome::Challenge, true);
     }
+    // Nothing in the fuzz config has a `vlan`: a frame forwarded or
+    // translated leaves untagged, its tag (VLAN id 0 only) popped. The
+    // checks below compare it with the input without its tag.
+    let tag_in = wire::l2(r.input).is_some_and(|l| l.len > 14);
+    let tag_out = wire::l2(r.output).is_some_and(|l| l.len > 14);
+    let echo = d(st.echo_reply);
+    let vid = if tag_in { wire::be16(r.input, 14) & 0x0fff } else { 0 };
+    let stripped: Vec<u8>;
+    let untagged;
+    let r = if tag_in && !tag_out {
+        stripped = [&r.input[..12], &r.input[16..]].concat();
+        untagged = Run { input: &stripped, action: r.action, output: r.output, delta: r.delta };
+        &untagged
+    } else {
+        r
+    };
+    let mut v = served(m, st, r);
+    v.require(vid == 0 || d(st.nat_reply) || d(st.nat_icmp), Inv::VlanServed, || format!("arrived on VLAN {vid}"));
+    v.require(!tag_out || echo, Inv::VlanTagged, || "sent tagged".into());
+    v
+}
+
+/// A frame balanced to a backend, translated back to a client, or echoed.
+fn served(m: &Model, st: &Stats, r: &Run) -> Verdict {
+    let d = |i: usize| r.delta[i] != 0;
     let Some((_, ip)) = wire::ip(r.input) else {
         let mut v = Verdict::new(Outcome::Unexplained);
         v.fail(Inv::UnexplainedRewrite, "input has no IP header");
