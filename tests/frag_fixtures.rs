@@ -417,6 +417,11 @@ fn refusals_and_passes() {
     let tcp = Pkt::new(C4, "198.18.0.150", syn(40401, 80), &payload()).ip_fields(0, 0x9999, false, 64);
     check(&lb, "early TCP fragment to a NAT VIP", &fragments(&tcp, 1000, 0)[1], XDP_DROP, None, &["xdp_drop", "drop_frag_unresolved"]);
 
+    // A VIP is served on its own VLAN only: a tagged later fragment for an
+    // untagged VIP is the kernel's, and makes no entry.
+    let tagged = with_vlan_tag(&fragments(&dgram(C4, "198.18.0.100", 40405, 53, 0xabab), 1000, 0)[1], 0x8100, 7);
+    check(&lb, "later fragment on another VLAN", &tagged, XDP_PASS, None, &["xdp_pass", "pass_vlan"]);
+
     let other = fragments(&dgram(C4, "198.18.0.99", 40402, 53, 0xaaaa), 1000, 0);
     check(&lb, "later fragment to a non-VIP", &other[1], XDP_PASS, None, &["xdp_pass", "pass_fragment"]);
     check(&lb, "first fragment to a non-VIP", &other[0], XDP_PASS, None, &["xdp_pass", "pass_not_vip"]);
