@@ -10,7 +10,7 @@ fn bench_smoke() {
     }
     let r = weir::bench::run(200, 2).expect("bench runs");
     assert_eq!(r.repeats, 2);
-    assert_eq!(r.rows.len(), 16);
+    assert_eq!(r.rows.len(), 18);
     assert_eq!(r.rows[0].ratio_to_trivial, 1.0, "the baseline is its own unit");
     for row in &r.rows {
         assert!(row.ns_per_packet > 0.0, "{}: no time measured", row.path);
@@ -20,7 +20,8 @@ fn bench_smoke() {
     assert!(text.contains("shield: random-source SYN, challenge"), "{text}");
     assert!(text.contains("nat: return (backend -> client)") && text.contains("tunnel: IPIP encap"), "{text}");
     let json = serde_json::to_value(&r).unwrap();
-    assert_eq!(json["rows"].as_array().unwrap().len(), 16);
+    assert_eq!(json["rows"].as_array().unwrap().len(), 18);
+    assert!(text.contains("fragment: later, follows its datagram"), "{text}");
 }
 
 #[test]

@@ -118,6 +118,15 @@ pub fn frame_v4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, tcp: bool)
     f
 }
 
+/// An IPv4 frame (frame_v4) as a fragment: identification `id`, offset
+/// `off8` x 8 bytes, MF when `more`.
+fn fragment_of(frame: &[u8], id: u16, off8: u16, more: bool) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    f[18..20].copy_from_slice(&id.to_be_bytes());
+    f[20..22].copy_from_slice(&(off8 | if more { 0x2000 } else { 0 }).to_be_bytes());
+    f
+}
+
 /// The same TCP frame (frame_v4) as an ACK.
 fn ack(syn: &[u8]) -> Vec<u8> {
     let mut f = syn.to_vec();
@@ -302,6 +311,18 @@ fn run_once(calls: usize) -> Result<Report> {
     let _ = test_run(tun_prog, &one, 1)?;
     let tun_est = sample(tun_prog, &mut |_| one_ack.clone(), 3)?;
 
+    // Fragments (bpf/frag.h), DSR: a first fragment of a new datagram each
+    // (its entry made), then a later fragment following one entry. A table
+    // sized for the calls, a timeout that outlives the run.
+    let frag_cfg = format!("[fragments]\nmax_datagrams = {}\ntimeout_ms = 60000\n{BENCH_CONFIG}", calls.max(1024) + 16);
+    let frag = dataplane::load_configured(&Plan::build(&Config::from_toml(&frag_cfg)?)?, &iface)?;
+    let frag_prog = &frag.skel.progs.weir_lb;
+    let _ = test_run(frag_prog, &one, 1)?;
+    let frag_first = sample(frag_prog, &mut |i| fragment_of(&one_ack, i as u16, 0, true), 3)?;
+    let _ = test_run(frag_prog, &fragment_of(&one_ack, 0xffff, 0, true), 1)?;
+    let later = fragment_of(&one_ack, 0xffff, 1, false);
+    let frag_later = sample(frag_prog, &mut |_| later.clone(), 3)?;
+
     let rows = vec![
         make_row("trivial XDP_PASS (baseline)", "PASS", &base, &base_s),
         make_row("trivial XDP_DROP", "DROP", &drop, &base_s),
@@ -319,6 +340,8 @@ fn run_once(calls: usize) -> Result<Report> {
         make_row("nat: forward, established", "TX", &nat_est, &base_s),
         make_row("nat: return (backend -> client)", "TX", &nat_ret, &base_s),
         make_row("tunnel: IPIP encap, established", "TX", &tun_est, &base_s),
+        make_row("fragment: first of a datagram (DSR, entry made)", "TX", &frag_first, &base_s),
+        make_row("fragment: later, follows its datagram (DSR)", "TX", &frag_later, &base_s),
     ];
     Ok(Report {
         calls_per_path: calls,
