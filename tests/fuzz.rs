@@ -49,7 +49,12 @@ const OPENING_FLOWS: usize = 48;
 /// (`lo`), port 0, IPv6, shielded VIPs in attack mode (challenges), NAT
 /// IPv4 / IPv6 TCP / UDP and port 0, tunnels IPv4 / IPv6 with and without
 /// ICMP too-big. Timeouts are long so no NAT flow expires during a run.
+/// Fragments are off here: the model predates their balancing (its
+/// fragment rules are unfinished, see the #13 note); fragments are covered
+/// by tests/frag_fixtures.rs, tests/races.rs and tests/frag_e2e.rs.
 const CONFIG: &str = r#"
+[fragments]
+enabled = false
 [conntrack]
 size = 262144
 tcp_timeout = 604800
