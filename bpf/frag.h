@@ -87,36 +87,16 @@ static __always_inline struct vip_meta *frag_vip(const struct packet *pkt, __u16
 static __always_inline int frag_l3_rewrite(void *data, void *data_end, const struct packet *pkt, const __u32 *nsrc,
 					   const __u32 *ndst)
 {
-	__u32 l3 = pkt->l3_off, l4 = pkt->l4_off, acc = 0;
+	__u32 l4 = pkt->l4_off, acc = 0;
 
-	if (l3 > 18 || l4 > 18 + 60)
+	if (l4 > 18 + 60 || l3_rewrite(data, data_end, pkt, nsrc, ndst, &acc))
 		return -1;
-	if (pkt->key.family == WEIR_FAMILY_V4) {
-		struct iphdr *iph = data + l3;
+	if (pkt->frag == FRAG_FIRST && pkt->key.proto == IPPROTO_ICMPV6) {
+		__u16 *ck = data + l4 + 2;
 
-		if ((void *)(iph + 1) > data_end)
+		if ((void *)(ck + 1) > data_end)
 			return -1;
-		acc = csum_diff_addr(acc, pkt->key.src, nsrc, 1);
-		acc = csum_diff_addr(acc, pkt->key.dst, ndst, 1);
-		iph->saddr = nsrc[0];
-		iph->daddr = ndst[0];
-		iph->check = csum_apply(iph->check, acc);
-	} else {
-		struct ipv6hdr *ip6 = data + l3;
-
-		if ((void *)(ip6 + 1) > data_end)
-			return -1;
-		acc = csum_diff_addr(acc, pkt->key.src, nsrc, 0);
-		acc = csum_diff_addr(acc, pkt->key.dst, ndst, 0);
-		__builtin_memcpy(&ip6->saddr, nsrc, 16);
-		__builtin_memcpy(&ip6->daddr, ndst, 16);
-		if (pkt->frag == FRAG_FIRST && pkt->key.proto == IPPROTO_ICMPV6) {
-			__u16 *ck = data + l4 + 2;
-
-			if ((void *)(ck + 1) > data_end)
-				return -1;
-			*ck = csum_apply(*ck, acc);
-		}
+		*ck = csum_apply(*ck, acc);
 	}
 	return 0;
 }

@@ -111,21 +111,21 @@ static __always_inline int addr_eq(const __u32 *a, const __u32 *b)
 }
 
 /*
- * Give the parsed packet new addresses and ports, checksums updated
- * incrementally from the parsed (register) values. 0, or -1 when the
- * headers are not where the parser left them.
+ * Give the parsed packet new addresses (IPv4: its header checksum updated
+ * incrementally). *acc gets the checksum difference the addresses make, for
+ * a transport checksum over the pseudo-header. 0, or -1 when the header is
+ * not where the parser left it. Shared by l34_rewrite and fragments (frag.h).
  */
-static __always_inline int l34_rewrite(void *data, void *data_end, const struct packet *pkt, const __u32 *nsrc,
-				       const __u32 *ndst, __u16 nsport, __u16 ndport)
+static __always_inline int l3_rewrite(void *data, void *data_end, const struct packet *pkt, const __u32 *nsrc,
+				      const __u32 *ndst, __u32 *acc_out)
 {
-	__u32 l3 = pkt->l3_off, l4 = pkt->l4_off;
-	int v4 = pkt->key.family == WEIR_FAMILY_V4;
+	__u32 l3 = pkt->l3_off;
 	__u32 acc = 0;
 
-	if (l3 > 18 || l4 > 18 + 60)
+	if (l3 > 18)
 		return -1;
 	/* The family is a constant inside each branch: the helper's loop folds. */
-	if (v4) {
+	if (pkt->key.family == WEIR_FAMILY_V4) {
 		struct iphdr *iph = data + l3;
 
 		if ((void *)(iph + 1) > data_end)
@@ -145,6 +145,23 @@ static __always_inline int l34_rewrite(void *data, void *data_end, const struct 
 		__builtin_memcpy(&ip6->saddr, nsrc, 16);
 		__builtin_memcpy(&ip6->daddr, ndst, 16);
 	}
+	*acc_out = acc;
+	return 0;
+}
+
+/*
+ * Give the parsed packet new addresses and ports, checksums updated
+ * incrementally from the parsed (register) values. 0, or -1 when the
+ * headers are not where the parser left them.
+ */
+static __always_inline int l34_rewrite(void *data, void *data_end, const struct packet *pkt, const __u32 *nsrc,
+				       const __u32 *ndst, __u16 nsport, __u16 ndport)
+{
+	__u32 l4 = pkt->l4_off;
+	__u32 acc = 0;
+
+	if (l4 > 18 + 60 || l3_rewrite(data, data_end, pkt, nsrc, ndst, &acc))
+		return -1;
 	/* The L4 checksum covers the addresses (pseudo-header) and the ports. */
 	acc = csum_diff16(acc, pkt->key.sport, nsport);
 	acc = csum_diff16(acc, pkt->key.dport, ndport);
