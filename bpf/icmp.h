@@ -35,6 +35,7 @@
 #include "forward.h"
 #include "tunnel.h"
 #include "nat.h"
+#include "flows.h"
 
 #define ICMP_ECHOREPLY 0
 #define ICMP_ECHO 8
@@ -135,7 +136,7 @@ static __always_inline int icmp_error_to_backend(struct stat_block *c, struct xd
 	if (vip->mode == WEIR_MODE_TUNNEL && ip_len + (v4 ? 20 : 40) > iface_mtu)
 		return -1;
 
-	f = bpf_map_lookup_elem(&flows, &k);
+	f = flow_find(&k);
 	if (f) {
 		bid = f->backend_id;
 		be = bpf_map_lookup_elem(&backends, &bid);

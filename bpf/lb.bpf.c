@@ -19,6 +19,7 @@
 #include "arp.h"
 #include "ndp.h"
 #include "sched.h"
+#include "flows.h"
 #include "forward.h"
 #include "shield.h"
 #include "admit.h"
@@ -70,9 +71,9 @@ static __always_inline int process(struct xdp_md *ctx, struct packet *pkt, __u32
 	struct stat_block *c = counters();
 	struct vip_meta *vip;
 	struct backend *be;
-	struct flow *f;
+	struct flow *f = NULL;
 	__u32 bid = WEIR_NO_BACKEND, fnow = 0;
-	int new_flow = 0, in_handshake = 0, followed = 0;
+	int new_flow = 0, in_handshake = 0, followed = 0, looked = 0;
 	int rc, group;
 
 	*len_out = bytes;
@@ -133,6 +134,38 @@ static __always_inline int process(struct xdp_md *ctx, struct packet *pkt, __u32
 		return pass_because(c, rc);
 	}
 
+	/* Most packets on a shared interface are not ours: one array load
+	 * says so (addr_filter in maps.h), before any hash lookup. */
+	if (!addr_maybe_ours(&pkt->key))
+		return pass_because(c, WEIR_STAT_PASS_NOT_VIP);
+	/*
+	 * Flow first: an established flow of a DSR VIP needs nothing of the
+	 * VIP's entry. Its backend entry says the VIP is DSR and which VLAN its
+	 * clients arrive on, and is live only while the VIP is (a VIP's
+	 * backends leave with it; backend ids are per VIP), so the VIP's hash
+	 * lookup is skipped. Anything else (no flow, a handshake, a tunnel VIP,
+	 * a backend gone, another VLAN) takes the path below with the lookup
+	 * done. Not with the shield (it sees every packet first), nor for a
+	 * first fragment (frag.h).
+	 */
+	if (!shield_on && !pkt->frag) {
+		f = flow_find(&pkt->key);
+		looked = 1;
+		if (f) {
+			bid = f->backend_id;
+			be = bpf_map_lookup_elem(&backends, &bid);
+			if (be && (be->flags & (WEIR_BACKEND_ACTIVE | WEIR_BACKEND_VIP_DSR)) ==
+					  (WEIR_BACKEND_ACTIVE | WEIR_BACKEND_VIP_DSR) &&
+			    be->generation == f->generation && (pkt->tci & VLAN_VID_MASK) == be->vip_vlan) {
+				stat_inc(c, WEIR_STAT_FLOW_HIT);
+				*vip_out = f->vip_id;
+				*bid_out = bid;
+				traffic_add(&vip_stats, f->vip_id, bytes, 0);
+				traffic_add(&backend_stats, bid, bytes, 0);
+				return send_tagged(c, ctx, pkt, be);
+			}
+		}
+	}
 	vip = find_vip(&pkt->key);
 	if (!vip) {
 		if (nat_on) {
@@ -177,10 +210,11 @@ static __always_inline int process(struct xdp_md *ctx, struct packet *pkt, __u32
 		if (followed < 0)
 			return drop_because(c, WEIR_STAT_DROP_FRAG_BACKEND_GONE);
 	}
-	f = bpf_map_lookup_elem(&flows, &pkt->key);
+	if (!looked)
+		f = flow_find(&pkt->key);
 	if (!f && pkt->key.proto == IPPROTO_TCP) {
-		/* A handshake in progress (see syn_flows in maps.h). */
-		f = bpf_map_lookup_elem(&syn_flows, &pkt->key);
+		/* A handshake in progress (see syn_flows4 in maps.h). */
+		f = handshake_find(&pkt->key);
 		in_handshake = f != NULL;
 	}
 	if (f) {
@@ -189,7 +223,7 @@ static __always_inline int process(struct xdp_md *ctx, struct packet *pkt, __u32
 		if (be && (be->flags & WEIR_BACKEND_ACTIVE) && be->generation == f->generation) {
 			/* The client's first segment past its SYN: established. */
 			if (in_handshake && (pkt->tcp_flags & (TCP_SYN | TCP_ACK)) != TCP_SYN) {
-				bpf_map_update_elem(&flows, &pkt->key, f, BPF_ANY);
+				flow_store(&pkt->key, f, 0);
 				if (sync_on)
 					sync_flow(c, &pkt->key, bid);
 			}
@@ -206,7 +240,7 @@ static __always_inline int process(struct xdp_md *ctx, struct packet *pkt, __u32
 		struct flow nf = { .backend_id = bid, .vip_id = vip->vip_id, .generation = be->generation };
 		int syn = pkt->key.proto == IPPROTO_TCP && (pkt->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
 
-		bpf_map_update_elem(syn ? (void *)&syn_flows : (void *)&flows, &pkt->key, &nf, BPF_ANY);
+		flow_store(&pkt->key, &nf, syn);
 		/*
 		 * TCP flows are offered when their handshake completes (above),
 		 * never from a first packet that is not a SYN: neither a SYN nor

@@ -87,6 +87,23 @@ struct {
 	__uint(max_entries, WEIR_MAX_VIPS);
 } vip_nd SEC(".maps");
 
+/*
+ * Which destination addresses may be this program's business: a bit per
+ * hash of the address (sched.h addr_maybe_ours), set for every VIP address,
+ * every NAT / tunnel source address and the probe source. A clear bit lets
+ * a packet that is not ours go to the kernel after one array load instead
+ * of two VIP lookups. A set bit only means "look further": the filter may
+ * say yes wrongly (another address with the same hash), never no wrongly.
+ * The control plane sets an address's bit before it writes what uses the
+ * address, and clears bits only after (src/dataplane/filter.rs).
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, WEIR_ADDR_FILTER_WORDS);
+} addr_filter SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);
@@ -118,27 +135,45 @@ struct {
 	__uint(max_entries, WEIR_MAX_VIPS);
 } rr_cursor SEC(".maps");
 
-/* Connection tracking; max_entries set from the config before load. */
+/*
+ * Connection tracking, one table per family (flows.h): IPv4 flows under a
+ * 16-byte key (struct flow4_key), IPv6 under struct flow_key. max_entries
+ * set from the config before load (conntrack.size, conntrack.size_v6).
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct flow4_key);
+	__type(value, struct flow);
+	__uint(max_entries, 65536);
+} flows4 SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__type(key, struct flow_key);
 	__type(value, struct flow);
 	__uint(max_entries, 65536);
-} flows SEC(".maps");
+} flows6 SEC(".maps");
 
 /*
  * TCP handshakes in progress (DSR and tunnel VIPs): a SYN's flow lives here
- * until the client's first segment that is not a SYN moves it to `flows`.
- * A SYN flood, spoofed or not, then churns this table only and never evicts
- * an established connection from `flows` (a round-robin VIP cannot re-derive
- * an evicted flow's backend the way Maglev does). Sized with flows / 4.
+ * until the client's first segment that is not a SYN moves it to the flow
+ * table. A SYN flood, spoofed or not, then churns this table only and never
+ * evicts an established connection (a round-robin VIP cannot re-derive an
+ * evicted flow's backend the way Maglev does). Per family, as the flows.
  */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct flow4_key);
+	__type(value, struct flow);
+	__uint(max_entries, 16384);
+} syn_flows4 SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__type(key, struct flow_key);
 	__type(value, struct flow);
 	__uint(max_entries, 16384);
-} syn_flows SEC(".maps");
+} syn_flows6 SEC(".maps");
 
 /*
  * Full NAT, both directions of each flow (see struct nat_rev); sized with

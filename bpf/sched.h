@@ -56,6 +56,28 @@ static __always_inline __u32 round_robin_pick(const struct vip_meta *vip)
 	return bid ? *bid : WEIR_NO_BACKEND;
 }
 
+/*
+ * The filter bit of a destination address (maps.h addr_filter); the
+ * control plane computes the same (src/dataplane/filter.rs): a
+ * multiplicative hash of the address's words as they are in the packet.
+ */
+static __always_inline __u32 addr_filter_bit(const __u32 *a)
+{
+	__u32 x = a[0] ^ a[1] ^ a[2] ^ a[3]; /* IPv4: a[1..3] are zero */
+
+	return (x * 0x9E3779B1u) >> 16;
+}
+
+/* May the packet's destination be a VIP, a NAT source or the probe's? */
+static __always_inline int addr_maybe_ours(const struct flow_key *k)
+{
+	__u32 bit = addr_filter_bit(k->dst);
+	__u32 w = bit >> 6;
+	__u64 *word = bpf_map_lookup_elem(&addr_filter, &w);
+
+	return word && ((*word >> (bit & 63)) & 1);
+}
+
 /* The VIP of a client's tuple: its port, else the address's port 0. */
 static __always_inline struct vip_meta *find_vip(const struct flow_key *k)
 {

@@ -19,6 +19,11 @@ enum weir_const {
 	WEIR_MAX_TX_PORTS = 64,
 	/* Flow-hash seed. Fixed so that every weir node picks the same backend. */
 	WEIR_HASH_SEED = 0x5745,
+	/*
+	 * 64-bit words of the address filter (maps.h addr_filter): 65,536
+	 * bits, one per hash of a destination address (addr_filter_bit).
+	 */
+	WEIR_ADDR_FILTER_WORDS = 1024,
 	WEIR_FAMILY_V4 = 4,
 	WEIR_FAMILY_V6 = 6,
 	/*
@@ -97,6 +102,9 @@ enum weir_nat_state {
 
 enum weir_backend_flags {
 	WEIR_BACKEND_ACTIVE = 1,
+	/* Its VIP is in DSR mode: an established flow to it is sent on without
+	 * the VIP's entry (lb.bpf.c, flow first), with vip_vlan checked. */
+	WEIR_BACKEND_VIP_DSR = 2,
 };
 
 /* A virtual service. Addresses and port in network byte order. */
@@ -146,6 +154,8 @@ struct backend {
 	__u16 port;      /* nat: backend port, network order; 0: the VIP's */
 	/* 802.1Q VLAN id (host order) its frames leave with; 0: untagged */
 	__u16 vlan;
+	/* Its VIP's vip_meta.vlan: the VLAN the VIP's clients arrive on. */
+	__u16 vip_vlan;
 };
 
 struct in6_key {
@@ -161,6 +171,21 @@ struct flow_key {
 	__u8 proto;
 	__u8 family;
 	__u16 pad;
+};
+
+/*
+ * The IPv4 flow tables' key (flows4, syn_flows4): the same 5-tuple in 16
+ * bytes instead of flow_key's 40. The kernel's hash element is 48 bytes of
+ * its own plus key and value, so a tracked IPv4 flow costs 72 bytes instead
+ * of 96, and the lookup hashes 4 words instead of 10.
+ */
+struct flow4_key {
+	__u32 src;
+	__u32 dst;
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 pad[3];
 };
 
 struct flow {

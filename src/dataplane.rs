@@ -14,6 +14,8 @@ use libbpf_rs::{MapCore, MapFlags, OpenObject, ProgramInput};
 pub use crate::mapio::{addr_words, read_counters};
 
 mod addresses;
+pub mod flows;
+mod filter;
 mod frags;
 mod hops;
 mod nat;
@@ -21,6 +23,8 @@ mod probe;
 mod read;
 mod writer;
 pub use probe::ProbeSlot;
+pub use flows::{flow4_key, FlowTables};
+pub use filter::{filter_bit, FILTER_WORDS};
 pub use hops::{configured_hops, next_hops, resolve_hops, Followed, HopPlan, NextHop};
 use crate::net::Iface;
 use crate::shield::{policy, ShieldLoad, ShieldMaps};
@@ -31,11 +35,23 @@ use crate::skel::{
     RR_SLOTS,
 };
 
+/// Maps a new instance fills whole before it serves: on a hitless restart
+/// from a weir whose entries have another layout they are made anew
+/// instead of taken over.
+const REWRITTEN_MAPS: &[&str] = &["backends", "probe_targets"];
+
+/// Most entries of each family's handshake table (Settings::syn_flows_size).
+pub const SYN_FLOWS_MAX: u32 = 524_288;
+
 /// Load-time settings: they size maps or are constants in the program.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub ring_size: u32,
     pub conntrack_size: u32,
+    /// Some VIP is IPv6 at load: only then are the IPv6 flow tables sized
+    /// (conntrack.size); otherwise they hold one entry and a reload that
+    /// adds a first IPv6 VIP asks for a restart.
+    pub ipv6: bool,
     /// VIP slots in the Maglev ring map.
     pub max_vips: u32,
     /// MAC the ARP responder answers with.
@@ -54,10 +70,30 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Entries of the handshake table (bpf/maps.h syn_flows): a quarter of
-    /// the flow table, at least 1024.
+    /// Entries of each family's handshake table (bpf/maps.h syn_flows4,
+    /// syn_flows6): a quarter of the flow table, at least 1024 and at most
+    /// 524,288 (half a million handshakes in flight is a SYN flood, the
+    /// shield's business; the bound keeps 10M flows within 1 GiB).
     pub fn syn_flows_size(&self) -> u32 {
-        (self.conntrack_size / 4).max(1024)
+        (self.conntrack_size / 4).clamp(1024, SYN_FLOWS_MAX)
+    }
+
+    /// Entries of the IPv6 flow table: conntrack.size with IPv6 VIPs, else 1.
+    pub fn flows6_size(&self) -> u32 {
+        if self.ipv6 {
+            self.conntrack_size
+        } else {
+            1
+        }
+    }
+
+    /// Entries of the IPv6 handshake table.
+    pub fn syn_flows6_size(&self) -> u32 {
+        if self.ipv6 {
+            self.syn_flows_size()
+        } else {
+            1
+        }
     }
 
     /// Entries of the datagram table (bpf/maps.h frags): one while
@@ -78,6 +114,7 @@ impl Settings {
             fragments: plan.fragments.clone(),
             ring_size: plan.table_size,
             conntrack_size: plan.conntrack_size,
+            ipv6: plan.vips.iter().any(|v| v.addr.is_ipv6()),
             // Room for VIPs added by a reload (each costs two tables).
             max_vips: crate::config::ring_vip_slots(plan.vips.len()),
             iface_mac: iface.mac,
@@ -100,6 +137,8 @@ pub struct Dataplane {
     blocks: RefCell<BTreeMap<(u32, u32), u64>>,
     /// Data-path probes by index in probe_targets (source port - PROBE_PORT_LO).
     probe_slots: RefCell<BTreeMap<u32, ProbeSlot>>,
+    /// The address filter as last written (filter.rs); None: not yet.
+    filter: RefCell<Option<Vec<u64>>>,
 }
 
 fn key32(k: u32) -> [u8; 4] {
@@ -126,8 +165,10 @@ impl Dataplane {
         let ring_entries = u64::from(settings.ring_size) * u64::from(settings.max_vips) * 2;
         let ring_entries = u32::try_from(ring_entries).context("maglev.table_size x VIPs exceeds 2^32 slots")?;
         open.maps.maglev_ring.set_max_entries(ring_entries)?;
-        open.maps.flows.set_max_entries(settings.conntrack_size)?;
-        open.maps.syn_flows.set_max_entries(settings.syn_flows_size())?;
+        open.maps.flows4.set_max_entries(settings.conntrack_size)?;
+        open.maps.syn_flows4.set_max_entries(settings.syn_flows_size())?;
+        open.maps.flows6.set_max_entries(settings.flows6_size())?;
+        open.maps.syn_flows6.set_max_entries(settings.syn_flows6_size())?;
         open.maps.nat_fwd.set_max_entries(settings.conntrack_size)?;
         open.maps.nat_rev.set_max_entries(settings.conntrack_size)?;
         open.maps.frags.set_max_entries(settings.frags_size())?;
@@ -161,8 +202,10 @@ impl Dataplane {
             // a mismatch found while writing would corrupt the running tables.
             for (name, want) in [
                 ("maglev_ring", ring_entries),
-                ("flows", settings.conntrack_size),
-                ("syn_flows", settings.syn_flows_size()),
+                ("flows4", settings.conntrack_size),
+                ("syn_flows4", settings.syn_flows_size()),
+                ("flows6", settings.flows6_size()),
+                ("syn_flows6", settings.syn_flows6_size()),
                 ("nat_fwd", settings.conntrack_size),
                 ("nat_rev", settings.conntrack_size),
                 ("frags", settings.frags_size()),
@@ -181,6 +224,13 @@ impl Dataplane {
             for mut m in open.open_object_mut().maps_mut() {
                 let name = m.name().to_string_lossy().to_string();
                 if let Some((_, fd)) = reuse.iter().find(|(n, _)| *n == name) {
+                    // Entries this instance writes whole before it serves
+                    // (backends, probe targets): a running weir with another
+                    // layout (an upgrade) keeps its own; this one starts anew.
+                    if REWRITTEN_MAPS.contains(&name.as_str()) && crate::mapio::value_size(fd)? != m.value_size() {
+                        tracing::info!("{name}: the running instance's entries have another layout (an older weir): made anew");
+                        continue;
+                    }
                     m.reuse_fd(fd.as_fd()).with_context(|| {
                         format!(
                             "adopting map {name} of the running instance (a weir whose maps have another layout \
@@ -198,7 +248,7 @@ impl Dataplane {
             };
             anyhow::anyhow!("loading the load-balancer BPF program into the kernel failed: {e}{hint}")
         })?;
-        Ok(Dataplane {
+        let dp = Dataplane {
             skel,
             settings,
             live: RefCell::new(BTreeMap::new()),
@@ -206,7 +256,36 @@ impl Dataplane {
             writes: Default::default(),
             blocks: RefCell::new(BTreeMap::new()),
             probe_slots: RefCell::new(BTreeMap::new()),
-        })
+            filter: RefCell::new(None),
+        };
+        dp.adopt_old_flow_tables(reuse)?;
+        Ok(dp)
+    }
+
+    /// Taking over from a weir whose flow tables were one `flows` and one
+    /// `syn_flows` for both families (before flows4 / flows6): copy their
+    /// entries into this program's tables before it is attached, so that a
+    /// hitless upgrade keeps every tracked flow. One walk, before traffic
+    /// moves; the old instance keeps serving meanwhile.
+    fn adopt_old_flow_tables(&self, reuse: &[(String, std::os::fd::OwnedFd)]) -> Result<()> {
+        for (name, into) in [("flows", FlowTables::established(self)?), ("syn_flows", FlowTables::handshakes(self)?)] {
+            let Some((_, fd)) = reuse.iter().find(|(n, _)| n == name) else { continue };
+            let info = libbpf_rs::MapInfo::new(fd.as_fd()).with_context(|| format!("reading the running instance's {name} map"))?;
+            let old = libbpf_rs::MapHandle::from_map_id(info.info.id).with_context(|| format!("opening the running instance's {name} map"))?;
+            let (mut copied, mut skipped) = (0u64, 0u64);
+            for k in old.keys() {
+                let (Ok(key), Some(v)) = (from_bytes::<crate::skel::FlowKey>(&k), old.lookup(&k, MapFlags::ANY).ok().flatten()) else {
+                    skipped += 1;
+                    continue;
+                };
+                match from_bytes::<crate::skel::Flow>(&v).and_then(|f| into.insert_new(&key, &f)) {
+                    Ok(_) => copied += 1,
+                    Err(_) => skipped += 1,
+                }
+            }
+            tracing::info!("took over {copied} tracked flows from the running instance's {name} table ({skipped} not copied)");
+        }
+        Ok(())
     }
 
     /// Bumped by every write that can change which backend a new flow gets
@@ -315,7 +394,7 @@ impl Dataplane {
     /// NAT flows count once (their forward entries), expired ones included
     /// until swept.
     pub fn flow_count(&self, cap: usize) -> usize {
-        let dsr = self.skel.maps.flows.keys().take(cap).count();
+        let dsr = flows::FlowTables::established(self).map(|t| t.count(cap)).unwrap_or(0);
         dsr + self.skel.maps.nat_fwd.keys().take(cap - dsr).count()
     }
 

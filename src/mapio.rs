@@ -50,9 +50,18 @@ pub fn read_counters(map: &dyn MapCore) -> Result<Vec<u64>> {
 
 /// max_entries of the map behind `fd` (from /proc/self/fdinfo).
 pub fn max_entries(fd: &OwnedFd) -> Result<u32> {
+    fdinfo_field(fd, "max_entries")
+}
+
+/// A map's value size, from the kernel's fdinfo.
+pub fn value_size(fd: &OwnedFd) -> Result<u32> {
+    fdinfo_field(fd, "value_size")
+}
+
+fn fdinfo_field(fd: &OwnedFd, field: &str) -> Result<u32> {
     let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))?;
     info.lines()
-        .find_map(|l| l.strip_prefix("max_entries:").map(|v| v.trim().parse()))
+        .find_map(|l| l.strip_prefix(field).and_then(|r| r.strip_prefix(':')).map(|v| v.trim().parse()))
         .context("not a BPF map")?
-        .context("bad max_entries")
+        .with_context(|| format!("bad {field}"))
 }

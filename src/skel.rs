@@ -25,7 +25,7 @@ pub mod decap {
 
 pub use lb::types::{
     backend as Backend, flow as Flow, in6_key as In6Key, stat_block as StatBlock, lpm_v4 as LpmV4, lpm_v6 as LpmV6,
-    shield_policy as ShieldPolicy, shield_state as ShieldState, trace_event as TraceEvent, weir_attack_mode, weir_shield_flags, flow_key as FlowKey, traffic as Traffic, vip_key as VipKey,
+    shield_policy as ShieldPolicy, shield_state as ShieldState, trace_event as TraceEvent, weir_attack_mode, weir_shield_flags, flow_key as FlowKey, flow4_key as Flow4Key, traffic as Traffic, vip_key as VipKey,
     vip_meta as VipMeta, nat_fwd as NatFwd, probe_cfg as ProbeCfg, probe_target as ProbeTarget, nat_rev as NatRev, weir_nat_state, weir_vip_flags, weir_backend_flags, weir_const, weir_fwd_mode, weir_sched, weir_stat,
 };
 
@@ -41,6 +41,7 @@ unsafe impl plain::Plain for ShieldPolicy {}
 unsafe impl plain::Plain for ShieldState {}
 unsafe impl plain::Plain for TraceEvent {}
 unsafe impl plain::Plain for FlowKey {}
+unsafe impl plain::Plain for Flow4Key {}
 unsafe impl plain::Plain for Traffic {}
 unsafe impl plain::Plain for VipKey {}
 unsafe impl plain::Plain for VipMeta {}
@@ -51,8 +52,9 @@ unsafe impl plain::Plain for ProbeTarget {}
 
 const _: () = assert!(std::mem::size_of::<VipKey>() == 20);
 const _: () = assert!(std::mem::size_of::<VipMeta>() == 36);
-const _: () = assert!(std::mem::size_of::<Backend>() == 40);
+const _: () = assert!(std::mem::size_of::<Backend>() == 44);
 const _: () = assert!(std::mem::size_of::<FlowKey>() == 40);
+const _: () = assert!(std::mem::size_of::<Flow4Key>() == 16);
 const _: () = assert!(std::mem::size_of::<Flow>() == 8);
 const _: () = assert!(std::mem::size_of::<NatFwd>() == 28);
 const _: () = assert!(std::mem::size_of::<NatRev>() == 68);
@@ -63,7 +65,7 @@ const _: () = assert!(std::mem::size_of::<ShieldState>() == 32);
 const _: () = assert!(std::mem::size_of::<LpmV6>() == 20);
 const _: () = assert!(std::mem::size_of::<TraceEvent>() == 64);
 const _: () = assert!(std::mem::size_of::<ProbeCfg>() == 32);
-const _: () = assert!(std::mem::size_of::<ProbeTarget>() == 64);
+const _: () = assert!(std::mem::size_of::<ProbeTarget>() == 68);
 
 pub const MAX_VIPS: u32 = weir_const::WEIR_MAX_VIPS.0;
 pub const MAX_BACKENDS: u32 = weir_const::WEIR_MAX_BACKENDS.0;

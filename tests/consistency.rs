@@ -233,7 +233,12 @@ fn lookup_predicts_every_backend_the_program_picks() {
 
         // Asked again: now tracked, to the same backend.
         let again = lookup::live(&lb.dp, &lb.plan, &t).unwrap();
-        let table = if t.proto == weir::config::Protocol::Tcp { "syn_flows" } else { "flows" };
+        let table = match (t.proto == weir::config::Protocol::Tcp, t.dst.is_ipv4()) {
+            (true, true) => "syn_flows4",
+            (true, false) => "syn_flows6",
+            (false, true) => "flows4",
+            (false, false) => "flows6",
+        };
         assert_eq!(again.why, Why::Tracked { table: table.into() }, "{name}: {}", again.text());
         assert_eq!(again.backend, a.backend, "{name}: {}", again.text());
         let b: SocketAddr = a.backend.as_deref().unwrap().parse().unwrap();
@@ -301,7 +306,7 @@ fn lookup_explains_round_robin_nat_and_other_packets() {
         let frame = first_packet(&t);
         check_exact(&lb, &format!("rr {i}"), &frame, XDP_TX, Some(&with_macs(&frame, mac_of(&lb, &a), LB_MAC)), &["xdp_tx", "flow_new"]);
         let again = lookup::live(&lb.dp, &lb.plan, &t).unwrap();
-        assert_eq!((again.why, again.backend), (Why::Tracked { table: "syn_flows".into() }, a.backend));
+        assert_eq!((again.why, again.backend), (Why::Tracked { table: "syn_flows4".into() }, a.backend));
     }
     let off = lookup::offline(&lb.plan, &tcp("10.1.2.3:1", "198.18.0.100:80"));
     assert!(off.backend.is_none() && off.text().contains("each node's own rotation (3 turns)"), "{}", off.text());
@@ -427,5 +432,5 @@ fn live_fingerprint_is_the_tables_the_program_uses() {
     let moved = with_macs(&frame, mac, LB_MAC);
     check_exact(&lb, "the stale flow rescheduled", &frame, XDP_TX, Some(&moved), &["xdp_tx", "flow_new", "flow_rescheduled"]);
     let now = lookup::live(&lb.dp, &lb.plan, &t).unwrap();
-    assert_eq!((now.why, now.backend), (Why::Tracked { table: "flows".into() }, a.backend));
+    assert_eq!((now.why, now.backend), (Why::Tracked { table: "flows4".into() }, a.backend));
 }

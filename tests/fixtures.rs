@@ -403,3 +403,56 @@ fn neighbour_solicitation_for_an_ipv6_vip_is_answered() {
         &["xdp_pass", "pass_l2_group"],
     );
 }
+
+/// The address filter (bpf/maps.h addr_filter): a packet to an address
+/// that is no VIP's goes to the kernel on the filter's word alone; an
+/// address that shares a VIP's filter bit is still looked up (and passed);
+/// a VIP added by a reload is served, a VIP removed by one has its bit
+/// cleared.
+#[test]
+fn the_address_filter_decides_not_ours_and_follows_reloads() {
+    if !require_root("BPF fixtures") {
+        return;
+    }
+    use std::collections::BTreeSet;
+    use std::net::IpAddr;
+    use weir::config::Config;
+    use weir::dataplane::filter_bit;
+    use weir::plan::Plan;
+    let lb = load(CONFIG);
+    let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+    for v in ["198.18.0.100", "198.18.0.101", "198.18.0.102", "2001:2::100"] {
+        assert!(lb.dp.filter_says_maybe(ip(v)).unwrap(), "VIP address {v}: its filter bit is set");
+    }
+    let vip_bits: BTreeSet<u32> = lb.plan.vips.iter().map(|v| filter_bit(v.addr)).collect();
+    // An address whose bit no VIP has: passed as not a VIP.
+    let clear = (1..=250u8).map(|i| format!("203.0.113.{i}")).find(|a| !vip_bits.contains(&filter_bit(ip(a)))).unwrap();
+    assert!(!lb.dp.filter_says_maybe(ip(&clear)).unwrap());
+    let f = tcp_syn("10.1.1.1", &clear, 40000, 80);
+    check_exact(&lb, "a packet to an address the filter does not know", &f, XDP_PASS, None, &["xdp_pass", "pass_not_vip"]);
+    // An address that shares 198.18.0.100's bit (a false "maybe"): looked
+    // up, not a VIP, passed the same way.
+    let shared = (0..=u32::MAX)
+        .step_by(7919)
+        .map(|x| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 | (x & 0x00ff_ffff))))
+        .find(|a| filter_bit(*a) == filter_bit(ip("198.18.0.100")))
+        .expect("some 10/8 address shares the VIP's filter bit");
+    let f = tcp_syn("10.1.1.1", &shared.to_string(), 40000, 80);
+    check_exact(&lb, "a packet to an address sharing a VIP's filter bit", &f, XDP_PASS, None, &["xdp_pass", "pass_not_vip"]);
+
+    // Reload: a new VIP on `clear`; "drained" (198.18.0.102) removed.
+    let iface = weir::net::Iface::unattached("test0", LB_MAC);
+    let text = CONFIG.replace("address = \"198.18.0.102\"", &format!("address = \"{clear}\""));
+    let p = Plan::build_after(&Config::from_toml(&text).unwrap(), Some(&lb.plan)).unwrap();
+    let (hops, tx) = weir::dataplane::configured_hops(&p, &iface).unwrap();
+    lb.dp.reload(&lb.plan, &p, &hops, &tx, &BTreeSet::new()).unwrap();
+    assert!(lb.dp.filter_says_maybe(ip(&clear)).unwrap(), "the new VIP's bit is set");
+    if !p.vips.iter().any(|v| filter_bit(v.addr) == filter_bit(ip("198.18.0.102"))) {
+        assert!(!lb.dp.filter_says_maybe(ip("198.18.0.102")).unwrap(), "the removed VIP's bit is cleared");
+    }
+    // The new VIP has one backend of weight 0 (the drained VIP's): it is
+    // found (not passed as "not a VIP") and dropped for want of a backend.
+    let f = tcp_syn("10.1.1.1", &clear, 40000, 80);
+    let r = run(&lb, "a SYN to the VIP added by the reload", &f);
+    assert_eq!(r.delta[stat("pass_not_vip")], 0, "the new VIP is found: {}", rose(&r));
+}

@@ -234,7 +234,7 @@ const PASSED: &[&str] = &["xdp_pass", "pass_unknown_proto"];
 const TRUNCATED: &[&str] = &["xdp_pass", "pass_truncated"];
 
 fn flow_count(lb: &Lb) -> usize {
-    lb.dp.skel.maps.flows.keys().count()
+    weir::dataplane::FlowTables::established(&lb.dp).unwrap().count(usize::MAX)
 }
 
 fn port_be(p: u16) -> u16 {
@@ -251,7 +251,7 @@ fn track(lb: &Lb, vip: usize, client: &str, cport: u16, idx: usize) {
     let bid = v.backends[idx].id;
     let be: Backend = from_bytes(&lb.dp.skel.maps.backends.lookup(&bid.to_ne_bytes(), MapFlags::ANY).unwrap().unwrap()).unwrap();
     let f = Flow { backend_id: bid, vip_id: v.id as u16, generation: be.generation };
-    lb.dp.skel.maps.flows.update(bytes_of(&key), bytes_of(&f), MapFlags::ANY).unwrap();
+    weir::dataplane::FlowTables::established(&lb.dp).unwrap().update(&key, &f).unwrap();
 }
 
 /// The backend of VIP `vip` the client's tuple hashes to (Maglev), and one

@@ -274,7 +274,7 @@ mac = "02:00:00:00:00:16"
 "#,
     );
     let prog = lb.dp.prog_fd().as_raw_fd();
-    let flows = libbpf_rs::MapHandle::try_from(&lb.dp.skel.maps.flows).unwrap();
+    let flows = weir::dataplane::FlowTables::established(&lb.dp).unwrap();
     let macs: Vec<[u8; 6]> = lb.plan.vips[0].backends.iter().map(|b| lb.hops[&b.id].mac).collect();
     let ids: Vec<u32> = lb.plan.vips[0].backends.iter().map(|b| b.id).collect();
     let n = (iterations() / 5).max(1000) as u64;
@@ -332,7 +332,7 @@ mac = "02:00:00:00:00:16"
                 let pick = 1 - local[e as usize - 1];
                 let f = weir::skel::Flow { backend_id: ids[pick], vip_id: 0, generation: 0 };
                 epoch.store(e, Ordering::Release); // A starts its first packet now
-                let _ = flows.update(bytes_of(&k), bytes_of(&f), MapFlags::NO_EXIST);
+                let _ = flows.insert_new(&k, &f);
                 peer.push(macs[pick]);
             }
             peer

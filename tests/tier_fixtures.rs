@@ -155,11 +155,7 @@ impl Ring {
 }
 
 fn flow_at(lb: &Lb, key: &FlowKey) -> Option<Flow> {
-    lb.dp.skel.maps.flows.lookup(bytes(key), MapFlags::ANY).unwrap().map(|v| {
-        let mut f = Flow::default();
-        plain::copy_from_bytes(&mut f, &v).unwrap();
-        f
-    })
+    weir::dataplane::FlowTables::established(&lb.dp).unwrap().lookup(key).unwrap()
 }
 
 #[test]
@@ -237,7 +233,7 @@ fn a_peers_flow_is_kept_and_never_overwrites_a_local_one() {
     }
     let lb = load(CONFIG);
     let ix = Index::of(&lb.plan);
-    let flows = MapHandle::try_from(&lb.dp.skel.maps.flows).unwrap();
+    let flows = weir::dataplane::FlowTables::established(&lb.dp).unwrap();
     let web = &lb.plan.vips[0];
     // A client whose hash picks b1 on this node; a peer says it is on b2
     // (the peer's table differed when the flow started).
@@ -263,7 +259,7 @@ fn a_peers_flow_is_kept_and_never_overwrites_a_local_one() {
     let (vip_id, id) = ix.resolve(&rec).expect("the peer's backend is known here");
     assert_eq!((vip_id, id), (web.id, theirs.id));
     let f = Flow { backend_id: id, vip_id: vip_id as u16, generation: 0 };
-    flows.update(bytes(&key), flow_bytes(&f), MapFlags::NO_EXIST).unwrap();
+    assert!(flows.insert_new(&key, &f).unwrap(), "the flow was not tracked yet");
     let (a, out) = lb.dp.run(&ack_frame).unwrap();
     assert_eq!(action_name(a), "XDP_TX");
     assert_eq!(out[..6], lb.hops[&theirs.id].mac, "the flow goes where the peer sent it, not where this node's table says");
@@ -277,7 +273,7 @@ fn a_peers_flow_is_kept_and_never_overwrites_a_local_one() {
     let local_mac: [u8; 6] = out_local[..6].try_into().unwrap();
     let wrong = web.backends.iter().find(|b| lb.hops[&b.id].mac != local_mac).unwrap();
     let f = Flow { backend_id: wrong.id, vip_id: web.id as u16, generation: 0 };
-    assert!(flows.update(bytes(&other), flow_bytes(&f), MapFlags::NO_EXIST).is_err(), "NOEXIST refuses");
+    assert!(!flows.insert_new(&other, &f).unwrap(), "NOEXIST refuses");
     let (_, again) = lb.dp.run(&ack2).unwrap();
     assert_eq!(again[..6], local_mac, "the local flow keeps its backend");
 

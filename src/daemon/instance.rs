@@ -242,7 +242,7 @@ impl Instance {
         }
         let maps = &self.dp.skel.maps;
         let handle = |m: &libbpf_rs::Map| libbpf_rs::MapHandle::try_from(m).context("sharing a map with the sync threads");
-        let y = crate::tier::sync::Sync::start(&self.plan, handle(&maps.flow_sync)?, handle(&maps.flows)?, handle(&maps.backends)?)?;
+        let y = crate::tier::sync::Sync::start(&self.plan, handle(&maps.flow_sync)?, crate::dataplane::FlowTables::established(&self.dp)?, handle(&maps.backends)?)?;
         self.dp.set_sync_on(y.is_some())?;
         self.sync = y;
         Ok(())
@@ -427,7 +427,7 @@ impl Instance {
                     self.hops.hops.insert(id, hop);
                 }
                 None => {
-                    self.dp.write_backend(b, &hop, true)?;
+                    self.dp.write_backend(vip, b, &hop, true)?;
                     if self.health.get(&id).is_some_and(|h| !h.up) && vip.on_down == OnDown::Reschedule {
                         self.dp.remove_backend(id)?;
                     }
@@ -757,11 +757,11 @@ impl Service for Instance {
 /// Count the flow table's entries off the core thread, once a second, up
 /// to FLOW_COUNT_CAP (a walk is one syscall per entry).
 fn flow_counter(dp: &Dataplane, out: Arc<AtomicUsize>) -> Result<()> {
-    let flows = libbpf_rs::MapHandle::try_from(&dp.skel.maps.flows)?;
+    let flows = crate::dataplane::FlowTables::established(dp)?;
     let nat = libbpf_rs::MapHandle::try_from(&dp.skel.maps.nat_fwd)?;
     std::thread::Builder::new().name("weir-flows".into()).spawn(move || loop {
         use libbpf_rs::MapCore;
-        let dsr = flows.keys().take(FLOW_COUNT_CAP).count();
+        let dsr = flows.count(FLOW_COUNT_CAP);
         let n = dsr + nat.keys().take(FLOW_COUNT_CAP - dsr).count();
         out.store(n, Ordering::Relaxed);
         std::thread::sleep(Duration::from_secs(1));

@@ -77,16 +77,17 @@ impl Dataplane {
         }
     }
 
-    /// A DSR / tunnel flow's entry, and the table it is in: `flows`, else
-    /// (TCP) `syn_flows`, a handshake in progress; as lb.bpf.c looks.
+    /// A DSR / tunnel flow's entry, and the table it is in: `flows4` /
+    /// `flows6`, else (TCP) `syn_flows4` / `syn_flows6`, a handshake in
+    /// progress; as lb.bpf.c looks.
     pub fn tracked_flow(&self, k: &FlowKey) -> Result<Option<(Flow, &'static str)>> {
-        let m = &self.skel.maps;
-        if let Some(v) = m.flows.lookup(bytes_of(k), MapFlags::ANY).context("reading the flow table")? {
-            return Ok(Some((from_bytes(&v)?, "flows")));
+        let v4 = k.family == crate::skel::FAMILY_V4;
+        if let Some(f) = super::FlowTables::established(self)?.lookup(k)? {
+            return Ok(Some((f, if v4 { "flows4" } else { "flows6" })));
         }
         if k.proto == libc::IPPROTO_TCP as u8 {
-            if let Some(v) = m.syn_flows.lookup(bytes_of(k), MapFlags::ANY).context("reading the handshake table")? {
-                return Ok(Some((from_bytes(&v)?, "syn_flows")));
+            if let Some(f) = super::FlowTables::handshakes(self)?.lookup(k)? {
+                return Ok(Some((f, if v4 { "syn_flows4" } else { "syn_flows6" })));
             }
         }
         Ok(None)

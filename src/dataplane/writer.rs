@@ -41,7 +41,7 @@ impl Dataplane {
             let mut out: BTreeSet<u32> = down.clone();
             for b in &vip.backends {
                 match hops.get(&b.id) {
-                    Some(hop) => self.write_backend(b, hop, false)?,
+                    Some(hop) => self.write_backend(vip, b, hop, false)?,
                     None => {
                         out.insert(b.id);
                     }
@@ -56,7 +56,8 @@ impl Dataplane {
         }
         self.sync_neighbours(plan)?;
         self.sync_frag_vips(plan)?;
-        self.set_nat_on(plan)
+        self.set_nat_on(plan)?;
+        self.filter_sync()
     }
 
     /// Phase one of a write: everything that can refuse `plan` on this
@@ -140,6 +141,7 @@ impl Dataplane {
             vlan: vip.vlan,
             ..Default::default()
         };
+        self.filter_add(&[key.addr, meta.source])?;
         self.skel.maps.vips.update(bytes_of(&key), bytes_of(&meta), MapFlags::ANY).context("writing the VIP")?;
         self.live.borrow_mut().insert(vip.id, (key, meta));
         Ok(())
@@ -157,7 +159,7 @@ impl Dataplane {
     /// Write (or rewrite) one backend's entry. `fresh`: the id is new to
     /// this backend (a reload gave it a freed id), so its generation moves on
     /// and its counters restart.
-    pub fn write_backend(&self, b: &crate::plan::PlannedBackend, hop: &NextHop, fresh: bool) -> Result<()> {
+    pub fn write_backend(&self, vip: &crate::plan::PlannedVip, b: &crate::plan::PlannedBackend, hop: &NextHop, fresh: bool) -> Result<()> {
         self.wrote();
         let (addr, family) = addr_words(b.addr);
         let current: Backend = match self.skel.maps.backends.lookup(&key32(b.id), MapFlags::ANY)? {
@@ -171,10 +173,12 @@ impl Dataplane {
             src_mac: hop.src_mac,
             tx_port: hop.tx_port,
             family,
-            flags: weir_backend_flags::WEIR_BACKEND_ACTIVE.0 as u8,
+            flags: weir_backend_flags::WEIR_BACKEND_ACTIVE.0 as u8
+                | if vip.mode == crate::config::Mode::Dsr { weir_backend_flags::WEIR_BACKEND_VIP_DSR.0 as u8 } else { 0 },
             generation,
             port: b.port.map(u16::to_be).unwrap_or(0),
             vlan: b.vlan,
+            vip_vlan: vip.vlan,
         };
         if fresh {
             let cpus = libbpf_rs::num_possible_cpus()?;
@@ -209,6 +213,15 @@ impl Dataplane {
         if new.conntrack_size != old.conntrack_size {
             bail!("conntrack.size changed ({} -> {}): restart weir to apply it", old.conntrack_size, new.conntrack_size);
         }
+        if !self.settings.ipv6 {
+            if let Some(v) = new.vips.iter().find(|v| v.addr.is_ipv6()) {
+                bail!(
+                    "VIP {} is the first IPv6 VIP: the IPv6 flow tables were sized to nothing at start \
+                     (no IPv6 VIP then); restart weir to serve it",
+                    v.name
+                );
+            }
+        }
         if new.nat_timeouts != self.settings.nat_timeouts {
             bail!("a conntrack timeout changed: restart weir to apply it (they are constants of the loaded program)");
         }
@@ -242,7 +255,7 @@ impl Dataplane {
                     self.backend_entries.borrow_mut().remove(&b.id);
                     continue;
                 };
-                self.write_backend(b, hop, !old_b.contains(&b.id))?;
+                self.write_backend(vip, b, hop, !old_b.contains(&b.id))?;
                 if down.contains(&b.id) && vip.on_down == crate::config::OnDown::Reschedule {
                     self.remove_backend(b.id)?;
                 }
@@ -262,6 +275,7 @@ impl Dataplane {
         self.sync_neighbours(new)?;
         self.sync_frag_vips(new)?;
         self.set_nat_on(new)?;
+        self.filter_sync()?;
         Ok(format!(
             "{} VIPs (+{} -{}), {} backends (+{} -{})",
             new.vips.len(),

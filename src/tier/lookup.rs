@@ -155,8 +155,8 @@ pub enum Why {
     /// Not a VIP: a backend's reply of a live NAT flow, translated back to
     /// its client (`client`, ADDR:PORT).
     NatReply { client: String },
-    /// A tracked DSR or tunnel flow, in `table` (flows, or syn_flows while
-    /// its handshake is in progress).
+    /// A tracked DSR or tunnel flow, in `table` (flows4 / flows6, or
+    /// syn_flows4 / syn_flows6 while its handshake is in progress).
     Tracked { table: String },
     /// A live NAT flow (nat_fwd, confirmed by its reverse entry).
     NatTracked { snat_port: u16 },
@@ -218,7 +218,7 @@ impl Answer {
                 Some(v) => format!("the reply of a NAT flow of {v} (nat_rev): translated back to client {client}"),
                 None => format!("the reply of a NAT flow (nat_rev): translated back to client {client}"),
             },
-            Why::Tracked { table } if table == "syn_flows" => "tracked flow (syn_flows table: handshake in progress)".into(),
+            Why::Tracked { table } if table.starts_with("syn_flows") => format!("tracked flow ({table} table: handshake in progress)"),
             Why::Tracked { table } => format!("tracked flow ({table} table)"),
             Why::NatTracked { snat_port } => format!("NAT flow: tracked (nat_fwd), SNAT port {snat_port}"),
             Why::Slot { scheduler, slot, table_size, rescheduled, .. } => {

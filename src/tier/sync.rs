@@ -247,7 +247,7 @@ fn local_addrs() -> BTreeSet<IpAddr> {
 impl Sync {
     /// Start syncing with `plan.tier.peers` (those that are not this node).
     /// None when there is no other peer.
-    pub fn start(plan: &Plan, ring: MapHandle, flows: MapHandle, backends: MapHandle) -> Result<Option<Sync>> {
+    pub fn start(plan: &Plan, ring: MapHandle, flows: crate::dataplane::FlowTables, backends: MapHandle) -> Result<Option<Sync>> {
         let port = plan.tier.sync_port.unwrap_or(crate::config::DEFAULT_SYNC_PORT);
         let me = local_addrs();
         let peers: Vec<SocketAddr> =
@@ -419,7 +419,7 @@ fn sender(
 fn receiver(
     sock: UdpSocket,
     allowed: BTreeSet<IpAddr>,
-    flows: MapHandle,
+    flows: crate::dataplane::FlowTables,
     backends: MapHandle,
     index: Arc<RwLock<Index>>,
     counters: Arc<Counters>,
@@ -456,11 +456,11 @@ fn receiver(
                 })
                 .unwrap_or(0);
             let f = Flow { backend_id: id, vip_id: vip as u16, generation };
-            // SAFETY: Flow is Plain (skel.rs).
-            let val = unsafe { plain::as_bytes(&f) };
-            match flows.update(plain_bytes(&r.key), val, MapFlags::NO_EXIST) {
-                Ok(()) => counters.inserted.fetch_add(1, Ordering::Relaxed),
-                Err(_) => counters.present.fetch_add(1, Ordering::Relaxed),
+            match flows.insert_new(&r.key, &f) {
+                Ok(true) => counters.inserted.fetch_add(1, Ordering::Relaxed),
+                // Tracked here already (this node's own entry wins), or not
+                // writable: the flow is not taken over either way.
+                Ok(false) | Err(_) => counters.present.fetch_add(1, Ordering::Relaxed),
             };
         }
     }

@@ -1,0 +1,100 @@
+//! The address filter (bpf/maps.h addr_filter): one bit per hash of a
+//! destination address the program may have business with — every VIP
+//! address, every NAT / tunnel source address, the probers' source. A
+//! packet whose bit is clear goes to the kernel after one array load.
+//!
+//! The bit of an address is set before anything that uses the address is
+//! written (`filter_add`), and bits are cleared only by `filter_sync`, after
+//! the writes, from what is live: the filter never says "not ours" for an
+//! address that is.
+
+use std::net::IpAddr;
+
+use anyhow::{Context, Result};
+use libbpf_rs::{MapCore, MapFlags};
+
+use super::{addr_words, key32, Dataplane};
+use crate::skel::{from_bytes, weir_const, ProbeCfg};
+
+pub const FILTER_WORDS: usize = weir_const::WEIR_ADDR_FILTER_WORDS.0 as usize;
+
+/// The filter bit of an address in the map's words (bpf/sched.h
+/// addr_filter_bit: IPv4 words 1..3 are zero).
+pub fn filter_bit_of_words(w: &[u32; 4]) -> u32 {
+    (w[0] ^ w[1] ^ w[2] ^ w[3]).wrapping_mul(0x9E37_79B1) >> 16
+}
+
+pub fn filter_bit(a: IpAddr) -> u32 {
+    filter_bit_of_words(&addr_words(a).0)
+}
+
+fn set(words: &mut [u64], bit: u32) {
+    words[(bit >> 6) as usize] |= 1u64 << (bit & 63);
+}
+
+impl Dataplane {
+    /// Write the words of `want` that differ from what was written last
+    /// (all of them the first time: a map taken over from a running
+    /// instance may hold anything).
+    fn filter_write(&self, want: Vec<u64>) -> Result<()> {
+        let mut shadow = self.filter.borrow_mut();
+        for (i, w) in want.iter().enumerate() {
+            if shadow.as_ref().is_some_and(|s| s[i] == *w) {
+                continue;
+            }
+            self.skel.maps.addr_filter.update(&key32(i as u32), &w.to_ne_bytes(), MapFlags::ANY).context("writing the address filter")?;
+        }
+        *shadow = Some(want);
+        Ok(())
+    }
+
+    /// Set the bits of `addrs` (before they are used): never clears one.
+    pub(crate) fn filter_add(&self, addrs: &[[u32; 4]]) -> Result<()> {
+        let mut want = self.filter.borrow().clone().unwrap_or_else(|| vec![0; FILTER_WORDS]);
+        for a in addrs {
+            set(&mut want, filter_bit_of_words(a));
+        }
+        self.filter_write(want)
+    }
+
+    /// The filter of what is live now (VIPs and their sources as written,
+    /// the probers' address): clears the bits of addresses gone.
+    pub(crate) fn filter_sync(&self) -> Result<()> {
+        let mut want = vec![0u64; FILTER_WORDS];
+        for (key, meta) in self.live.borrow().values() {
+            set(&mut want, filter_bit_of_words(&key.addr));
+            if meta.source != [0; 4] {
+                set(&mut want, filter_bit_of_words(&meta.source));
+            }
+        }
+        if let Some(v) = self.skel.maps.probe_cfg.lookup(&key32(0), MapFlags::ANY).context("reading probe_cfg")? {
+            let cfg: ProbeCfg = from_bytes(&v)?;
+            if cfg.family != 0 {
+                set(&mut want, filter_bit_of_words(&cfg.addr));
+            }
+        }
+        self.filter_write(want)
+    }
+
+    /// Is `a`'s bit set in the map (tests, `weir lookup`)?
+    pub fn filter_says_maybe(&self, a: IpAddr) -> Result<bool> {
+        let bit = filter_bit(a);
+        let v = self.skel.maps.addr_filter.lookup(&key32(bit >> 6), MapFlags::ANY)?.context("the address filter has no such word")?;
+        let w = u64::from_ne_bytes(v.as_slice().try_into().context("an address filter word is not 8 bytes")?);
+        Ok(w >> (bit & 63) & 1 == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv4_and_ipv6_bits_use_the_packet_words() {
+        // 198.18.0.100 as the packet holds it (network order in memory).
+        let w = u32::from_ne_bytes([198, 18, 0, 100]);
+        assert_eq!(filter_bit("198.18.0.100".parse().unwrap()), w.wrapping_mul(0x9E37_79B1) >> 16);
+        assert!(filter_bit("2001:db8::1".parse().unwrap()) < 65536);
+        assert_ne!(filter_bit("198.18.0.100".parse().unwrap()), filter_bit("198.18.0.101".parse().unwrap()));
+    }
+}
