@@ -309,11 +309,14 @@ impl Dataplane {
                     );
                     continue;
                 }
-                if have.map_type != want.map_type as u32 || have.key_size != want.key_size || have.value_size != want.value_size {
+                let layout = have.map_type != want.map_type as u32 || have.key_size != want.key_size || have.value_size != want.value_size;
+                if layout || have.max_entries == want.max_entries {
                     bail!(
-                        "the running instance's map {} has another layout (type {}, key {} bytes, value {} bytes; this weir's: type {}, {} and {}): \
-                         a weir of another version cannot be taken over: stop it (weir stop) and start this one",
-                        want.name, have.map_type, have.key_size, have.value_size, want.map_type as u32, want.key_size, want.value_size
+                        "the running instance's map {} has another layout (type {}, key {} bytes, value {} bytes, flags {:#x}; \
+                         this weir's: type {}, {} and {} bytes, flags {:#x}): a weir of another version cannot be taken over: \
+                         stop it (weir stop) and start this one",
+                        want.name, have.map_type, have.key_size, have.value_size, have.map_flags,
+                        want.map_type as u32, want.key_size, want.value_size, want.map_flags
                     );
                 }
                 let setting = s.map(|s| s.follows.setting()).unwrap_or("its definition");

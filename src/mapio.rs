@@ -59,16 +59,22 @@ pub struct MapInfo {
     /// The kernel's accounting of the map's memory (what `bpftool map show`
     /// prints as memlock).
     pub memlock: u64,
+    /// The kernel's id of the map (the same map behind two fds has one).
+    pub map_id: u32,
 }
 
 impl MapInfo {
-    /// A map created from `d` would be this one (type, sizes and flags).
+    /// A map created from `d` would be this one: type, sizes, and the flags
+    /// that shape its memory (BPF_F_NO_PREALLOC, BPF_F_NO_COMMON_LRU,
+    /// BPF_F_MMAPABLE; libbpf adds others at creation, e.g.
+    /// BPF_F_RDONLY_PROG to a devmap).
     pub fn same_layout(&self, d: &crate::memplan::MapDef) -> bool {
+        const SHAPE: u32 = 1 | 1 << 1 | 1 << 10;
         self.map_type == d.map_type as u32
             && self.key_size == d.key_size
             && self.value_size == d.value_size
             && self.max_entries == d.max_entries
-            && self.map_flags == d.map_flags
+            && self.map_flags & SHAPE == d.map_flags & SHAPE
     }
 }
 
@@ -96,6 +102,7 @@ pub fn map_info(fd: &impl AsRawFd) -> Result<MapInfo> {
         max_entries: u32f("max_entries")?,
         map_flags: u32f("map_flags")?,
         memlock: field("memlock")?,
+        map_id: u32f("map_id")?,
     })
 }
 

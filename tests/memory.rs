@@ -199,3 +199,57 @@ fn ten_million_flows_fit_in_1_gib() {
     let (_, flows) = ten_million();
     assert!(flows <= 1 << 30, "10M flows hold {:.1} MiB of flow tables", flows as f64 / MIB);
 }
+
+/// The maps of `dp` as a hitless restart hands them over.
+fn handed_over(dp: &Dataplane) -> Vec<(String, std::os::fd::OwnedFd)> {
+    dp.shareable_maps()
+        .into_iter()
+        .map(|(n, fd)| {
+            // SAFETY: the fd is one of dp's maps, open while dp lives (it does, here).
+            let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            (n, b.try_clone_to_owned().expect("dup a map fd"))
+        })
+        .collect()
+}
+
+fn map_id(dp: &Dataplane, name: &str) -> (u32, u32) {
+    let m = dp.skel.object().maps().find(|m| m.name() == name).unwrap_or_else(|| panic!("no map {name}"));
+    let i = weir::mapio::map_info(&m.as_fd()).expect("fdinfo");
+    (i.map_id, i.max_entries)
+}
+
+/// A hitless restart adopts every map whose size is the same; the tables
+/// of a feature switched on (here NAT, sized to nothing before) are made
+/// anew at their size; a size change of a table in use is refused, naming
+/// the setting.
+#[test]
+fn a_hitless_restart_makes_switched_tables_anew_and_refuses_size_changes() {
+    if !require_root("hitless restart sizes") {
+        return;
+    }
+    let lab = lab_config();
+    let dsr_only: String = lab.split("[[vip]]").take(2).collect::<Vec<_>>().join("[[vip]]");
+    let old = Dataplane::load(settings_of(&dsr_only)).expect("load BPF (root)");
+    assert_eq!(map_id(&old, "nat_fwd").1, 1, "no NAT VIP: nothing in the NAT table");
+
+    // Restart with the lab config (a NAT VIP): flows adopted, NAT tables new.
+    let new = Dataplane::load_reusing(settings_of(&lab), &handed_over(&old)).expect("a restart that adds a NAT VIP");
+    assert_eq!(map_id(&new, "flows"), map_id(&old, "flows"), "the flow table is taken over");
+    assert_eq!(map_id(&new, "maglev_ring"), map_id(&old, "maglev_ring"));
+    let (nat_id, nat_n) = map_id(&new, "nat_fwd");
+    assert_ne!(nat_id, map_id(&old, "nat_fwd").0, "the NAT table is made anew");
+    assert_eq!(nat_n, 65536, "at the flow table's size");
+    drop(new);
+
+    // A shield size change is a plain restart: refused, naming the setting.
+    let shielded = |n: u32| format!("[shield]\nsources = {n}\n{lab}");
+    let old = Dataplane::load(settings_of(&shielded(70000))).expect("load BPF (root)");
+    let e = Dataplane::load_reusing(settings_of(&shielded(80000)), &handed_over(&old))
+        .err()
+        .expect("a restart changing shield.sources is refused");
+    let text = format!("{e:#}");
+    assert!(text.contains("syn_bucket") || text.contains("syn_verified"), "{text}");
+    assert!(text.contains("shield.sources"), "{text}");
+    let again = Dataplane::load_reusing(settings_of(&shielded(70000)), &handed_over(&old)).expect("same sizes");
+    assert_eq!(map_id(&again, "syn_challenge"), map_id(&old, "syn_challenge"), "the shield's tables are taken over");
+}
