@@ -142,7 +142,7 @@ impl Follows {
 /// One map the sizing set.
 #[derive(Debug, Clone)]
 pub struct MapSize {
-    pub name: &'static str,
+    pub name: String,
     pub entries: u32,
     pub follows: Follows,
     /// Its feature is on (always, for tables of no feature).
@@ -178,32 +178,25 @@ pub fn size(open: &mut OpenLbSkel<'_>, settings: &Settings) -> Result<Vec<MapSiz
     let ring_entries = u32::try_from(ring_entries).context("maglev.table_size x VIPs exceeds 2^32 slots")?;
     let shield = settings.shield.as_ref();
     let nat = if settings.nat { settings.conntrack_size } else { OFF_ENTRIES };
-    let sized = [
-        MapSize { name: "maglev_ring", entries: ring_entries, follows: Follows::Maglev, on: true },
-        MapSize { name: "flows", entries: settings.conntrack_size, follows: Follows::Flows, on: true },
-        MapSize { name: "syn_flows", entries: settings.syn_flows_size(), follows: Follows::Handshakes, on: true },
-        MapSize { name: "nat_fwd", entries: nat, follows: Follows::Nat, on: settings.nat },
-        MapSize { name: "nat_rev", entries: nat, follows: Follows::Nat, on: settings.nat },
-        MapSize { name: "frags", entries: settings.frags_size(), follows: Follows::Fragments, on: settings.fragments.enabled },
-        MapSize { name: "syn_bucket", entries: shield.map_or(OFF_ENTRIES, |s| s.sources), follows: Follows::Shield, on: shield.is_some() },
-        MapSize { name: "syn_verified", entries: shield.map_or(OFF_ENTRIES, |s| s.sources), follows: Follows::Shield, on: shield.is_some() },
-        MapSize { name: "syn_challenge", entries: shield.map_or(OFF_ENTRIES, |s| s.challenges), follows: Follows::Shield, on: shield.is_some() },
-    ];
+    let on = |entries, follows, on| MapSize { name: String::new(), entries, follows, on };
+    let sources = shield.map_or(OFF_ENTRIES, |s| s.sources);
     let m = &mut open.maps;
-    for s in &sized {
-        let map = match s.name {
-            "maglev_ring" => &mut m.maglev_ring,
-            "flows" => &mut m.flows,
-            "syn_flows" => &mut m.syn_flows,
-            "nat_fwd" => &mut m.nat_fwd,
-            "nat_rev" => &mut m.nat_rev,
-            "frags" => &mut m.frags,
-            "syn_bucket" => &mut m.syn_bucket,
-            "syn_verified" => &mut m.syn_verified,
-            "syn_challenge" => &mut m.syn_challenge,
-            other => bail!("no map {other} to size"),
-        };
+    let maps = [
+        (&mut m.maglev_ring, on(ring_entries, Follows::Maglev, true)),
+        (&mut m.flows, on(settings.conntrack_size, Follows::Flows, true)),
+        (&mut m.syn_flows, on(settings.syn_flows_size(), Follows::Handshakes, true)),
+        (&mut m.nat_fwd, on(nat, Follows::Nat, settings.nat)),
+        (&mut m.nat_rev, on(nat, Follows::Nat, settings.nat)),
+        (&mut m.frags, on(settings.frags_size(), Follows::Fragments, settings.fragments.enabled)),
+        (&mut m.syn_bucket, on(sources, Follows::Shield, shield.is_some())),
+        (&mut m.syn_verified, on(sources, Follows::Shield, shield.is_some())),
+        (&mut m.syn_challenge, on(shield.map_or(OFF_ENTRIES, |s| s.challenges), Follows::Shield, shield.is_some())),
+    ];
+    let mut sized = Vec::with_capacity(maps.len());
+    for (map, mut s) in maps {
+        s.name = map.name().to_string_lossy().into_owned();
         map.set_max_entries(s.entries).with_context(|| format!("sizing map {}", s.name))?;
+        sized.push(s);
     }
     let ro = open.maps.rodata_data.as_deref_mut().context("the BPF object has no .rodata")?;
     ro.ring_size = settings.ring_size;
@@ -225,7 +218,7 @@ pub fn size(open: &mut OpenLbSkel<'_>, settings: &Settings) -> Result<Vec<MapSiz
         ro.guard_interval_ns = sh.guard_interval_ns;
         ro.guard_burst_ns = sh.guard_burst_ns;
     }
-    Ok(sized.to_vec())
+    Ok(sized)
 }
 
 /// The kernel memory the data plane of `settings` will hold, per map, from
