@@ -1,6 +1,6 @@
 #!/bin/bash
 # Usage (root): scripts/map-memory.sh WEIR_BINARY CONFIG
-# Starts `weir run` in a throwaway network namespace on a dummy interface,
+# Starts `weir run` in a throwaway network namespace on a veth pair,
 # sums the kernel's memlock of every BPF map it holds (/proc/PID/fdinfo),
 # and tears everything down (the kernel's figure that `weir check` plans).
 set -u
