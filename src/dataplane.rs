@@ -29,7 +29,7 @@ pub use hops::{configured_hops, next_hops, resolve_hops, Followed, HopPlan, Next
 use crate::net::Iface;
 use crate::shield::{policy, ShieldLoad, ShieldMaps};
 use crate::plan::Plan;
-use crate::skel::lb::{LbSkel, LbSkelBuilder};
+use crate::skel::lb::{LbSkel, LbSkelBuilder, OpenLbSkel};
 use crate::skel::{
     bytes_of, from_bytes, weir_backend_flags, weir_vip_flags, Backend, In6Key, Traffic, VipKey, VipMeta, FAMILY_V4, MAX_TX_PORTS,
     RR_SLOTS,
@@ -67,6 +67,9 @@ pub struct Settings {
     pub nat_timeouts: [u32; 4],
     /// `[fragments]`: on, the datagram table's size and timeout.
     pub fragments: crate::config::Fragments,
+    /// Some VIP uses NAT: the NAT tables are sized with the flow table
+    /// (else they hold nothing, and a reload cannot add a NAT VIP).
+    pub nat: bool,
 }
 
 impl Settings {
@@ -102,7 +105,7 @@ impl Settings {
         if self.fragments.enabled {
             self.fragments.max_datagrams
         } else {
-            1
+            OFF_ENTRIES
         }
     }
 
@@ -119,8 +122,171 @@ impl Settings {
             max_vips: crate::config::ring_vip_slots(plan.vips.len()),
             iface_mac: iface.mac,
             shield: plan.shield.as_ref().map(ShieldLoad::from_config),
+            nat: plan.uses_nat(),
         }
     }
+}
+
+/// Entries of a table whose feature is off: a map cannot be empty.
+pub const OFF_ENTRIES: u32 = 1;
+
+/// What a map's size follows: `weir check` prints it, a hitless restart
+/// names it when the running instance's differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Follows {
+    /// One entry per tracked flow (conntrack.size).
+    Flows,
+    /// TCP handshakes in progress: a share of the flow table's budget.
+    Handshakes,
+    /// IPv6 flows and handshakes: as Flows / Handshakes while some VIP is
+    /// IPv6, else nothing.
+    Flows6,
+    /// Full NAT flows: conntrack.size while a VIP uses NAT, else nothing.
+    Nat,
+    /// The shield's sources and challenges; nothing without [shield].
+    Shield,
+    /// Datagrams in flight; nothing while [fragments] is off.
+    Fragments,
+    /// maglev.table_size x the VIP room, two halves each.
+    Maglev,
+}
+
+impl Follows {
+    /// The config field(s) that set the size.
+    pub fn setting(self) -> &'static str {
+        match self {
+            Follows::Flows | Follows::Handshakes => "conntrack.size",
+            Follows::Flows6 => "conntrack.size (IPv6 VIPs)",
+            Follows::Nat => "conntrack.size (NAT VIPs)",
+            Follows::Shield => "shield.sources / shield.challenges",
+            Follows::Fragments => "fragments.max_datagrams",
+            Follows::Maglev => "maglev.table_size and the VIP count",
+        }
+    }
+
+    /// The switch of a table sized to nothing while it is off.
+    pub fn feature(self) -> Option<&'static str> {
+        match self {
+            Follows::Nat => Some("NAT (a VIP with mode = \"nat\")"),
+            Follows::Flows6 => Some("IPv6 (an IPv6 VIP)"),
+            Follows::Shield => Some("[shield]"),
+            Follows::Fragments => Some("[fragments]"),
+            _ => None,
+        }
+    }
+
+    /// Counted in the memory per tracked flow.
+    pub fn per_flow(self) -> bool {
+        matches!(self, Follows::Flows | Follows::Handshakes | Follows::Flows6)
+    }
+}
+
+/// One map the sizing set.
+#[derive(Debug, Clone)]
+pub struct MapSize {
+    pub name: String,
+    pub entries: u32,
+    pub follows: Follows,
+    /// Its feature is on (always, for tables of no feature).
+    pub on: bool,
+}
+
+impl MapSize {
+    /// `weir check`'s note: the setting, or why it holds nothing.
+    pub fn note(&self) -> String {
+        match (self.on, self.follows.feature()) {
+            (false, Some(f)) => format!("off: {f} is off"),
+            _ => self.follows.setting().to_string(),
+        }
+    }
+}
+
+/// Open the load-balancer object and size it for `settings`: map sizes and
+/// the program's constants. Both loading and `weir check`'s memory plan
+/// start here, so the plan is of what the loader creates.
+pub fn open_sized(settings: &Settings) -> Result<(OpenLbSkel<'static>, Vec<MapSize>)> {
+    // The skeleton borrows its object for its whole life; weir keeps one
+    // data plane per process (tests a few), so leaking the holder is fine.
+    let holder: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
+    let mut open = LbSkelBuilder::default().open(holder).context("opening the load-balancer BPF object")?;
+    let sized = size(&mut open, settings)?;
+    Ok((open, sized))
+}
+
+/// Set every sized map's max_entries and the program's constants.
+pub fn size(open: &mut OpenLbSkel<'_>, settings: &Settings) -> Result<Vec<MapSize>> {
+    // Two halves per VIP: see write_tables.
+    let ring_entries = u64::from(settings.ring_size) * u64::from(settings.max_vips) * 2;
+    let ring_entries = u32::try_from(ring_entries).context("maglev.table_size x VIPs exceeds 2^32 slots")?;
+    let shield = settings.shield.as_ref();
+    let nat = if settings.nat { settings.conntrack_size } else { OFF_ENTRIES };
+    let on = |entries, follows, on| MapSize { name: String::new(), entries, follows, on };
+    let sources = shield.map_or(OFF_ENTRIES, |s| s.sources);
+    let m = &mut open.maps;
+    let maps = [
+        (&mut m.maglev_ring, on(ring_entries, Follows::Maglev, true)),
+        (&mut m.flows4, on(settings.conntrack_size, Follows::Flows, true)),
+        (&mut m.syn_flows4, on(settings.syn_flows_size(), Follows::Handshakes, true)),
+        (&mut m.flows6, on(settings.flows6_size(), Follows::Flows6, settings.ipv6)),
+        (&mut m.syn_flows6, on(settings.syn_flows6_size(), Follows::Flows6, settings.ipv6)),
+        (&mut m.nat_fwd, on(nat, Follows::Nat, settings.nat)),
+        (&mut m.nat_rev, on(nat, Follows::Nat, settings.nat)),
+        (&mut m.frags, on(settings.frags_size(), Follows::Fragments, settings.fragments.enabled)),
+        (&mut m.syn_bucket, on(sources, Follows::Shield, shield.is_some())),
+        (&mut m.syn_verified, on(sources, Follows::Shield, shield.is_some())),
+        (&mut m.syn_challenge, on(shield.map_or(OFF_ENTRIES, |s| s.challenges), Follows::Shield, shield.is_some())),
+    ];
+    let mut sized = Vec::with_capacity(maps.len());
+    for (map, mut s) in maps {
+        s.name = map.name().to_string_lossy().into_owned();
+        map.set_max_entries(s.entries).with_context(|| format!("sizing map {}", s.name))?;
+        sized.push(s);
+    }
+    let ro = open.maps.rodata_data.as_deref_mut().context("the BPF object has no .rodata")?;
+    ro.ring_size = settings.ring_size;
+    ro.iface_mac = settings.iface_mac;
+    let mac = settings.iface_mac;
+    ro.iface_mac_word = u64::from_le_bytes([mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], 0, 0]);
+    ro.iface_mtu = settings.iface_mtu;
+    let [tcp, syn, fin, udp] = settings.nat_timeouts;
+    ro.nat_tcp_timeout = tcp;
+    ro.nat_syn_timeout = syn;
+    ro.nat_fin_timeout = fin;
+    ro.nat_udp_timeout = udp;
+    ro.frag_on = u8::from(settings.fragments.enabled);
+    ro.frag_timeout_ms = settings.fragments.timeout_ms;
+    if let Some(sh) = shield {
+        ro.shield_on = 1;
+        ro.has_deny = u32::from(sh.has_deny);
+        ro.has_allow = u32::from(sh.has_allow);
+        ro.guard_interval_ns = sh.guard_interval_ns;
+        ro.guard_burst_ns = sh.guard_burst_ns;
+    }
+    Ok(sized)
+}
+
+/// The kernel memory the data plane of `settings` will hold, per map, from
+/// the sized (not loaded) object: no privileges needed.
+pub fn memory_plan(settings: &Settings) -> Result<crate::memplan::MemPlan> {
+    use libbpf_rs::skel::OpenSkel as _;
+    let (open, sized) = open_sized(settings)?;
+    let cpus = libbpf_rs::num_possible_cpus().context("counting the possible CPUs")? as u64;
+    let maps = open
+        .open_object()
+        .maps()
+        .filter(|m| m.autocreate())
+        .map(|m| {
+            let def = crate::memplan::MapDef::of_open(&m);
+            let s = sized.iter().find(|s| s.name == def.name);
+            crate::memplan::MapPlan {
+                cost: crate::memplan::cost(&def, cpus),
+                note: s.map_or_else(|| "fixed".to_string(), MapSize::note),
+                per_flow: s.is_some_and(|s| s.follows.per_flow()),
+                def,
+            }
+        })
+        .collect();
+    Ok(crate::memplan::MemPlan { maps, cpus, tracked_flows: settings.conntrack_size })
 }
 
 pub struct Dataplane {
@@ -153,84 +319,68 @@ impl Dataplane {
 
     /// Load on the maps of a running instance (hitless restart): its flow
     /// table, counters and tables live on. Every map must match in type and
-    /// size; a change of sizes needs a plain restart.
+    /// size; a change of sizes needs a plain restart. The tables of a
+    /// feature turned on or off (NAT, [shield], [fragments]) are made anew:
+    /// the old instance's are sized to nothing or serve what is gone.
     pub fn load_reusing(settings: Settings, reuse: &[(String, std::os::fd::OwnedFd)]) -> Result<Dataplane> {
-        // The skeleton borrows its object for its whole life; weir keeps one
-        // data plane per process (tests a few), so leaking the holder is fine.
-        let holder: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
-        let mut open = LbSkelBuilder::default()
-            .open(holder)
-            .context("opening the load-balancer BPF object")?;
-        // Two halves per VIP: see write_tables.
-        let ring_entries = u64::from(settings.ring_size) * u64::from(settings.max_vips) * 2;
-        let ring_entries = u32::try_from(ring_entries).context("maglev.table_size x VIPs exceeds 2^32 slots")?;
-        open.maps.maglev_ring.set_max_entries(ring_entries)?;
-        open.maps.flows4.set_max_entries(settings.conntrack_size)?;
-        open.maps.syn_flows4.set_max_entries(settings.syn_flows_size())?;
-        open.maps.flows6.set_max_entries(settings.flows6_size())?;
-        open.maps.syn_flows6.set_max_entries(settings.syn_flows6_size())?;
-        open.maps.nat_fwd.set_max_entries(settings.conntrack_size)?;
-        open.maps.nat_rev.set_max_entries(settings.conntrack_size)?;
-        open.maps.frags.set_max_entries(settings.frags_size())?;
-        let ro = open.maps.rodata_data.as_deref_mut().context("the BPF object has no .rodata")?;
-        ro.ring_size = settings.ring_size;
-        ro.iface_mac = settings.iface_mac;
-        let m = settings.iface_mac;
-        ro.iface_mac_word = u64::from_le_bytes([m[0], m[1], m[2], m[3], m[4], m[5], 0, 0]);
-        ro.iface_mtu = settings.iface_mtu;
-        let [tcp, syn, fin, udp] = settings.nat_timeouts;
-        ro.nat_tcp_timeout = tcp;
-        ro.nat_syn_timeout = syn;
-        ro.nat_fin_timeout = fin;
-        ro.nat_udp_timeout = udp;
-        ro.frag_on = u8::from(settings.fragments.enabled);
-        ro.frag_timeout_ms = settings.fragments.timeout_ms;
-        if let Some(sh) = &settings.shield {
-            ro.shield_on = 1;
-            ro.has_deny = u32::from(sh.has_deny);
-            ro.has_allow = u32::from(sh.has_allow);
-            ro.guard_interval_ns = sh.guard_interval_ns;
-            ro.guard_burst_ns = sh.guard_burst_ns;
-        }
-        if let Some(sh) = &settings.shield {
-            open.maps.syn_bucket.set_max_entries(sh.sources)?;
-            open.maps.syn_verified.set_max_entries(sh.sources)?;
-            open.maps.syn_challenge.set_max_entries(sh.challenges)?;
-        }
+        let (mut open, sized) = open_sized(&settings)?;
         if !reuse.is_empty() {
             // Sizes first: libbpf would take the old maps' sizes silently, and
             // a mismatch found while writing would corrupt the running tables.
-            for (name, want) in [
-                ("maglev_ring", ring_entries),
-                ("flows4", settings.conntrack_size),
-                ("syn_flows4", settings.syn_flows_size()),
-                ("flows6", settings.flows6_size()),
-                ("syn_flows6", settings.syn_flows6_size()),
-                ("nat_fwd", settings.conntrack_size),
-                ("nat_rev", settings.conntrack_size),
-                ("frags", settings.frags_size()),
-            ] {
+            let mut adopt = Vec::new();
+            for m in open.open_object().maps() {
+                let want = crate::memplan::MapDef::of_open(&m);
                 // A map the running instance does not have (an older weir) is made anew.
-                let Some(fd) = reuse.iter().find(|(n, _)| n == name).map(|(_, f)| f) else { continue };
-                let have = crate::mapio::max_entries(fd)?;
-                if have != want {
+                let Some(fd) = reuse.iter().find(|(n, _)| *n == want.name).map(|(_, f)| f) else { continue };
+                let have = crate::mapio::map_info(fd)?;
+                let s = sized.iter().find(|s| s.name == want.name);
+                if have.same_layout(&want) {
+                    adopt.push(want.name);
+                    continue;
+                }
+                // Entries this instance writes whole before it serves
+                // (backends, probe targets): a running weir with another
+                // layout (an upgrade) keeps its own; this one starts anew.
+                if REWRITTEN_MAPS.contains(&want.name.as_str()) && !have.same_layout(&want) {
+                    tracing::info!("map {}: the running instance's entries have another layout (an older weir): made anew", want.name);
+                    continue;
+                }
+                if let Some(s) = s.filter(|s| s.follows.feature().is_some() && (!s.on || have.max_entries == OFF_ENTRIES)) {
+                    tracing::info!(
+                        "map {}: {} was switched since the running instance started: made anew ({} -> {} entries)",
+                        s.name,
+                        s.follows.feature().unwrap_or_default(),
+                        have.max_entries,
+                        s.entries
+                    );
+                    continue;
+                }
+                let layout = have.map_type != want.map_type as u32 || have.key_size != want.key_size || have.value_size != want.value_size;
+                if layout || have.max_entries == want.max_entries {
                     bail!(
-                        "the running instance's {name} holds {have} entries, this config needs {want}: \
-                         stop it (weir stop) and start anew to change maglev.table_size, conntrack.size, fragments.max_datagrams or the VIP count beyond its room"
+                        "the running instance's map {} has another layout (type {}, key {} bytes, value {} bytes, flags {:#x}; \
+                         this weir's: type {}, {} and {} bytes, flags {:#x}): a weir of another version cannot be taken over: \
+                         stop it (weir stop) and start this one",
+                        want.name, have.map_type, have.key_size, have.value_size, have.map_flags,
+                        want.map_type as u32, want.key_size, want.value_size, want.map_flags
                     );
                 }
+                let setting = s.map(|s| s.follows.setting()).unwrap_or("its definition");
+                bail!(
+                    "the running instance's {} holds {} entries, this config needs {} (set by {setting}): \
+                     stop it (weir stop) and start anew to change {setting}",
+                    want.name,
+                    have.max_entries,
+                    want.max_entries
+                );
             }
             use libbpf_rs::skel::OpenSkel as _;
             for mut m in open.open_object_mut().maps_mut() {
                 let name = m.name().to_string_lossy().to_string();
+                if !adopt.contains(&name) {
+                    continue;
+                }
                 if let Some((_, fd)) = reuse.iter().find(|(n, _)| *n == name) {
-                    // Entries this instance writes whole before it serves
-                    // (backends, probe targets): a running weir with another
-                    // layout (an upgrade) keeps its own; this one starts anew.
-                    if REWRITTEN_MAPS.contains(&name.as_str()) && crate::mapio::value_size(fd)? != m.value_size() {
-                        tracing::info!("{name}: the running instance's entries have another layout (an older weir): made anew");
-                        continue;
-                    }
                     m.reuse_fd(fd.as_fd()).with_context(|| {
                         format!(
                             "adopting map {name} of the running instance (a weir whose maps have another layout \

@@ -10,6 +10,7 @@ pub mod fdpass;
 pub mod handoff;
 pub mod health;
 pub mod maglev;
+pub mod memplan;
 pub mod mapio;
 pub mod metrics;
 pub mod net;

@@ -99,8 +99,16 @@ enum Cmd {
     Run(RunOpts),
     /// The SYN-flood shield alone, in front of local TCP ports ([shield] ports).
     Shield(RunOpts),
-    /// Validate a config and print the plan, with each backend's Maglev share.
-    Check { config: String },
+    /// Validate a config and print the plan, with each backend's Maglev
+    /// share, and the kernel memory its maps will hold (per map and per
+    /// tracked flow).
+    Check {
+        #[arg(required_unless_present = "config_flag", conflicts_with = "config_flag")]
+        config: Option<String>,
+        /// The config file, as other commands take it (same as the argument).
+        #[arg(long = "config", id = "config_flag", value_name = "CONFIG")]
+        config_flag: Option<String>,
+    },
     /// Make a running `weir run` re-read its config and apply the difference
     /// without detaching (as SIGHUP to it does). A bad config is refused,
     /// nothing of it is written, the running one stays, and this command
@@ -333,10 +341,16 @@ fn real_main() -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Check { config } => {
+        Cmd::Check { config, config_flag } => {
+            let config = config.or(config_flag).context("name the config file")?;
             let cfg = Config::load(&config)?;
             let plan = Plan::build(&cfg)?;
             print!("{}", plan.describe());
+            // Sized as `weir run` sizes it; the interface's MAC, MTU and
+            // addresses size nothing.
+            let iface = weir::net::Iface::unattached("check", [0; 6]);
+            let settings = weir::dataplane::Settings::for_plan(&plan, &iface);
+            print!("{}", weir::dataplane::memory_plan(&settings)?.text());
             println!("fingerprint: {}", weir::tier::fingerprint::config(&plan));
             println!("config OK");
             Ok(())

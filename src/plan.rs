@@ -85,6 +85,11 @@ fn identity(a: IpAddr) -> Vec<u8> {
 }
 
 impl Plan {
+    /// Some VIP uses full NAT (its tables are sized only then).
+    pub fn uses_nat(&self) -> bool {
+        self.vips.iter().any(|v| v.mode == Mode::Nat)
+    }
+
     pub fn build(cfg: &Config) -> Result<Plan> {
         Plan::build_after(cfg, None)
     }

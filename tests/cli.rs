@@ -21,6 +21,46 @@ fn check_prints_the_plan_with_maglev_shares() {
     assert!(out.trim_end().ends_with("config OK"));
 }
 
+/// `weir check --config F` prints the memory plan: every map with its
+/// entries and bytes, the total and the cost of a tracked flow; the
+/// shield's tables are sized to nothing without [shield].
+#[test]
+fn check_prints_the_memory_plan() {
+    let (ok, out, err) = weir(&["check", "--config", &format!("{ROOT}/lab/weir-lab.toml")]);
+    assert!(ok, "{err}");
+    assert!(out.contains("memory (kernel accounting"), "{out}");
+    let line = |name: &str| -> Vec<String> {
+        out.lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no line for map {name}: {out}"))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    // name type entries key value bytes note
+    let flows = line("flows");
+    assert_eq!(&flows[1..3], ["lru_hash", "65536"], "{out}");
+    let bytes: u64 = flows[5].replace(',', "").parse().expect("bytes");
+    assert!(bytes > 65536 * 64, "a flow entry costs more than its key and value: {out}");
+    let challenge = line("syn_challenge");
+    assert_eq!(challenge[2], "1", "{out}");
+    assert!(challenge[6..].join(" ").contains("off: [shield] is off"), "{out}");
+    assert!(line("nat_fwd")[2] == "65536", "the lab has a NAT VIP: {out}");
+    let total = out.lines().find(|l| l.trim_start().starts_with("total ")).expect("a total line");
+    assert!(total.contains("MiB"), "{total}");
+    assert!(out.contains("per tracked flow: "), "{out}");
+    // A DSR-only config: the NAT tables hold nothing.
+    let dir = std::env::temp_dir().join(format!("weir-check-mem-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("dsr.toml");
+    std::fs::write(&cfg, "[[vip]]\naddress = \"198.18.0.100\"\nport = 80\nprotocol = \"tcp\"\n[[vip.backend]]\naddress = \"198.18.0.11\"\n").unwrap();
+    let (ok, out, err) = weir(&["check", &cfg.to_string_lossy()]);
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(ok, "{err}");
+    let nat = out.lines().find(|l| l.split_whitespace().next() == Some("nat_rev")).expect("nat_rev line");
+    assert!(nat.split_whitespace().nth(2) == Some("1") && nat.contains("off: NAT"), "{nat}");
+}
+
 #[test]
 fn check_prints_the_fingerprint_and_lookup_answers_from_a_config() {
     let cfg = format!("{ROOT}/lab/weir-lab.toml");

@@ -21,6 +21,7 @@ use weir::config::Config;
 use weir::dataplane::configured_hops;
 use weir::net::Iface;
 use weir::plan::Plan;
+use std::os::fd::AsFd;
 
 const CLIENT: &str = "10.9.8.7";
 /// The DSR VIP (present in every config).
@@ -167,16 +168,28 @@ fn reload(lb: &Lb, old: &Plan, new: &Plan) -> anyhow::Result<String> {
     lb.dp.reload(old, new, &hops, &BTreeMap::new(), &BTreeSet::new())
 }
 
+/// A DSR-only data plane that can take a NAT VIP by reload: started with
+/// one (the NAT tables are sized only when some VIP uses NAT at start),
+/// then reloaded to DSR only. `lb.plan` is the DSR-only plan.
+fn dsr_with_nat_tables() -> Lb {
+    let mut lb = load(&with_nat(SNAT, ""));
+    let dsr = plan_after(DSR_ONLY, &lb.plan);
+    reload(&lb, &lb.plan, &dsr).expect("reload removing the NAT VIP");
+    lb.plan = dsr;
+    lb
+}
+
 // ----------------------------------------------------------------- tests ---
 
 /// DSR only -> + NAT VIP -> DSR only: NAT replies are looked for exactly
-/// while a NAT VIP is configured.
+/// while a NAT VIP is configured. (The data plane starts with a NAT VIP, so
+/// that its NAT tables are sized: see adding_the_first_nat_vip_needs_a_restart.)
 #[test]
 fn nat_on_follows_reloads() {
     if !require_root("NAT reload fixtures") {
         return;
     }
-    let lb = load(DSR_ONLY);
+    let lb = dsr_with_nat_tables();
     let dsr = lb.plan.clone();
     // A "backend" frame to the would-be SNAT address, before any NAT VIP.
     let stray = reply_frame(SNAT, 25000);
@@ -226,6 +239,40 @@ fn nat_on_follows_reloads() {
     assert_eq!(action_name(r.action), "XDP_TX", "the DSR VIP still forwards ({})", rose(&r));
 }
 
+/// A data plane started without a NAT VIP has NAT tables of one entry: a
+/// reload adding a NAT VIP is refused with the reason (a restart), nothing
+/// is written, and the running config serves on.
+#[test]
+fn adding_the_first_nat_vip_needs_a_restart() {
+    if !require_root("NAT reload fixtures") {
+        return;
+    }
+    let lb = load(DSR_ONLY);
+    let dsr = lb.plan.clone();
+    for m in [&lb.dp.skel.maps.nat_fwd, &lb.dp.skel.maps.nat_rev] {
+        let info = weir::mapio::map_info(&m.as_fd()).expect("fdinfo");
+        assert_eq!(info.max_entries, 1, "no VIP uses NAT: the NAT tables hold nothing");
+    }
+    let nat = plan_after(&with_nat(SNAT, ""), &dsr);
+    let e = reload(&lb, &dsr, &nat).expect_err("a reload adding the first NAT VIP is refused");
+    let text = format!("{e:#}");
+    assert!(text.contains("needs a restart"), "{text}");
+    assert!(text.contains("NAT tables were sized to nothing because no VIP used NAT at start"), "{text}");
+    assert!(text.contains("nat-web") || text.contains(&nat.vips[1].name), "the refusal names the VIP: {text}");
+    // Nothing written: the NAT VIP is not served, its source not answered.
+    check_exact(&lb, "refused NAT VIP: client SYN", &client_frame(43001, syn, b""), XDP_PASS, None, &["xdp_pass", "pass_not_vip"]);
+    check_exact(
+        &lb,
+        "refused NAT VIP: ARP for its source",
+        &arp_request([198, 18, 0, 1], v4(SNAT)),
+        XDP_PASS,
+        None,
+        &["xdp_pass", "pass_arp_other"],
+    );
+    let r = run(&lb, "DSR SYN after the refusal", &tcp_syn(CLIENT, DSR_VIP, 43002, 80));
+    assert_eq!(action_name(r.action), "XDP_TX", "the DSR VIP forwards on ({})", rose(&r));
+}
+
 /// A conntrack-timeout change is a restart: refused with the reason,
 /// nothing written, the running NAT VIP keeps translating.
 #[test]
@@ -233,7 +280,7 @@ fn a_conntrack_timeout_change_is_refused_and_nat_keeps_working() {
     if !require_root("NAT reload fixtures") {
         return;
     }
-    let lb = load(DSR_ONLY);
+    let lb = dsr_with_nat_tables();
     let dsr = lb.plan.clone();
     let nat = plan_after(&with_nat(SNAT, ""), &dsr);
     reload(&lb, &dsr, &nat).expect("reload adding a NAT VIP");
@@ -273,7 +320,7 @@ fn a_new_source_address_applies_to_new_flows() {
     if !require_root("NAT reload fixtures") {
         return;
     }
-    let lb = load(DSR_ONLY);
+    let lb = dsr_with_nat_tables();
     let dsr = lb.plan.clone();
     let nat = plan_after(&with_nat(SNAT, ""), &dsr);
     reload(&lb, &dsr, &nat).expect("reload adding a NAT VIP");
@@ -320,7 +367,7 @@ fn the_arp_responder_follows_nat_source_addresses() {
         check_exact(lb, what, &ask(t), XDP_PASS, None, &["xdp_pass", "pass_arp_other"]);
     };
     // The test interface has no addresses: every source_address is "not its own".
-    let lb = load(DSR_ONLY);
+    let lb = dsr_with_nat_tables();
     let dsr = lb.plan.clone();
     ignored(&lb, "DSR only: no source address yet", SNAT);
     answered(&lb, "DSR only: the VIP", DSR_VIP);

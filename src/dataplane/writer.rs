@@ -232,6 +232,13 @@ impl Dataplane {
         if lists(new) != lists(old) {
             bail!("[shield] was added or removed, or its allow/deny lists became empty or non-empty: restart weir to apply it");
         }
+        if let Some(v) = new.vips.iter().find(|v| v.mode == crate::config::Mode::Nat && !self.settings.nat) {
+            bail!(
+                "VIP {} uses mode = \"nat\", which needs a restart: the NAT tables were sized to nothing because no VIP used NAT at start \
+                 (a `weir run` on the same interface takes over without losing tracked flows)",
+                v.name
+            );
+        }
         if let Some(v) = new.vips.iter().find(|v| v.id >= self.settings.max_vips) {
             bail!("VIP {} does not fit: this instance has room for {} VIPs; restart weir to add more", v.name, self.settings.max_vips);
         }
