@@ -100,6 +100,11 @@ pub struct Dataplane {
     blocks: RefCell<BTreeMap<(u32, u32), u64>>,
     /// Data-path probes by index in probe_targets (source port - PROBE_PORT_LO).
     probe_slots: RefCell<BTreeMap<u32, ProbeSlot>>,
+    /// maglev_ring and rr_ring mapped into memory (BPF_F_MMAPABLE); None
+    /// for maps adopted from an instance that made them without the flag
+    /// (tables are then written with BPF_MAP_UPDATE_BATCH).
+    ring_mem: Option<crate::mapio::MappedU32Array>,
+    rr_mem: Option<crate::mapio::MappedU32Array>,
 }
 
 fn key32(k: u32) -> [u8; 4] {
@@ -126,6 +131,13 @@ impl Dataplane {
         let ring_entries = u64::from(settings.ring_size) * u64::from(settings.max_vips) * 2;
         let ring_entries = u32::try_from(ring_entries).context("maglev.table_size x VIPs exceeds 2^32 slots")?;
         open.maps.maglev_ring.set_max_entries(ring_entries)?;
+        // The tables are written through a mapping of these two maps (see
+        // write_block). Maps adopted below keep the flags they were made
+        // with: libbpf takes them from the running instance's map.
+        for m in [&mut open.maps.maglev_ring, &mut open.maps.rr_ring] {
+            let flags = m.map_flags() | libbpf_sys::BPF_F_MMAPABLE;
+            m.set_map_flags(flags)?;
+        }
         open.maps.flows.set_max_entries(settings.conntrack_size)?;
         open.maps.syn_flows.set_max_entries(settings.syn_flows_size())?;
         open.maps.nat_fwd.set_max_entries(settings.conntrack_size)?;
@@ -198,9 +210,19 @@ impl Dataplane {
             };
             anyhow::anyhow!("loading the load-balancer BPF program into the kernel failed: {e}{hint}")
         })?;
+        let ring_mem = crate::mapio::MappedU32Array::of(&skel.maps.maglev_ring).context("mapping maglev_ring")?;
+        let rr_mem = crate::mapio::MappedU32Array::of(&skel.maps.rr_ring).context("mapping rr_ring")?;
+        if ring_mem.is_none() || rr_mem.is_none() {
+            tracing::info!(
+                "the Maglev tables adopted from the running instance cannot be mapped into memory (made by an older weir): \
+                 they are written by syscalls, slower, until weir is stopped and started anew"
+            );
+        }
         Ok(Dataplane {
             skel,
             settings,
+            ring_mem,
+            rr_mem,
             live: RefCell::new(BTreeMap::new()),
             backend_entries: RefCell::new(BTreeMap::new()),
             writes: Default::default(),
@@ -215,6 +237,12 @@ impl Dataplane {
     /// this number is the same.
     pub fn table_writes(&self) -> u64 {
         self.writes.get()
+    }
+
+    /// Whether the Maglev and round-robin tables are written through a
+    /// mapping of their maps (false: maps adopted from an older instance).
+    pub fn tables_mapped(&self) -> bool {
+        self.ring_mem.is_some() && self.rr_mem.is_some()
     }
 
     fn wrote(&self) {

@@ -86,11 +86,12 @@ pub fn build(backends: &[(Vec<u8>, u32)], size: u32) -> Vec<Option<usize>> {
                 }
                 w.credit -= max_w;
             }
+            let (mut pos, skip) = (w.pos, w.skip);
             loop {
-                let c = w.pos as usize;
-                w.pos += w.skip;
-                if w.pos >= m {
-                    w.pos -= m;
+                let c = pos as usize;
+                pos += skip;
+                if pos >= m {
+                    pos -= m;
                 }
                 let (word, bit) = (c / 64, 1u64 << (c % 64));
                 if taken[word] & bit == 0 {
@@ -99,6 +100,7 @@ pub fn build(backends: &[(Vec<u8>, u32)], size: u32) -> Vec<Option<usize>> {
                     break;
                 }
             }
+            w.pos = pos;
             left -= 1;
             if left == 0 {
                 break 'rounds;
