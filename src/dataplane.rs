@@ -222,6 +222,13 @@ pub fn size(open: &mut OpenLbSkel<'_>, settings: &Settings) -> Result<Vec<MapSiz
     let nat = if settings.nat { settings.conntrack_size } else { OFF_ENTRIES };
     let on = |entries, follows, on| MapSize { name: String::new(), entries, follows, on };
     let sources = shield.map_or(OFF_ENTRIES, |s| s.sources);
+    // The tables are written through a mapping of these two maps (see
+    // write_block). Maps adopted from a running instance keep the flags they
+    // were made with: libbpf takes them from its map.
+    for m in [&mut open.maps.maglev_ring, &mut open.maps.rr_ring] {
+        let flags = m.map_flags() | libbpf_sys::BPF_F_MMAPABLE;
+        m.set_map_flags(flags)?;
+    }
     let m = &mut open.maps;
     let maps = [
         (&mut m.maglev_ring, on(ring_entries, Follows::Maglev, true)),
@@ -305,6 +312,11 @@ pub struct Dataplane {
     probe_slots: RefCell<BTreeMap<u32, ProbeSlot>>,
     /// The address filter as last written (filter.rs); None: not yet.
     filter: RefCell<Option<Vec<u64>>>,
+    /// maglev_ring and rr_ring mapped into memory (BPF_F_MMAPABLE); None
+    /// for maps adopted from an instance that made them without the flag
+    /// (tables are then written with BPF_MAP_UPDATE_BATCH).
+    ring_mem: Option<crate::mapio::MappedU32Array>,
+    rr_mem: Option<crate::mapio::MappedU32Array>,
 }
 
 fn key32(k: u32) -> [u8; 4] {
@@ -398,9 +410,19 @@ impl Dataplane {
             };
             anyhow::anyhow!("loading the load-balancer BPF program into the kernel failed: {e}{hint}")
         })?;
+        let ring_mem = crate::mapio::MappedU32Array::of(&skel.maps.maglev_ring).context("mapping maglev_ring")?;
+        let rr_mem = crate::mapio::MappedU32Array::of(&skel.maps.rr_ring).context("mapping rr_ring")?;
+        if ring_mem.is_none() || rr_mem.is_none() {
+            tracing::info!(
+                "the Maglev tables adopted from the running instance cannot be mapped into memory (made by an older weir): \
+                 they are written by syscalls, slower, until weir is stopped and started anew"
+            );
+        }
         let dp = Dataplane {
             skel,
             settings,
+            ring_mem,
+            rr_mem,
             live: RefCell::new(BTreeMap::new()),
             backend_entries: RefCell::new(BTreeMap::new()),
             writes: Default::default(),
@@ -444,6 +466,12 @@ impl Dataplane {
     /// this number is the same.
     pub fn table_writes(&self) -> u64 {
         self.writes.get()
+    }
+
+    /// Whether the Maglev and round-robin tables are written through a
+    /// mapping of their maps (false: maps adopted from an older instance).
+    pub fn tables_mapped(&self) -> bool {
+        self.ring_mem.is_some() && self.rr_mem.is_some()
     }
 
     fn wrote(&self) {

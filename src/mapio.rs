@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use libbpf_rs::{MapCore, MapFlags};
 
 use crate::skel::{from_bytes, StatBlock, FAMILY_V4, FAMILY_V6, STAT_COUNT};
@@ -65,11 +65,12 @@ pub struct MapInfo {
 
 impl MapInfo {
     /// A map created from `d` would be this one: type, sizes, and the flags
-    /// that shape its memory (BPF_F_NO_PREALLOC, BPF_F_NO_COMMON_LRU,
-    /// BPF_F_MMAPABLE; libbpf adds others at creation, e.g.
+    /// that shape its memory (BPF_F_NO_PREALLOC, BPF_F_NO_COMMON_LRU; libbpf adds others at creation, e.g.
     /// BPF_F_RDONLY_PROG to a devmap).
     pub fn same_layout(&self, d: &crate::memplan::MapDef) -> bool {
-        const SHAPE: u32 = 1 | 1 << 1 | 1 << 10;
+        // Not BPF_F_MMAPABLE: an adopted table without it is written by
+        // syscalls instead (dataplane::tables_mapped).
+        const SHAPE: u32 = 1 | 1 << 1;
         self.map_type == d.map_type as u32
             && self.key_size == d.key_size
             && self.value_size == d.value_size
@@ -106,3 +107,87 @@ pub fn map_info(fd: &impl AsRawFd) -> Result<MapInfo> {
     })
 }
 
+
+/// map_flags of the map behind `fd` (from /proc/self/fdinfo).
+pub fn map_flags(fd: std::os::fd::BorrowedFd<'_>) -> Result<u32> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))?;
+    let v = info.lines().find_map(|l| l.strip_prefix("map_flags:")).context("not a BPF map")?.trim();
+    u32::from_str_radix(v.trim_start_matches("0x"), 16).with_context(|| format!("bad map_flags {v:?}"))
+}
+
+/// A BPF_F_MMAPABLE ARRAY map of u32 values, mapped into this process:
+/// writing a block of entries is stores into shared memory instead of a
+/// copy and an update per entry in the kernel (BPF_MAP_UPDATE_BATCH).
+/// The kernel lays values out `round_up(value_size, 8)` = 8 bytes apart,
+/// from the start of the mapping.
+pub struct MappedU32Array {
+    base: *mut u8,
+    len: usize,
+    entries: u32,
+}
+
+// The mapping is this value's own (unmapped on drop); the kernel keeps the
+// map alive while it is mapped.
+unsafe impl Send for MappedU32Array {}
+
+/// Stride of an ARRAY map's values in its mmap: value_size rounded to 8.
+const U32_STRIDE: usize = 8;
+
+impl MappedU32Array {
+    /// Map `map` (an ARRAY of u32 keys and values) if it was created with
+    /// BPF_F_MMAPABLE; None when it was not (a map adopted from an older
+    /// instance), so writes go through the syscalls.
+    pub fn of(map: &dyn MapCore) -> Result<Option<MappedU32Array>> {
+        let flags = map_flags(map.as_fd())?;
+        if flags & libbpf_sys::BPF_F_MMAPABLE == 0 {
+            return Ok(None);
+        }
+        anyhow::ensure!(
+            map.map_type() == libbpf_rs::MapType::Array && map.key_size() == 4 && map.value_size() == 4,
+            "map {} is not an array of u32",
+            map.name().to_string_lossy()
+        );
+        let entries = map.max_entries();
+        let page = 4096usize.max(unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize);
+        let len = (entries as usize * U32_STRIDE).div_ceil(page) * page;
+        // SAFETY: a shared mapping of the map's value area, which the kernel
+        // sizes to at least `len` (page-rounded values) for mmapable arrays.
+        let p = unsafe {
+            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, map.as_fd().as_raw_fd(), 0)
+        };
+        if p == libc::MAP_FAILED {
+            bail!("mapping BPF map {} into memory: {}", map.name().to_string_lossy(), std::io::Error::last_os_error());
+        }
+        Ok(Some(MappedU32Array { base: p.cast(), len, entries }))
+    }
+
+    /// Entries `first..first + vals.len()` become `vals`. Returns after a
+    /// full fence: the stores are visible before any later write (the
+    /// VIP's switch to this block) is.
+    pub fn write(&self, first: u32, vals: &[u32]) -> Result<()> {
+        let end = u64::from(first) + vals.len() as u64;
+        anyhow::ensure!(end <= u64::from(self.entries), "entries {first}..{end} beyond the map's {}", self.entries);
+        for (i, v) in vals.iter().enumerate() {
+            // SAFETY: in bounds (checked above: end * 8 <= len), 8-aligned;
+            // volatile: the memory is shared with the kernel.
+            unsafe { std::ptr::write_volatile(self.base.add((first as usize + i) * U32_STRIDE).cast::<u32>(), *v) };
+        }
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Entries `first..first + n`.
+    pub fn read(&self, first: u32, n: u32) -> Result<Vec<u32>> {
+        let end = u64::from(first) + u64::from(n);
+        anyhow::ensure!(end <= u64::from(self.entries), "entries {first}..{end} beyond the map's {}", self.entries);
+        // SAFETY: in bounds, 8-aligned (as in write).
+        Ok((first..first + n).map(|i| unsafe { std::ptr::read_volatile(self.base.add(i as usize * U32_STRIDE).cast::<u32>()) }).collect())
+    }
+}
+
+impl Drop for MappedU32Array {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `of`, unmapped once.
+        unsafe { libc::munmap(self.base.cast(), self.len) };
+    }
+}

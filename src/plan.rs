@@ -282,15 +282,22 @@ impl Plan {
 pub fn tables(backends: &[PlannedBackend], m: u32, down: &BTreeSet<u32>) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
     // Sorted by identity: the table must not depend on config order.
     let mut order: Vec<usize> = (0..backends.len()).collect();
-    order.sort_by_key(|&j| identity(backends[j].addr));
+    order.sort_by_cached_key(|&j| identity(backends[j].addr));
     let weight = |j: usize| if down.contains(&backends[j].id) { 0 } else { backends[j].weight };
     let input: Vec<(Vec<u8>, u32)> = order.iter().map(|&j| (identity(backends[j].addr), weight(j))).collect();
-    let table = maglev::build(&input, m);
-    let ring: Vec<u32> = table.iter().map(|s| s.map(|k| backends[order[k]].id).unwrap_or(NO_BACKEND)).collect();
+    let owners = maglev::build_owners(&input, m);
     let mut slots = vec![0u32; backends.len()];
-    for (k, n) in maglev::shares(&table, input.len()).iter().enumerate() {
-        slots[order[k]] = *n as u32;
-    }
+    let ring: Vec<u32> = owners
+        .iter()
+        .map(|&k| {
+            if k == maglev::NO_OWNER {
+                return NO_BACKEND;
+            }
+            let j = order[k as usize];
+            slots[j] += 1;
+            backends[j].id
+        })
+        .collect();
     let weights: Vec<u32> = order.iter().map(|&j| weight(j)).collect();
     let rr = rr::sequence(&weights).iter().map(|&k| backends[order[k]].id).collect();
     (ring, rr, slots)

@@ -267,8 +267,13 @@ impl Dataplane {
                     self.remove_backend(b.id)?;
                 }
             }
-            let (ring, rr, _) = crate::plan::tables(&vip.backends, new.table_size, &out);
-            self.publish_with(vip, &ring, &rr, sources[&vip.id])?;
+            if vip.backends.iter().any(|b| out.contains(&b.id)) {
+                let (ring, rr, _) = crate::plan::tables(&vip.backends, new.table_size, &out);
+                self.publish_with(vip, &ring, &rr, sources[&vip.id])?;
+            } else {
+                // All in: the plan's own tables (built with none left out).
+                self.publish_with(vip, &vip.ring, &vip.rr, sources[&vip.id])?;
+            }
         }
         let gone_vips: Vec<&crate::plan::PlannedVip> =
             old.vips.iter().filter(|o| !new.vips.iter().any(|n| n.id == o.id)).collect();
@@ -343,22 +348,33 @@ impl Dataplane {
         anyhow::ensure!(ring.len() as u32 == self.settings.ring_size, "ring of {} slots", ring.len());
         anyhow::ensure!(rr.len() as u32 <= RR_SLOTS, "round-robin sequence of {}", rr.len());
         let base = (vip_id * 2 + half) * self.settings.ring_size;
-        let keys: Vec<u8> = (0..ring.len() as u32).flat_map(|s| key32(base + s)).collect();
-        let vals: Vec<u8> = ring.iter().flat_map(|b| b.to_ne_bytes()).collect();
-        self.skel
-            .maps
-            .maglev_ring
-            .update_batch(&keys, &vals, ring.len() as u32, MapFlags::ANY, MapFlags::ANY)
-            .context("writing the Maglev table")?;
-        if !rr.is_empty() {
-            let base = (vip_id * 2 + half) * RR_SLOTS;
-            let keys: Vec<u8> = (0..rr.len() as u32).flat_map(|s| key32(base + s)).collect();
-            let vals: Vec<u8> = rr.iter().flat_map(|b| b.to_ne_bytes()).collect();
+        // The block is the VIP's spare half: no packet reads it until the
+        // VIP entry switches to it, after this returns (the mapped writes
+        // end with a full fence).
+        if let Some(mem) = &self.ring_mem {
+            mem.write(base, ring).context("writing the Maglev table")?;
+        } else {
+            let keys: Vec<u8> = (0..ring.len() as u32).flat_map(|s| key32(base + s)).collect();
+            let vals: Vec<u8> = ring.iter().flat_map(|b| b.to_ne_bytes()).collect();
             self.skel
                 .maps
-                .rr_ring
-                .update_batch(&keys, &vals, rr.len() as u32, MapFlags::ANY, MapFlags::ANY)
-                .context("writing the round-robin sequence")?;
+                .maglev_ring
+                .update_batch(&keys, &vals, ring.len() as u32, MapFlags::ANY, MapFlags::ANY)
+                .context("writing the Maglev table")?;
+        }
+        if !rr.is_empty() {
+            let base = (vip_id * 2 + half) * RR_SLOTS;
+            if let Some(mem) = &self.rr_mem {
+                mem.write(base, rr).context("writing the round-robin sequence")?;
+            } else {
+                let keys: Vec<u8> = (0..rr.len() as u32).flat_map(|s| key32(base + s)).collect();
+                let vals: Vec<u8> = rr.iter().flat_map(|b| b.to_ne_bytes()).collect();
+                self.skel
+                    .maps
+                    .rr_ring
+                    .update_batch(&keys, &vals, rr.len() as u32, MapFlags::ANY, MapFlags::ANY)
+                    .context("writing the round-robin sequence")?;
+            }
         }
         Ok(())
     }
