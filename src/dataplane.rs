@@ -51,6 +51,10 @@ pub struct Settings {
     pub nat_timeouts: [u32; 4],
     /// `[fragments]`: on, the datagram table's size and timeout.
     pub fragments: crate::config::Fragments,
+    /// The flow and handshake tables (flows, syn_flows) with a free list
+    /// per CPU (BPF_F_NO_COMMON_LRU) instead of one shared: measured by
+    /// `weir bench --cpus`; off in the daemon.
+    pub lru_per_cpu: bool,
 }
 
 impl Settings {
@@ -82,6 +86,7 @@ impl Settings {
             max_vips: crate::config::ring_vip_slots(plan.vips.len()),
             iface_mac: iface.mac,
             shield: plan.shield.as_ref().map(ShieldLoad::from_config),
+            lru_per_cpu: false,
         }
     }
 }
@@ -131,6 +136,12 @@ impl Dataplane {
         open.maps.nat_fwd.set_max_entries(settings.conntrack_size)?;
         open.maps.nat_rev.set_max_entries(settings.conntrack_size)?;
         open.maps.frags.set_max_entries(settings.frags_size())?;
+        if settings.lru_per_cpu {
+            for m in [&mut open.maps.flows, &mut open.maps.syn_flows] {
+                let flags = m.map_flags() | libbpf_sys::BPF_F_NO_COMMON_LRU;
+                m.set_map_flags(flags)?;
+            }
+        }
         let ro = open.maps.rodata_data.as_deref_mut().context("the BPF object has no .rodata")?;
         ro.ring_size = settings.ring_size;
         ro.iface_mac = settings.iface_mac;

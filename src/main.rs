@@ -220,6 +220,13 @@ enum Cmd {
         /// Write a bar chart here (SVG).
         #[arg(long)]
         svg: Option<String>,
+        /// Also measure CPU scaling: each scaling path from one thread
+        /// pinned to one CPU, then from N threads pinned to N CPUs at once.
+        #[arg(long, value_name = "N")]
+        cpus: Option<usize>,
+        /// Calls per thread of the CPU scaling rows.
+        #[arg(long, default_value_t = 50_000)]
+        cpu_calls: usize,
     },
     /// Print the man page (roff) generated from this command line.
     #[command(hide = true)]
@@ -351,17 +358,24 @@ fn real_main() -> Result<()> {
             println!("{}", if json { serde_json::to_string(&a)? } else { a.text() });
             Ok(())
         }
-        Cmd::Bench { calls, repeats, json, live, live_packets, svg } => {
+        Cmd::Bench { calls, repeats, json, live, live_packets, svg, cpus, cpu_calls } => {
+            if let Some(n) = cpus {
+                weir::bench::cpus::check(n, cpu_calls)?;
+            }
             let r = weir::bench::run(calls, repeats)?;
             let l = if live { Some(weir::bench::live::run(live_packets, repeats)?) } else { None };
+            let sc = cpus.map(|n| weir::bench::cpus::run(n, cpu_calls, repeats)).transpose()?;
             let cp = weir::bench::control_plane(true)?;
             if json {
-                let v = serde_json::json!({ "per_packet": r, "throughput": l, "control_plane": cp });
+                let v = serde_json::json!({ "per_packet": r, "throughput": l, "cpu_scaling": sc, "control_plane": cp });
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print!("{}", r.render());
                 if let Some(l) = &l {
                     print!("\n{}", l.render());
+                }
+                if let Some(sc) = &sc {
+                    print!("\n{}", sc.render());
                 }
                 print!("\n{}", weir::bench::render_control(&cp));
             }

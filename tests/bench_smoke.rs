@@ -63,6 +63,39 @@ fn bench_failures_name_the_row_and_the_counters() {
         .expect("repeated SYNs hit their handshakes");
 }
 
+/// `weir bench --cpus 2`: every scaling row ran on one CPU, then on two at
+/// once, each call returned its action and the counters moved by every call.
+#[test]
+fn cpu_scaling_smoke() {
+    if !common::require_root("CPU scaling smoke run") {
+        return;
+    }
+    let allowed = weir::bench::cpus::allowed_cpus().unwrap();
+    let e = weir::bench::cpus::run(allowed.len() + 1, 1000, 1).unwrap_err().to_string();
+    assert!(e.contains(&format!("--cpus {}: this process may run on {} CPUs", allowed.len() + 1, allowed.len())), "{e}");
+    let e = weir::bench::cpus::run(1, 1000, 1).unwrap_err().to_string();
+    assert!(e.contains("--cpus 1: give 2 or more CPUs"), "{e}");
+    if allowed.len() < 2 {
+        eprintln!("one CPU: no scaling run");
+        return;
+    }
+    let r = weir::bench::cpus::run(2, 2000, 1).expect("scaling rows run");
+    assert_eq!(r.cpus, allowed[..2]);
+    let names: Vec<&str> = r.rows.iter().map(|x| x.path.as_str()).collect();
+    assert_eq!(names.len(), 7, "{names:?}");
+    assert!(names[0].starts_with("trivial XDP_PASS"), "{names:?}");
+    for want in ["new flow (DSR SYN, distinct tuples), LRU free list per CPU", "shield: random-source SYN, challenge", "established (65536 flows, 32768 per CPU), shared LRU"] {
+        assert!(names.contains(&want), "{want}: {names:?}");
+    }
+    for row in &r.rows {
+        assert!(row.pps_1 > 0.0 && row.pps_n > 0.0 && row.speedup.is_finite(), "{row:?}");
+        assert!(row.ns_1 > 0.0 && row.ns_n > 0.0, "{row:?}");
+    }
+    let text = r.render();
+    assert!(text.contains("speed-up") && text.contains("CPUs [") , "{text}");
+    assert_eq!(serde_json::to_value(&r).unwrap()["rows"].as_array().unwrap().len(), 7);
+}
+
 #[test]
 fn live_throughput_smoke() {
     if !common::require_root("live-frames smoke run") {
