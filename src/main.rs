@@ -227,6 +227,13 @@ enum Cmd {
         /// Calls per thread of the CPU scaling rows.
         #[arg(long, default_value_t = 50_000)]
         cpu_calls: usize,
+        /// Only compare: run OLD_BINARY's per-packet suite and this one's
+        /// alternately (--compare-runs each, --calls per path) and show per
+        /// row old and new net ns and their ratio (median, min-max).
+        #[arg(long, value_name = "OLD_BINARY")]
+        compare: Option<std::path::PathBuf>,
+        #[arg(long, default_value_t = 5)]
+        compare_runs: usize,
     },
     /// Print the man page (roff) generated from this command line.
     #[command(hide = true)]
@@ -358,7 +365,16 @@ fn real_main() -> Result<()> {
             println!("{}", if json { serde_json::to_string(&a)? } else { a.text() });
             Ok(())
         }
-        Cmd::Bench { calls, repeats, json, live, live_packets, svg, cpus, cpu_calls } => {
+        Cmd::Bench { calls, json, compare: Some(old), compare_runs, .. } => {
+            let c = weir::bench::compare::run(&old, calls, compare_runs)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&c)?);
+            } else {
+                print!("{}", c.render());
+            }
+            Ok(())
+        }
+        Cmd::Bench { calls, repeats, json, live, live_packets, svg, cpus, cpu_calls, compare: None, .. } => {
             if let Some(n) = cpus {
                 weir::bench::cpus::check(n, cpu_calls)?;
             }

@@ -96,6 +96,33 @@ fn cpu_scaling_smoke() {
     assert_eq!(serde_json::to_value(&r).unwrap()["rows"].as_array().unwrap().len(), 7);
 }
 
+/// `weir bench --compare BINARY` against itself: every row matched by name,
+/// a ratio per row with a net cost.
+#[test]
+fn compare_with_a_binary() {
+    if !common::require_root("bench --compare") {
+        return;
+    }
+    let bin = env!("CARGO_BIN_EXE_weir");
+    let out = std::process::Command::new(bin)
+        .args(["bench", "--compare", bin, "--compare-runs", "2", "--calls", "200", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["runs"], 2);
+    assert_eq!(v["only_old"].as_array().unwrap().len(), 0);
+    assert_eq!(v["only_new"].as_array().unwrap().len(), 0);
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 18);
+    let nat = rows.iter().find(|r| r["path"] == "nat: new flow (SYN, port claimed)").unwrap();
+    let ratio = nat["ratio"].as_f64().unwrap();
+    assert!(ratio > 0.2 && ratio < 5.0, "the same binary twice: {nat}");
+    assert!(nat["ratio_min"].as_f64().unwrap() <= ratio && ratio <= nat["ratio_max"].as_f64().unwrap(), "{nat}");
+    let missing = std::process::Command::new(bin).args(["bench", "--compare", "/nonexistent/weir"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("--compare /nonexistent/weir: no such file"));
+}
+
 #[test]
 fn live_throughput_smoke() {
     if !common::require_root("live-frames smoke run") {

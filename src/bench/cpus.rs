@@ -43,6 +43,10 @@ pub struct ScaleRow {
     /// Mean ns per call on one CPU alone, and per CPU while N run.
     pub ns_1: f64,
     pub ns_n: f64,
+    /// Mean ns per call on the first CPU while N run, over its ns alone:
+    /// the slowdown the others cause it (the same CPU both times, so its
+    /// own other load and caches count alike).
+    pub first_cpu_slowdown: f64,
     /// Packets/s of wall-clock time (syscalls included): one CPU, N CPUs
     /// (all packets over the slowest thread's time).
     pub wall_pps_1: f64,
@@ -75,7 +79,7 @@ impl ScaleReport {
             self.cpus[0], self.cpus, self.calls_per_thread, self.repeats
         );
         s += &format!(
-            "{:<60} {:>7} {:>7} {:>8} {:>13} {:>7} {:>7} {:>7} {:>7} {:>9}\n",
+            "{:<60} {:>7} {:>7} {:>8} {:>13} {:>7} {:>7} {:>8} {:>7} {:>7} {:>9}\n",
             "path (program time)",
             "1 Mpps",
             format!("{n} Mpps"),
@@ -83,6 +87,7 @@ impl ScaleReport {
             "min-max",
             "ns 1",
             format!("ns {n}"),
+            "slowdown",
             "wall x",
             "overlap",
             "slow 1/N"
@@ -90,7 +95,7 @@ impl ScaleReport {
         for (i, r) in self.rows.iter().enumerate() {
             let (lo, hi) = self.speedup_spread.get(i).copied().unwrap_or((r.speedup, r.speedup));
             s += &format!(
-                "{:<60} {:>7.2} {:>7.2} {:>7.2}x {:>6.2}-{:.2}x {:>7.1} {:>7.1} {:>6.2}x {:>7.2} {:>4}/{:<4}\n",
+                "{:<60} {:>7.2} {:>7.2} {:>7.2}x {:>6.2}-{:.2}x {:>7.1} {:>7.1} {:>7.2}x {:>6.2}x {:>7.2} {:>4}/{:<4}\n",
                 r.path,
                 r.pps_1 / 1e6,
                 r.pps_n / 1e6,
@@ -99,12 +104,19 @@ impl ScaleReport {
                 hi,
                 r.ns_1,
                 r.ns_n,
+                r.first_cpu_slowdown,
                 r.wall_speedup,
                 r.overlap,
                 r.slow_1,
                 r.slow_n
             );
         }
+        s += &format!(
+            "Mpps and ns: program time (kernel-measured durations); speed-up = {n} Mpps / 1 Mpps, min-max over the runs; \
+             slowdown = the first CPU's ns while {n} run / its ns alone; wall x = the same speed-up in wall-clock time \
+             (syscalls and the machine's other load included); overlap = the threads' shortest / longest wall time; \
+             slow = calls of 50 us or more (interrupted), left out\n"
+        );
         s
     }
 }
@@ -268,6 +280,7 @@ fn measure(sc: &Scenario<'_>, cpus: &[usize], calls: usize) -> Result<ScaleRow> 
         speedup: pps_n / pps_1,
         ns_1: ns(&one),
         ns_n: ns(&many),
+        first_cpu_slowdown: ns(&many[..1]) / ns(&one),
         wall_pps_1: wall_1,
         wall_pps_n: wall_n,
         wall_speedup: wall_n / wall_1,
@@ -321,6 +334,7 @@ pub fn run(n: usize, calls: usize, repeats: usize) -> Result<ScaleReport> {
             speedup: med(&|r| r.speedup, i),
             ns_1: med(&|r| r.ns_1, i),
             ns_n: med(&|r| r.ns_n, i),
+            first_cpu_slowdown: med(&|r| r.first_cpu_slowdown, i),
             wall_pps_1: med(&|r| r.wall_pps_1, i),
             wall_pps_n: med(&|r| r.wall_pps_n, i),
             wall_speedup: med(&|r| r.wall_speedup, i),

@@ -6,6 +6,7 @@
 //! one test_run call per packet (repeat = 1), many calls, and the trivial
 //! XDP_PASS program's per-call cost is the baseline subtracted from it.
 
+pub mod compare;
 pub mod cpus;
 pub mod live;
 
