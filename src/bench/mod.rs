@@ -86,13 +86,13 @@ impl Report {
             self.calls_per_path, self.repeats, self.baseline, self.baseline_ns
         );
         s += &format!(
-            "{:<38} {:>6} {:>8} {:>8} {:>8} {:>7} {:>13}\n",
+            "{:<48} {:>6} {:>8} {:>8} {:>8} {:>7} {:>13}\n",
             "path", "action", "ns/pkt", "median", "net ns", "ratio", "ratio min-max"
         );
         for (i, r) in self.rows.iter().enumerate() {
             let (lo, hi) = self.ratio_spread.get(i).copied().unwrap_or((r.ratio_to_trivial, r.ratio_to_trivial));
             s += &format!(
-                "{:<38} {:>6} {:>8.1} {:>8.1} {:>8.1} {:>6.2}x {:>6.2}-{:.2}x\n",
+                "{:<48} {:>6} {:>8.1} {:>8.1} {:>8.1} {:>6.2}x {:>6.2}-{:.2}x\n",
                 r.path, r.expected_action, r.ns_per_packet, r.median_ns, r.net_ns, r.ratio_to_trivial, lo, hi
             );
         }
