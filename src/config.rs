@@ -270,6 +270,15 @@ pub struct Conntrack {
     /// it is in this table. NAT flows have a table of their own of this size.
     #[serde(default = "default_flows")]
     pub size: u32,
+    /// The flow and handshake tables keep their LRU lists per CPU
+    /// (BPF_F_NO_COMMON_LRU) instead of one list shared by every CPU: no
+    /// CPU waits on another's insert, but each CPU can only evict and
+    /// reuse its own share (size / CPUs) of the entries. Safe when the NIC
+    /// spreads connections evenly over the CPUs (RSS); with one hot CPU its
+    /// share fills first and its flows are evicted early. README "Several
+    /// CPUs".
+    #[serde(default)]
+    pub lru_per_cpu: bool,
     /// NAT: idle timeout of an established TCP flow, seconds.
     #[serde(default = "default_tcp_timeout")]
     pub tcp_timeout: u32,
@@ -323,6 +332,7 @@ impl Default for Conntrack {
     fn default() -> Self {
         Self {
             size: default_flows(),
+            lru_per_cpu: false,
             tcp_timeout: default_tcp_timeout(),
             tcp_syn_timeout: default_tcp_syn_timeout(),
             tcp_fin_timeout: default_tcp_fin_timeout(),

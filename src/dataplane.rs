@@ -70,6 +70,9 @@ pub struct Settings {
     /// Some VIP uses NAT: the NAT tables are sized with the flow table
     /// (else they hold nothing, and a reload cannot add a NAT VIP).
     pub nat: bool,
+    /// The flow and handshake tables (flows4/6, syn_flows4/6) with a free list
+    /// per CPU (BPF_F_NO_COMMON_LRU) instead of one shared: conntrack.lru_per_cpu.
+    pub lru_per_cpu: bool,
 }
 
 impl Settings {
@@ -123,6 +126,7 @@ impl Settings {
             iface_mac: iface.mac,
             shield: plan.shield.as_ref().map(ShieldLoad::from_config),
             nat: plan.uses_nat(),
+            lru_per_cpu: plan.lru_per_cpu,
         }
     }
 }
@@ -228,6 +232,12 @@ pub fn size(open: &mut OpenLbSkel<'_>, settings: &Settings) -> Result<Vec<MapSiz
     for m in [&mut open.maps.maglev_ring, &mut open.maps.rr_ring] {
         let flags = m.map_flags() | libbpf_sys::BPF_F_MMAPABLE;
         m.set_map_flags(flags)?;
+    }
+    if settings.lru_per_cpu {
+        for m in [&mut open.maps.flows4, &mut open.maps.flows6, &mut open.maps.syn_flows4, &mut open.maps.syn_flows6] {
+            let flags = m.map_flags() | libbpf_sys::BPF_F_NO_COMMON_LRU;
+            m.set_map_flags(flags)?;
+        }
     }
     let m = &mut open.maps;
     let maps = [

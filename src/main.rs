@@ -228,6 +228,20 @@ enum Cmd {
         /// Write a bar chart here (SVG).
         #[arg(long)]
         svg: Option<String>,
+        /// Also measure CPU scaling: each scaling path from one thread
+        /// pinned to one CPU, then from N threads pinned to N CPUs at once.
+        #[arg(long, value_name = "N")]
+        cpus: Option<usize>,
+        /// Calls per thread of the CPU scaling rows.
+        #[arg(long, default_value_t = 50_000)]
+        cpu_calls: usize,
+        /// Only compare: run OLD_BINARY's per-packet suite and this one's
+        /// alternately (--compare-runs each, --calls per path) and show per
+        /// row old and new net ns and their ratio (median, min-max).
+        #[arg(long, value_name = "OLD_BINARY")]
+        compare: Option<std::path::PathBuf>,
+        #[arg(long, default_value_t = 5)]
+        compare_runs: usize,
     },
     /// Print the man page (roff) generated from this command line.
     #[command(hide = true)]
@@ -365,17 +379,33 @@ fn real_main() -> Result<()> {
             println!("{}", if json { serde_json::to_string(&a)? } else { a.text() });
             Ok(())
         }
-        Cmd::Bench { calls, repeats, json, live, live_packets, svg } => {
+        Cmd::Bench { calls, json, compare: Some(old), compare_runs, .. } => {
+            let c = weir::bench::compare::run(&old, calls, compare_runs)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&c)?);
+            } else {
+                print!("{}", c.render());
+            }
+            Ok(())
+        }
+        Cmd::Bench { calls, repeats, json, live, live_packets, svg, cpus, cpu_calls, compare: None, .. } => {
+            if let Some(n) = cpus {
+                weir::bench::cpus::check(n, cpu_calls)?;
+            }
             let r = weir::bench::run(calls, repeats)?;
             let l = if live { Some(weir::bench::live::run(live_packets, repeats)?) } else { None };
+            let sc = cpus.map(|n| weir::bench::cpus::run(n, cpu_calls, repeats)).transpose()?;
             let cp = weir::bench::control_plane(true)?;
             if json {
-                let v = serde_json::json!({ "per_packet": r, "throughput": l, "control_plane": cp });
+                let v = serde_json::json!({ "per_packet": r, "throughput": l, "cpu_scaling": sc, "control_plane": cp });
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print!("{}", r.render());
                 if let Some(l) = &l {
                     print!("\n{}", l.render());
+                }
+                if let Some(sc) = &sc {
+                    print!("\n{}", sc.render());
                 }
                 print!("\n{}", weir::bench::render_control(&cp));
             }

@@ -64,6 +64,8 @@ pub struct PlannedVip {
 pub struct Plan {
     pub table_size: u32,
     pub conntrack_size: u32,
+    /// conntrack.lru_per_cpu: the flow tables' LRU lists per CPU.
+    pub lru_per_cpu: bool,
     pub vips: Vec<PlannedVip>,
     pub shield: Option<crate::config::Shield>,
     /// NAT idle timeouts, seconds: tcp, tcp_syn, tcp_fin, udp.
@@ -171,6 +173,7 @@ impl Plan {
         Ok(Plan {
             table_size: m,
             conntrack_size: ct.size,
+            lru_per_cpu: ct.lru_per_cpu,
             vips,
             shield: cfg.shield.clone(),
             nat_timeouts: [ct.tcp_timeout, ct.tcp_syn_timeout, ct.tcp_fin_timeout, ct.udp_timeout],
@@ -189,8 +192,10 @@ impl Plan {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "maglev table: {} slots per VIP; conntrack: {} flows",
-            self.table_size, self.conntrack_size
+            "maglev table: {} slots per VIP; conntrack: {} flows, LRU lists {}",
+            self.table_size,
+            self.conntrack_size,
+            if self.lru_per_cpu { "per CPU (conntrack.lru_per_cpu)" } else { "shared by the CPUs" }
         );
         for v in &self.vips {
             let port = if v.port == 0 { "*".to_string() } else { v.port.to_string() };
@@ -599,6 +604,7 @@ impl PlanIds {
         Ok(Plan {
             table_size: self.table_size,
             conntrack_size: self.conntrack_size,
+            lru_per_cpu: false,
             shield,
             nat_timeouts: [0; 4],
             tier: Default::default(),

@@ -6,6 +6,8 @@
 //! one test_run call per packet (repeat = 1), many calls, and the trivial
 //! XDP_PASS program's per-call cost is the baseline subtracted from it.
 
+pub mod compare;
+pub mod cpus;
 pub mod live;
 
 use std::mem::MaybeUninit;
@@ -84,13 +86,13 @@ impl Report {
             self.calls_per_path, self.repeats, self.baseline, self.baseline_ns
         );
         s += &format!(
-            "{:<38} {:>6} {:>8} {:>8} {:>8} {:>7} {:>13}\n",
+            "{:<48} {:>6} {:>8} {:>8} {:>8} {:>7} {:>13}\n",
             "path", "action", "ns/pkt", "median", "net ns", "ratio", "ratio min-max"
         );
         for (i, r) in self.rows.iter().enumerate() {
             let (lo, hi) = self.ratio_spread.get(i).copied().unwrap_or((r.ratio_to_trivial, r.ratio_to_trivial));
             s += &format!(
-                "{:<38} {:>6} {:>8.1} {:>8.1} {:>8.1} {:>6.2}x {:>6.2}-{:.2}x\n",
+                "{:<48} {:>6} {:>8.1} {:>8.1} {:>8.1} {:>6.2}x {:>6.2}-{:.2}x\n",
                 r.path, r.expected_action, r.ns_per_packet, r.median_ns, r.net_ns, r.ratio_to_trivial, lo, hi
             );
         }
@@ -135,8 +137,6 @@ fn ack(syn: &[u8]) -> Vec<u8> {
 }
 
 const BENCH_CONFIG: &str = r#"
-[conntrack]
-size = 262144
 [[vip]]
 name = "bench"
 address = "198.18.0.100"
@@ -153,10 +153,153 @@ address = "198.18.0.13"
 mac = "02:00:00:00:00:0d"
 "#;
 
+/// Flows of the 65,536-flow row.
+const MANY: usize = 65536;
+/// Most calls per path: the tables sized from it stay within conntrack.size's bound.
+pub const MAX_CALLS: usize = 1_000_000;
+
+/// The bench's config with `[conntrack] size = flows` (and more backends
+/// when `backends` > 3, mode lines added by the caller).
+pub fn bench_config(flows: usize, backends: usize) -> String {
+    let mut c = format!("[conntrack]\nsize = {flows}\n{BENCH_CONFIG}");
+    for b in 3..backends {
+        c += &format!("[[vip.backend]]\naddress = \"198.18.{}.{}\"\nmac = \"02:00:00:00:{:02x}:{:02x}\"\n", 1 + b / 200, b % 200 + 1, b >> 8, b & 0xff);
+    }
+    c
+}
+
+/// conntrack.size for a data plane whose rows put `syns` handshakes in
+/// syn_flows (a quarter of the flow table) and `flows` entries in the flow
+/// table: room for twice each (an LRU map evicts before it is full, by up
+/// to its per-CPU free lists), and at least the 262,144 of the default run.
+/// With 65,536 established flows the flow table is 4x their number.
+pub fn conntrack_for(syns: usize, flows: usize) -> usize {
+    (8 * syns).max(2 * flows).max(4 * MANY)
+}
+
+/// Backends of the NAT data plane: its new-flow row claims one SNAT port
+/// per call from 1024..=65535 per backend, found in 16 probes from a hash
+/// (bpf/nat.h nat_claim); a quarter full at most keeps a claim from
+/// running out of probes.
+pub fn nat_backends(calls: usize) -> usize {
+    (4 * calls).div_ceil(65535 - 1024 + 1).max(3)
+}
+
+fn xdp_name(a: u32) -> &'static str {
+    match a {
+        0 => "XDP_ABORTED",
+        1 => "XDP_DROP",
+        2 => "XDP_PASS",
+        3 => "XDP_TX",
+        4 => "XDP_REDIRECT",
+        _ => "unknown action",
+    }
+}
+
+fn action_code(name: &str) -> u32 {
+    match name {
+        "DROP" => 1,
+        "PASS" => 2,
+        "TX" => 3,
+        _ => 0,
+    }
+}
+
+/// The global counters that moved from `before` to `after`, smallest
+/// change first ("drop_nat_ports +1, xdp_tx +36000").
+pub fn moved(before: &[u64], after: &[u64]) -> String {
+    let mut m: Vec<(u64, &str)> = before
+        .iter()
+        .zip(after)
+        .enumerate()
+        .filter(|(_, (b, a))| a != b)
+        .map(|(i, (b, a))| (a.wrapping_sub(*b), crate::skel::stat_name(i)))
+        .collect();
+    m.sort();
+    if m.is_empty() {
+        return "none".into();
+    }
+    m.iter().map(|(d, n)| format!("{n} +{d}")).collect::<Vec<_>>().join(", ")
+}
+
+/// What a row's calls must do to the data plane's counters beyond the
+/// action: `each` grows by exactly one per timed call (every call hit its
+/// table, or made its entry), `none` not at all.
+#[derive(Clone, Copy)]
+pub struct Expect {
+    pub each: crate::skel::weir_stat,
+    pub none: crate::skel::weir_stat,
+}
+
+impl Expect {
+    /// An established row: `counter` (flow_hit, nat_reply, frag_balanced) per call, no new flow.
+    pub fn hit(counter: crate::skel::weir_stat) -> Expect {
+        Expect { each: counter, none: crate::skel::weir_stat::WEIR_STAT_FLOW_NEW }
+    }
+    /// A new-flow row: a new flow per call, none of them found in the table.
+    pub fn new_flow() -> Expect {
+        Expect { each: crate::skel::weir_stat::WEIR_STAT_FLOW_NEW, none: crate::skel::weir_stat::WEIR_STAT_FLOW_HIT }
+    }
+}
+
+/// Time `calls` packets through `prog`, one BPF_PROG_TEST_RUN call each;
+/// every call must return `want`. Another action is an error naming the
+/// row and the counters of `dp` that moved; so is a `hits` check that fails.
+pub fn sample(
+    path: &str,
+    prog: &libbpf_rs::ProgramMut<'_>,
+    dp: Option<&Dataplane>,
+    calls: usize,
+    frames: &mut dyn FnMut(usize) -> Vec<u8>,
+    want: u32,
+    expect: Option<Expect>,
+) -> Result<Vec<f64>> {
+    let before = dp.map(Dataplane::global_counters).transpose()?;
+    let mut v = Vec::with_capacity(calls);
+    for i in 0..calls {
+        let f = frames(i);
+        let (a, _, ns) = test_run(prog, &f, 1).with_context(|| format!("bench row \"{path}\", call {}", i + 1))?;
+        if a != want {
+            let why = match (dp, &before) {
+                (Some(d), Some(b)) => format!(
+                    "; counters that moved over this row's {} calls (the last one the odd one out): {}",
+                    i + 1,
+                    moved(b, &d.global_counters()?)
+                ),
+                _ => String::new(),
+            };
+            anyhow::bail!(
+                "bench row \"{path}\": call {} of {calls} returned {} ({a}), expected {} ({want}){why}",
+                i + 1,
+                xdp_name(a),
+                xdp_name(want)
+            );
+        }
+        v.push(ns);
+    }
+    if let (Some(e), Some(d), Some(b)) = (expect, dp, &before) {
+        let after = d.global_counters()?;
+        let grew = |s: crate::skel::weir_stat| after[s.0 as usize].wrapping_sub(b[s.0 as usize]);
+        let name = |s: crate::skel::weir_stat| crate::skel::stat_name(s.0 as usize);
+        anyhow::ensure!(
+            grew(e.each) == calls as u64 && grew(e.none) == 0,
+            "bench row \"{path}\": after {calls} timed calls {} should have grown by {calls} and {} by 0, \
+             but they grew by {} and {} (a flow evicted, or not the path the row names; counters that moved: {})",
+            name(e.each),
+            name(e.none),
+            grew(e.each),
+            grew(e.none),
+            moved(b, &after)
+        );
+    }
+    Ok(v)
+}
+
 /// Run the suite `repeats` times (fresh programs each time) and keep, per
 /// path, the median of each figure: one noisy run on a shared machine
 /// cannot move the result.
 pub fn run(calls: usize, repeats: usize) -> Result<Report> {
+    anyhow::ensure!(calls <= MAX_CALLS, "--calls {calls}: at most {MAX_CALLS} calls per path (the bench's tables are sized from it)");
     let runs: Vec<Report> = (0..repeats.max(1)).map(|_| run_once(calls)).collect::<Result<_>>()?;
     Ok(combine(&runs))
 }
@@ -190,7 +333,45 @@ pub fn combine(runs: &[Report]) -> Report {
     }
 }
 
+/// A bench frame's client: 16,384 source ports per address from `base` on,
+/// so every i below 2^24 is its own tuple.
+pub fn client_of(base: u32, i: usize) -> (Ipv4Addr, u16) {
+    (Ipv4Addr::from(base + (i as u32 >> 14)), 1024 + (i as u16 & 0x3fff))
+}
+
+pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
+
+/// Load a data plane for a config text.
+pub fn load_dp(cfg: &str) -> Result<Dataplane> {
+    let mac = [0x02, 0, 0, 0, 0, 0x0a];
+    let iface = Iface::unattached("bench", mac);
+    dataplane::load_configured(&Plan::build(&Config::from_toml(cfg)?)?, &iface)
+}
+
+/// The rows, in order; each data plane is dropped once its rows are done.
+struct Rows {
+    calls: usize,
+    base: Summary,
+    rows: Vec<Row>,
+}
+
+impl Rows {
+    fn time(
+        &mut self,
+        path: &str,
+        action: &'static str,
+        dp: &Dataplane,
+        frames: &mut dyn FnMut(usize) -> Vec<u8>,
+        expect: Option<Expect>,
+    ) -> Result<()> {
+        let v = sample(path, &dp.skel.progs.weir_lb, Some(dp), self.calls, frames, action_code(action), expect)?;
+        self.rows.push(make_row(path, action, &v, &self.base));
+        Ok(())
+    }
+}
+
 fn run_once(calls: usize) -> Result<Report> {
+    use crate::skel::weir_stat as ws;
     let calls = calls.max(10);
     let holder: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
     let trivial = TrivialSkelBuilder::default()
@@ -199,157 +380,197 @@ fn run_once(calls: usize) -> Result<Report> {
         .load()
         .context("loading the baseline program (run as root)")?;
 
-    let plan = Plan::build(&Config::from_toml(BENCH_CONFIG)?)?;
-    let mac = [0x02, 0, 0, 0, 0, 0x0a];
-    let iface = Iface::unattached("bench", mac);
-    let dp = dataplane::load_configured(&plan, &iface)?;
-    let prog = &dp.skel.progs.weir_lb;
-
-    let vip = Ipv4Addr::new(198, 18, 0, 100);
-    let time = |p: &libbpf_rs::ProgramMut<'_>, f: &[u8]| -> Result<(u32, f64)> {
-        let (a, _, ns) = test_run(p, f, 1)?;
-        Ok((a, ns))
-    };
-    let sample = |p: &libbpf_rs::ProgramMut<'_>, frames: &mut dyn FnMut(usize) -> Vec<u8>, want: u32| -> Result<Vec<f64>> {
-        let mut v = Vec::with_capacity(calls);
-        for i in 0..calls {
-            let f = frames(i);
-            let (a, ns) = time(p, &f)?;
-            anyhow::ensure!(a == want, "bench path returned XDP action {a}, expected {want}");
-            v.push(ns);
-        }
-        Ok(v)
-    };
-    let client = |i: usize| Ipv4Addr::from(0x0a00_0000u32 + (i as u32 >> 14));
-    let port = |i: usize| 1024 + (i as u16 & 0x3fff);
+    let vip = VIP;
+    let client = |i: usize| client_of(0x0a00_0000, i).0;
+    let port = |i: usize| client_of(0x0a00_0000, i).1;
     let one = frame_v4(Ipv4Addr::new(10, 0, 0, 1), vip, 40000, 80, true);
-
-    let base = sample(&trivial.progs.xdp_pass, &mut |_| one.clone(), 2)?;
-    let base_s = summarize(&base);
-    let drop = sample(&trivial.progs.xdp_drop, &mut |_| one.clone(), 1)?;
-    let non_vip = sample(prog, &mut |_| frame_v4(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(198, 18, 0, 50), 40000, 80, true), 2)?;
-    let new_flow = sample(prog, &mut |i| frame_v4(client(i), vip, port(i), 80, true), 3)?;
-    // Established: the client's ACKs of a flow whose handshake went by (its
-    // first ACK moves it from the handshake table to the flow table).
     let one_ack = ack(&one);
-    let _ = test_run(prog, &one, 1)?;
-    let est = sample(prog, &mut |_| one_ack.clone(), 3)?;
-    // 65,536 tracked flows (those above plus untimed ones), cycled through:
-    // LRU and cache effects show.
-    let many = 65536;
-    for i in 0..many {
-        let syn = frame_v4(client(i), vip, port(i), 80, true);
-        for f in [&syn, &ack(&syn)] {
-            let (a, _, _) = test_run(prog, f, 1)?;
-            anyhow::ensure!(a == 3, "creating flow {i}: action {a}");
-        }
-    }
-    let est_many = sample(prog, &mut |i| ack(&frame_v4(client(i % many), vip, port(i % many), 80, true)), 3)?;
 
-    // The shield's verdicts, each in a data plane configured for it.
-    let shield_dp = |shield: &str| -> Result<Dataplane> {
-        let plan = Plan::build(&Config::from_toml(&format!("[shield]\n{shield}\n{BENCH_CONFIG}"))?)?;
-        dataplane::load_configured(&plan, &iface)
-    };
-    let within = shield_dp("attack = \"off\"\nrate = 1000000\nburst = 1000000")?;
-    let syn_ok = sample(&within.skel.progs.weir_lb, &mut |i| frame_v4(Ipv4Addr::new(10, 9, 0, 1), vip, port(i), 80, true), 3)?;
-    // Established traffic with the shield on: an ACK of a tracked flow.
-    let mut est_ack = frame_v4(Ipv4Addr::new(10, 9, 0, 1), vip, port(0), 80, true);
-    est_ack[47] = 0x10;
-    let shield_est = sample(&within.skel.progs.weir_lb, &mut |_| est_ack.clone(), 3)?;
-    let over = shield_dp("attack = \"off\"\nrate = 1\nburst = 1")?;
-    let _ = test_run(&over.skel.progs.weir_lb, &one, 1)?;
-    let syn_over = sample(&over.skel.progs.weir_lb, &mut |i| frame_v4(Ipv4Addr::new(10, 0, 0, 1), vip, port(i), 80, true), 1)?;
-    let attack = shield_dp("attack = \"on\"")?;
-    // A random-source flood: every packet from another address.
-    let spoofed = |i: usize| Ipv4Addr::from(0x0b00_0000u32 + i as u32);
-    let challenge = sample(&attack.skel.progs.weir_lb, &mut |i| frame_v4(spoofed(i), vip, port(i), 80, true), 3)?;
-    let mut ack_frame = |i: usize| {
-        let mut f = frame_v4(spoofed(i + 4_000_000), vip, port(i), 80, true);
-        f[47] = 0x10; // ACK
-        f
-    };
-    let out_of_state = sample(&attack.skel.progs.weir_lb, &mut ack_frame, 1)?;
-    // The proving RST: each needs its own challenge first (not timed).
-    let mut prove = Vec::with_capacity(calls);
-    for i in 0..calls {
-        let syn = frame_v4(spoofed(i + 2_000_000), vip, port(i), 80, true);
-        let (_, out, _) = test_run(&attack.skel.progs.weir_lb, &syn, 1)?;
-        let ack = u32::from_be_bytes([out[42], out[43], out[44], out[45]]);
-        let mut rst = syn.clone();
-        rst[38..42].copy_from_slice(&ack.to_be_bytes());
-        rst[47] = 0x04; // RST
-        let (a, ns) = time(&attack.skel.progs.weir_lb, &rst)?;
-        anyhow::ensure!(a == 1, "proving RST returned {a}, expected XDP_DROP");
-        prove.push(ns);
+    // DSR: `calls` handshakes (the new-flow row) and 65,536 flows. Loaded
+    // before the baseline is timed, as since the first bench: the first
+    // calls after a load run slower, and the baseline's calls come between.
+    let dp = load_dp(&bench_config(conntrack_for(calls + 2, MANY + 2), 3))?;
+    const BASE: &str = "trivial XDP_PASS (baseline)";
+    let base = sample(BASE, &trivial.progs.xdp_pass, None, calls, &mut |_| one.clone(), 2, None)?;
+    let base_s = summarize(&base);
+    let xdrop = sample("trivial XDP_DROP", &trivial.progs.xdp_drop, None, calls, &mut |_| one.clone(), 1, None)?;
+    let mut t = Rows { calls, base: base_s, rows: vec![make_row(BASE, "PASS", &base, &base_s), make_row("trivial XDP_DROP", "DROP", &xdrop, &base_s)] };
+
+    {
+        t.time("weir: non-VIP packet", "PASS", &dp, &mut |_| frame_v4(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(198, 18, 0, 50), 40000, 80, true), None)?;
+        t.time("weir: new flow (SYN, distinct tuples)", "TX", &dp, &mut |i| frame_v4(client(i), vip, port(i), 80, true), Some(Expect::new_flow()))?;
+        // Established: the client's ACKs of a flow whose handshake went by
+        // (its first ACK, untimed, moved it to the flow table).
+        for f in [&one, &one_ack] {
+            let (a, _, _) = test_run(&dp.skel.progs.weir_lb, f, 1)?;
+            anyhow::ensure!(a == 3, "bench: opening the established flow returned {}", xdp_name(a));
+        }
+        t.time("weir: established flow (1 flow)", "TX", &dp, &mut |_| one_ack.clone(), Some(Expect::hit(ws::WEIR_STAT_FLOW_HIT)))?;
+        // 65,536 tracked flows (made untimed, by an ACK each: a flow picked
+        // up mid-stream), cycled through: LRU and cache effects show.
+        for i in 0..MANY {
+            let (a, _, _) = test_run(&dp.skel.progs.weir_lb, &ack(&frame_v4(client(i), vip, port(i), 80, true)), 1)?;
+            anyhow::ensure!(a == 3, "bench: creating flow {i} returned {}", xdp_name(a));
+        }
+        t.time(
+            &format!("weir: established ({MANY} flows)"),
+            "TX",
+            &dp,
+            &mut |i| ack(&frame_v4(client(i % MANY), vip, port(i % MANY), 80, true)),
+            Some(Expect::hit(ws::WEIR_STAT_FLOW_HIT)),
+        )?;
     }
-    let proven = attack.global_counters()?[crate::skel::weir_stat::WEIR_STAT_SHIELD_PROVEN.0 as usize];
-    anyhow::ensure!(proven as usize == calls, "{proven} of {calls} proving RSTs were accepted");
+    drop(dp);
+
+    {
+        // The shield's verdicts, each in a data plane configured for it; its
+        // tables hold twice what the rows put in them.
+        let shield_dp = |shield: &str, syns: usize| {
+            load_dp(&format!(
+                "[shield]\n{shield}\nsources = {}\nchallenges = {}\n{}",
+                (2 * calls).max(65536),
+                (4 * calls).max(262144),
+                bench_config(conntrack_for(syns, 2), 3)
+            ))
+        };
+        let within = shield_dp("attack = \"off\"\nrate = 1000000\nburst = 1000000", calls + 2)?;
+        // Established traffic with the shield on: an ACK of a tracked flow.
+        let est_syn = frame_v4(Ipv4Addr::new(10, 8, 0, 1), vip, 40000, 80, true);
+        for f in [&est_syn, &ack(&est_syn)] {
+            let (a, _, _) = test_run(&within.skel.progs.weir_lb, f, 1)?;
+            anyhow::ensure!(a == 3, "bench: opening the shielded flow returned {}", xdp_name(a));
+        }
+        let est_ack = ack(&est_syn);
+        t.time("shield on: established ACK", "TX", &within, &mut |_| est_ack.clone(), Some(Expect::hit(ws::WEIR_STAT_FLOW_HIT)))?;
+        // Distinct tuples, 16,384 per source (each source's budget holds them).
+        let shielded = |i: usize| client_of(0x0a09_0001, i);
+        t.time(
+            "shield: SYN within budget (new flow)",
+            "TX",
+            &within,
+            &mut |i| frame_v4(shielded(i).0, vip, shielded(i).1, 80, true),
+            Some(Expect::new_flow()),
+        )?;
+        drop(within);
+        let over = shield_dp("attack = \"off\"\nrate = 1\nburst = 1", 2)?;
+        let _ = test_run(&over.skel.progs.weir_lb, &one, 1)?;
+        t.time("shield: SYN over budget", "DROP", &over, &mut |i| frame_v4(Ipv4Addr::new(10, 0, 0, 1), vip, port(i), 80, true), None)?;
+        drop(over);
+        let attack = shield_dp("attack = \"on\"", 2)?;
+        // A random-source flood: every packet from another address.
+        let spoofed = |i: usize| Ipv4Addr::from(0x0b00_0000u32 + i as u32);
+        t.time(
+            "shield: random-source SYN, challenge",
+            "TX",
+            &attack,
+            &mut |i| frame_v4(spoofed(i), vip, port(i), 80, true),
+            Some(Expect { each: ws::WEIR_STAT_SHIELD_CHALLENGED, none: ws::WEIR_STAT_FLOW_NEW }),
+        )?;
+        // The proving RST: each needs its own challenge first (not timed).
+        let mut prove = Vec::with_capacity(calls);
+        let before = attack.global_counters()?;
+        for i in 0..calls {
+            let syn = frame_v4(spoofed(i + 2_000_000), vip, port(i), 80, true);
+            let (_, out, _) = test_run(&attack.skel.progs.weir_lb, &syn, 1)?;
+            let ack = u32::from_be_bytes([out[42], out[43], out[44], out[45]]);
+            let mut rst = syn.clone();
+            rst[38..42].copy_from_slice(&ack.to_be_bytes());
+            rst[47] = 0x04; // RST
+            let (a, _, ns) = test_run(&attack.skel.progs.weir_lb, &rst, 1)?;
+            if a != 1 {
+                anyhow::bail!(
+                    "bench row \"shield: proving RST\": call {} of {calls} returned {} ({a}), expected XDP_DROP (1); counters that moved: {}",
+                    i + 1,
+                    xdp_name(a),
+                    moved(&before, &attack.global_counters()?)
+                );
+            }
+            prove.push(ns);
+        }
+        let after = attack.global_counters()?;
+        let proven = after[ws::WEIR_STAT_SHIELD_PROVEN.0 as usize] - before[ws::WEIR_STAT_SHIELD_PROVEN.0 as usize];
+        anyhow::ensure!(
+            proven as usize == calls,
+            "bench row \"shield: proving RST\": {proven} of {calls} proving RSTs were accepted (counters that moved: {})",
+            moved(&before, &after)
+        );
+        t.rows.push(make_row("shield: proving RST", "DROP", &prove, &base_s));
+        t.time(
+            "shield: out-of-state ACK",
+            "DROP",
+            &attack,
+            &mut |i| ack(&frame_v4(spoofed(i + 4_000_000), vip, port(i), 80, true)),
+            Some(Expect { each: ws::WEIR_STAT_SHIELD_OUT_OF_STATE, none: ws::WEIR_STAT_FLOW_NEW }),
+        )?;
+    }
 
     // Full NAT and tunnel: the same VIP and backends in those modes.
-    let mode_dp = |mode: &str| -> Result<Dataplane> {
-        let cfg = BENCH_CONFIG.replace("protocol = \"tcp\"\n", &format!("protocol = \"tcp\"\nmode = \"{mode}\"\nsource_address = \"198.18.0.10\"\n"));
-        dataplane::load_configured(&Plan::build(&Config::from_toml(&cfg)?)?, &iface)
+    let mode_cfg = |mode: &str, flows: usize, backends: usize| {
+        bench_config(flows, backends).replace(
+            "protocol = \"tcp\"\n",
+            &format!("protocol = \"tcp\"\nmode = \"{mode}\"\nsource_address = \"198.18.0.10\"\n{}", if mode == "nat" { "source_ports = [1024, 65535]\n" } else { "" }),
+        )
     };
-    let nat = mode_dp("nat")?;
-    let nat_prog = &nat.skel.progs.weir_lb;
-    let nat_new = sample(nat_prog, &mut |i| frame_v4(client(i), vip, port(i), 80, true), 3)?;
-    let mut nat_ack = frame_v4(Ipv4Addr::new(10, 7, 0, 1), vip, 40000, 80, true);
-    let (_, fwd, _) = test_run(nat_prog, &nat_ack, 1)?;
-    nat_ack[47] = 0x10;
-    let nat_est = sample(nat_prog, &mut |_| nat_ack.clone(), 3)?;
-    // The backend's answer to the port the SYN above was given.
-    let backend = Ipv4Addr::new(fwd[30], fwd[31], fwd[32], fwd[33]);
-    let snat_port = u16::from_be_bytes([fwd[34], fwd[35]]);
-    let mut reply = frame_v4(backend, Ipv4Addr::new(198, 18, 0, 10), 80, snat_port, true);
-    reply[47] = 0x10;
-    let (_, back, _) = test_run(nat_prog, &reply, 1)?;
-    anyhow::ensure!(back.get(30..34) == Some(&[10, 7, 0, 1][..]), "the NAT reply did not go back to the client");
-    let nat_ret = sample(nat_prog, &mut |_| reply.clone(), 3)?;
-    let tunnel = mode_dp("tunnel")?;
-    let tun_prog = &tunnel.skel.progs.weir_lb;
-    let _ = test_run(tun_prog, &one, 1)?;
-    let tun_est = sample(tun_prog, &mut |_| one_ack.clone(), 3)?;
+    {
+        // One SNAT port per new flow: enough backends (nat_backends) and a
+        // table (nat_rev, never evicting) for every call.
+        let nat = load_dp(&mode_cfg("nat", conntrack_for(0, 2 * (calls + 2)), nat_backends(calls)))?;
+        let nat_prog = &nat.skel.progs.weir_lb;
+        t.time("nat: new flow (SYN, port claimed)", "TX", &nat, &mut |i| frame_v4(client(i), vip, port(i), 80, true), Some(Expect::new_flow()))?;
+        let nat_syn = frame_v4(Ipv4Addr::new(10, 7, 0, 1), vip, 40000, 80, true);
+        let (a, fwd, _) = test_run(nat_prog, &nat_syn, 1)?;
+        anyhow::ensure!(a == 3, "bench: the NAT flow's SYN returned {}", xdp_name(a));
+        let nat_ack = ack(&nat_syn);
+        let _ = test_run(nat_prog, &nat_ack, 1)?;
+        t.time("nat: forward, established", "TX", &nat, &mut |_| nat_ack.clone(), Some(Expect::hit(ws::WEIR_STAT_FLOW_HIT)))?;
+        // The backend's answer to the port the SYN above was given.
+        let backend = Ipv4Addr::new(fwd[30], fwd[31], fwd[32], fwd[33]);
+        let snat_port = u16::from_be_bytes([fwd[34], fwd[35]]);
+        let reply = ack(&frame_v4(backend, Ipv4Addr::new(198, 18, 0, 10), 80, snat_port, true));
+        let (_, back, _) = test_run(nat_prog, &reply, 1)?;
+        anyhow::ensure!(back.get(30..34) == Some(&[10, 7, 0, 1][..]), "the NAT reply did not go back to the client");
+        t.time("nat: return (backend -> client)", "TX", &nat, &mut |_| reply.clone(), Some(Expect::hit(ws::WEIR_STAT_NAT_REPLY)))?;
+    }
+    {
+        let tunnel = load_dp(&mode_cfg("tunnel", conntrack_for(2, 2), 3))?;
+        for f in [&one, &one_ack] {
+            let _ = test_run(&tunnel.skel.progs.weir_lb, f, 1)?;
+        }
+        t.time("tunnel: IPIP encap, established", "TX", &tunnel, &mut |_| one_ack.clone(), Some(Expect::hit(ws::WEIR_STAT_FLOW_HIT)))?;
+    }
+    {
+        // Fragments (bpf/frag.h), DSR: a first fragment of a new datagram
+        // each (its entry made), then a later fragment following one entry.
+        // A table sized for the calls, a timeout that outlives the run.
+        // Datagram i: identification i from its own flow's source, 65,536
+        // datagrams per source.
+        let frag_cfg = format!("[fragments]\nmax_datagrams = {}\ntimeout_ms = 60000\n{}", calls.max(1024) + 16, bench_config(conntrack_for(2, 2), 3));
+        let frag = load_dp(&frag_cfg)?;
+        let frag_prog = &frag.skel.progs.weir_lb;
+        let dgram_flow = |i: usize| ack(&frame_v4(Ipv4Addr::from(0x0a06_0000 + (i as u32 >> 16)), vip, 40000, 80, true));
+        for f in [one.clone(), one_ack.clone()].into_iter().chain((0..calls.div_ceil(65536)).map(|s| dgram_flow(s << 16))) {
+            let (a, _, _) = test_run(frag_prog, &f, 1)?;
+            anyhow::ensure!(a == 3, "bench: opening the fragments' flows returned {}", xdp_name(a));
+        }
+        t.time(
+            "fragment: first of a datagram (DSR, entry made)",
+            "TX",
+            &frag,
+            &mut |i| fragment_of(&dgram_flow(i), i as u16, 0, true),
+            Some(Expect { each: ws::WEIR_STAT_FRAG_TRACKED, none: ws::WEIR_STAT_FLOW_NEW }),
+        )?;
+        let _ = test_run(frag_prog, &fragment_of(&one_ack, 0xffff, 0, true), 1)?;
+        let later = fragment_of(&one_ack, 0xffff, 1, false);
+        t.time("fragment: later, follows its datagram (DSR)", "TX", &frag, &mut |_| later.clone(), Some(Expect::hit(ws::WEIR_STAT_FRAG_BALANCED)))?;
+    }
 
-    // Fragments (bpf/frag.h), DSR: a first fragment of a new datagram each
-    // (its entry made), then a later fragment following one entry. A table
-    // sized for the calls, a timeout that outlives the run.
-    let frag_cfg = format!("[fragments]\nmax_datagrams = {}\ntimeout_ms = 60000\n{BENCH_CONFIG}", calls.max(1024) + 16);
-    let frag = dataplane::load_configured(&Plan::build(&Config::from_toml(&frag_cfg)?)?, &iface)?;
-    let frag_prog = &frag.skel.progs.weir_lb;
-    let _ = test_run(frag_prog, &one, 1)?;
-    let frag_first = sample(frag_prog, &mut |i| fragment_of(&one_ack, i as u16, 0, true), 3)?;
-    let _ = test_run(frag_prog, &fragment_of(&one_ack, 0xffff, 0, true), 1)?;
-    let later = fragment_of(&one_ack, 0xffff, 1, false);
-    let frag_later = sample(frag_prog, &mut |_| later.clone(), 3)?;
-
-    let rows = vec![
-        make_row("trivial XDP_PASS (baseline)", "PASS", &base, &base_s),
-        make_row("trivial XDP_DROP", "DROP", &drop, &base_s),
-        make_row("weir: non-VIP packet", "PASS", &non_vip, &base_s),
-        make_row("weir: new flow (SYN, distinct tuples)", "TX", &new_flow, &base_s),
-        make_row("weir: established flow (1 flow)", "TX", &est, &base_s),
-        make_row(&format!("weir: established ({many} flows)"), "TX", &est_many, &base_s),
-        make_row("shield on: established ACK", "TX", &shield_est, &base_s),
-        make_row("shield: SYN within budget (new flow)", "TX", &syn_ok, &base_s),
-        make_row("shield: SYN over budget", "DROP", &syn_over, &base_s),
-        make_row("shield: random-source SYN, challenge", "TX", &challenge, &base_s),
-        make_row("shield: proving RST", "DROP", &prove, &base_s),
-        make_row("shield: out-of-state ACK", "DROP", &out_of_state, &base_s),
-        make_row("nat: new flow (SYN, port claimed)", "TX", &nat_new, &base_s),
-        make_row("nat: forward, established", "TX", &nat_est, &base_s),
-        make_row("nat: return (backend -> client)", "TX", &nat_ret, &base_s),
-        make_row("tunnel: IPIP encap, established", "TX", &tun_est, &base_s),
-        make_row("fragment: first of a datagram (DSR, entry made)", "TX", &frag_first, &base_s),
-        make_row("fragment: later, follows its datagram (DSR)", "TX", &frag_later, &base_s),
-    ];
     Ok(Report {
         calls_per_path: calls,
         repeats: 1,
         ratio_spread: Vec::new(),
         baseline: "trivial XDP_PASS".into(),
         baseline_ns: base_s.mean,
-        rows,
+        rows: t.rows,
     })
 }
 
@@ -391,6 +612,32 @@ mod tests {
         assert_eq!(r.rows[0].ratio_to_trivial, 3.0);
         assert_eq!(r.ratio_spread[0], (2.0, 9.0));
         assert!(r.render().contains("2.00-9.00x"), "{}", r.render());
+    }
+
+    #[test]
+    fn tables_are_sized_from_the_calls() {
+        // The default run keeps the 262,144-flow table; 65,536 flows get 4x.
+        assert_eq!(conntrack_for(20_002, MANY + 2), 262_144);
+        // syn_flows (a quarter) holds twice the handshakes.
+        assert!(conntrack_for(100_002, MANY + 2) / 4 >= 2 * 100_002);
+        // At most a quarter of each backend's 64,512 SNAT ports.
+        assert_eq!(nat_backends(20_000), 3);
+        for calls in [40_000, 100_000, MAX_CALLS] {
+            assert!(nat_backends(calls) * 64_512 >= 4 * calls, "{calls}");
+        }
+        assert!(conntrack_for(MAX_CALLS + 2, 0) <= crate::config::MAX_FLOWS as usize);
+        let c = Config::from_toml(&bench_config(262_144, nat_backends(MAX_CALLS))).unwrap();
+        assert_eq!(c.vips[0].backends.len(), nat_backends(MAX_CALLS));
+    }
+
+    #[test]
+    fn moved_counters_smallest_first() {
+        let mut a = vec![0u64; crate::skel::STAT_COUNT];
+        let b = a.clone();
+        a[crate::skel::weir_stat::WEIR_STAT_XDP_TX.0 as usize] = 7;
+        a[crate::skel::weir_stat::WEIR_STAT_DROP_NAT_PORTS.0 as usize] = 1;
+        assert_eq!(moved(&b, &a), "drop_nat_ports +1, xdp_tx +7");
+        assert_eq!(moved(&b, &b), "none");
     }
 
     #[test]

@@ -210,6 +210,9 @@ impl Dataplane {
         if new.table_size != self.settings.ring_size {
             bail!("maglev.table_size changed ({} -> {}): restart weir to apply it", self.settings.ring_size, new.table_size);
         }
+        if new.lru_per_cpu != self.settings.lru_per_cpu {
+            bail!("conntrack.lru_per_cpu changed: restart weir to apply it (the flow tables are made with it)");
+        }
         if new.conntrack_size != old.conntrack_size {
             bail!("conntrack.size changed ({} -> {}): restart weir to apply it", old.conntrack_size, new.conntrack_size);
         }
