@@ -16,7 +16,7 @@ mod common;
 use common::*;
 use etherparse::{icmpv4, icmpv6, IcmpEchoHeader, Icmpv4Type, Icmpv6Type, IpHeaders, IpNumber, Ipv4Header, PacketBuilder};
 use libbpf_rs::{MapCore, MapFlags};
-use weir::skel::{bytes_of, from_bytes, Backend, Flow, FlowKey};
+use weir::skel::{from_bytes, Backend, Flow, FlowKey};
 
 const CONFIG: &str = r#"
 [maglev]

@@ -283,7 +283,7 @@ fn an_upgrade_copies_the_old_single_flow_table() {
     let est = FlowTables::established(&dp).unwrap();
     assert_eq!(est.lookup(&v4).unwrap().map(|x| x.backend_id), Some(7), "the IPv4 flow is in flows4");
     assert_eq!(est.lookup(&v6).unwrap().map(|x| x.backend_id), Some(8), "the IPv6 flow is in flows6");
-    assert_eq!(est.lookup(&hs).unwrap(), None);
+    assert!(est.lookup(&hs).unwrap().is_none(), "the handshake is not an established flow");
     let hand = FlowTables::handshakes(&dp).unwrap();
     assert_eq!(hand.lookup(&hs).unwrap().map(|x| x.backend_id), Some(9), "the handshake is in syn_flows4");
 }

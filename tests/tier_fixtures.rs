@@ -7,7 +7,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 
 use common::*;
-use libbpf_rs::{MapCore, MapFlags, MapHandle};
+use libbpf_rs::MapHandle;
 use weir::skel::{Flow, FlowKey};
 use weir::tier::sync::{Index, Record};
 
@@ -282,14 +282,4 @@ fn a_peers_flow_is_kept_and_never_overwrites_a_local_one() {
     let mut elsewhere = key;
     elsewhere.dport = 8080u16.to_be();
     assert!(ix.resolve(&Record { key: elsewhere, backend: theirs.addr, port: 0 }).is_none());
-}
-
-fn bytes(k: &FlowKey) -> &[u8] {
-    // SAFETY: FlowKey is Plain.
-    unsafe { plain::as_bytes(k) }
-}
-
-fn flow_bytes(f: &Flow) -> &[u8] {
-    // SAFETY: Flow is Plain.
-    unsafe { plain::as_bytes(f) }
 }

@@ -493,3 +493,41 @@ fn too_big_and_ping_answer_on_the_vips_vlan() {
     check_exact(&lb, "ping on VLAN 11", &req.clone().tag(tci(0, false, 11)).frame(), XDP_PASS, None, &["xdp_pass", "pass_unknown_proto"]);
     check_exact(&lb, "ping untagged", &req.frame(), XDP_PASS, None, &["xdp_pass", "pass_unknown_proto"]);
 }
+
+/// A tracked DSR flow is sent on from its backend entry without the VIP's
+/// (lb.bpf.c, flow first): the VIP's VLAN still rules. The flow's next
+/// packet on its VLAN is a table hit; the same tuple on another VLAN, or
+/// untagged, is passed like any frame off the VIP's VLAN and counted for
+/// no VIP or backend.
+#[test]
+fn a_tracked_flow_on_another_vlan_passes() {
+    let Some(lb) = load_lb() else { return };
+    let first = client(REWRITE, 42001).tag(tci(0, false, 10)).frame();
+    let r = run(&lb, "the flow's SYN, on the VIP's VLAN", &first);
+    assert_eq!(action_name(r.action), "XDP_TX", "{}", rose(&r));
+    // The client's ACK makes it established (flows4), where flow first looks.
+    let est = |tag: Option<u16>| {
+        let p = Pkt::new(C4, REWRITE, ack(42001, 80), b"data");
+        match tag {
+            Some(t) => p.tag(t).frame(),
+            None => p.frame(),
+        }
+    };
+    let on = est(Some(tci(0, false, 10)));
+    let _ = run(&lb, "the ACK that ends the handshake", &on);
+    let again = run(&lb, "its next packet", &on);
+    assert_eq!(action_name(again.action), "XDP_TX", "{}", rose(&again));
+    assert_eq!(again.delta[stat("flow_hit")], 1, "a table hit: {}", rose(&again));
+    let before: u64 = lb.plan.vips.iter().map(|v| lb.dp.vip_traffic(v.id).unwrap().packets).sum();
+    for (what, f) in [
+        ("the same tuple on VLAN 11", est(Some(tci(0, false, 11)))),
+        ("the same tuple untagged", est(None)),
+    ] {
+        let r = run(&lb, what, &f);
+        assert_eq!(action_name(r.action), "XDP_PASS", "{what}: {}", rose(&r));
+        assert_eq!(r.delta[stat("pass_vlan")], 1, "{what}: {}", rose(&r));
+        assert_eq!(r.delta[stat("flow_hit")], 0, "{what}: {}", rose(&r));
+    }
+    let after: u64 = lb.plan.vips.iter().map(|v| lb.dp.vip_traffic(v.id).unwrap().packets).sum();
+    assert_eq!(after, before, "passed frames are no VIP's traffic");
+}
