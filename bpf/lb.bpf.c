@@ -136,7 +136,7 @@ static __always_inline int process(struct xdp_md *ctx, struct packet *pkt, __u32
 
 	/* Most packets on a shared interface are not ours: one array load
 	 * says so (addr_filter in maps.h), before any hash lookup. */
-	if (!addr_maybe_ours(&pkt->key))
+	if (!addr_filter_has(&pkt->key, 0))
 		return pass_because(c, WEIR_STAT_PASS_NOT_VIP);
 	/*
 	 * Flow first: an established flow of a DSR VIP needs nothing of the
@@ -145,10 +145,11 @@ static __always_inline int process(struct xdp_md *ctx, struct packet *pkt, __u32
 	 * backends leave with it; backend ids are per VIP), so the VIP's hash
 	 * lookup is skipped. Anything else (no flow, a handshake, a tunnel VIP,
 	 * a backend gone, another VLAN) takes the path below with the lookup
-	 * done. Not with the shield (it sees every packet first), nor for a
-	 * first fragment (frag.h).
+	 * done. Only where the address has a DSR VIP (the filter's second
+	 * half: NAT flows are never in this table). Not with the shield (it
+	 * sees every packet first), nor for a first fragment (frag.h).
 	 */
-	if (!shield_on && !pkt->frag) {
+	if (!shield_on && !pkt->frag && addr_filter_has(&pkt->key, 1)) {
 		f = flow_find(&pkt->key);
 		looked = 1;
 		if (f) {

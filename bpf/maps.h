@@ -94,6 +94,9 @@ struct {
  * a packet that is not ours go to the kernel after one array load instead
  * of two VIP lookups. A set bit only means "look further": the filter may
  * say yes wrongly (another address with the same hash), never no wrongly.
+ * Its second half has the bits of addresses with a DSR VIP only: a packet
+ * to an address without one (a NAT or tunnel VIP's) does not look for an
+ * established DSR flow first (lb.bpf.c).
  * The control plane sets an address's bit before it writes what uses the
  * address, and clears bits only after (src/dataplane/filter.rs).
  */
@@ -101,7 +104,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);
 	__type(value, __u64);
-	__uint(max_entries, WEIR_ADDR_FILTER_WORDS);
+	__uint(max_entries, 2 * WEIR_ADDR_FILTER_WORDS);
 } addr_filter SEC(".maps");
 
 struct {

@@ -68,11 +68,12 @@ static __always_inline __u32 addr_filter_bit(const __u32 *a)
 	return (x * 0x9E3779B1u) >> 16;
 }
 
-/* May the packet's destination be a VIP, a NAT source or the probe's? */
-static __always_inline int addr_maybe_ours(const struct flow_key *k)
+/* Is the filter bit of the packet's destination set in half `half`
+ * (0: a VIP, a NAT source or the probe's; 1: a DSR VIP's)? */
+static __always_inline int addr_filter_has(const struct flow_key *k, __u32 half)
 {
 	__u32 bit = addr_filter_bit(k->dst);
-	__u32 w = bit >> 6;
+	__u32 w = (bit >> 6) + half * WEIR_ADDR_FILTER_WORDS;
 	__u64 *word = bpf_map_lookup_elem(&addr_filter, &w);
 
 	return word && ((*word >> (bit & 63)) & 1);

@@ -20,8 +20,11 @@ enum weir_const {
 	/* Flow-hash seed. Fixed so that every weir node picks the same backend. */
 	WEIR_HASH_SEED = 0x5745,
 	/*
-	 * 64-bit words of the address filter (maps.h addr_filter): 65,536
-	 * bits, one per hash of a destination address (addr_filter_bit).
+	 * 64-bit words of each half of the address filter (maps.h
+	 * addr_filter): 65,536 bits, one per hash of a destination address
+	 * (addr_filter_bit). The first half: any address of ours; the second:
+	 * addresses with a DSR VIP (where an established flow is looked up
+	 * first, lb.bpf.c).
 	 */
 	WEIR_ADDR_FILTER_WORDS = 1024,
 	WEIR_FAMILY_V4 = 4,

@@ -423,6 +423,7 @@ fn the_address_filter_decides_not_ours_and_follows_reloads() {
     let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
     for v in ["198.18.0.100", "198.18.0.101", "198.18.0.102", "2001:2::100"] {
         assert!(lb.dp.filter_says_maybe(ip(v)).unwrap(), "VIP address {v}: its filter bit is set");
+        assert!(lb.dp.filter_says_dsr(ip(v)).unwrap(), "DSR VIP address {v}: its bit in the DSR half is set");
     }
     let vip_bits: BTreeSet<u32> = lb.plan.vips.iter().map(|v| filter_bit(v.addr)).collect();
     // An address whose bit no VIP has: passed as not a VIP.

@@ -845,3 +845,25 @@ fn nat_port_zero_vip_keeps_the_client_port() {
         check(&lb, &format!("{name}: return"), &r.frame(), XDP_TX, Some(&want.frame()), &["xdp_tx", "nat_reply"]);
     }
 }
+
+/// The address filter knows NAT VIPs and their SNAT sources (replies come
+/// to those) but not as DSR addresses: a NAT packet does not look for an
+/// established DSR flow first (lb.bpf.c).
+#[test]
+fn nat_addresses_are_in_the_filter_but_not_as_dsr() {
+    let Some(lb) = load_lb(CONFIG) else { return };
+    let ip = |s: &str| -> std::net::IpAddr { s.parse().unwrap() };
+    let dsr_bits: std::collections::BTreeSet<u32> = lb
+        .plan
+        .vips
+        .iter()
+        .filter(|v| v.mode == weir::config::Mode::Dsr)
+        .map(|v| weir::dataplane::filter_bit(v.addr))
+        .collect();
+    for a in ["198.18.0.100", "2001:2::100", "198.18.0.10", "198.18.0.20"] {
+        assert!(lb.dp.filter_says_maybe(ip(a)).unwrap(), "{a}: in the filter");
+        if !dsr_bits.contains(&weir::dataplane::filter_bit(ip(a))) {
+            assert!(!lb.dp.filter_says_dsr(ip(a)).unwrap(), "{a}: not a DSR VIP's address");
+        }
+    }
+}

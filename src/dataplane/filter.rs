@@ -16,6 +16,7 @@ use libbpf_rs::{MapCore, MapFlags};
 use super::{addr_words, key32, Dataplane};
 use crate::skel::{from_bytes, weir_const, ProbeCfg};
 
+/// Words of each half: any address of ours, then DSR VIP addresses.
 pub const FILTER_WORDS: usize = weir_const::WEIR_ADDR_FILTER_WORDS.0 as usize;
 
 /// The filter bit of an address in the map's words (bpf/sched.h
@@ -30,6 +31,15 @@ pub fn filter_bit(a: IpAddr) -> u32 {
 
 fn set(words: &mut [u64], bit: u32) {
     words[(bit >> 6) as usize] |= 1u64 << (bit & 63);
+}
+
+/// An address in the first half, and (a DSR VIP's) in the second.
+fn set_addr(words: &mut [u64], a: &[u32; 4], dsr: bool) {
+    let bit = filter_bit_of_words(a);
+    set(&mut words[..FILTER_WORDS], bit);
+    if dsr {
+        set(&mut words[FILTER_WORDS..], bit);
+    }
 }
 
 impl Dataplane {
@@ -48,11 +58,12 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Set the bits of `addrs` (before they are used): never clears one.
-    pub(crate) fn filter_add(&self, addrs: &[[u32; 4]]) -> Result<()> {
-        let mut want = self.filter.borrow().clone().unwrap_or_else(|| vec![0; FILTER_WORDS]);
+    /// Set the bits of `addrs` (before they are used; `dsr`: in both
+    /// halves): never clears one.
+    pub(crate) fn filter_add(&self, addrs: &[[u32; 4]], dsr: bool) -> Result<()> {
+        let mut want = self.filter.borrow().clone().unwrap_or_else(|| vec![0; 2 * FILTER_WORDS]);
         for a in addrs {
-            set(&mut want, filter_bit_of_words(a));
+            set_addr(&mut want, a, dsr);
         }
         self.filter_write(want)
     }
@@ -60,26 +71,37 @@ impl Dataplane {
     /// The filter of what is live now (VIPs and their sources as written,
     /// the probers' address): clears the bits of addresses gone.
     pub(crate) fn filter_sync(&self) -> Result<()> {
-        let mut want = vec![0u64; FILTER_WORDS];
+        let mut want = vec![0u64; 2 * FILTER_WORDS];
+        let dsr = crate::skel::weir_fwd_mode::WEIR_MODE_DSR.0 as u8;
         for (key, meta) in self.live.borrow().values() {
-            set(&mut want, filter_bit_of_words(&key.addr));
+            set_addr(&mut want, &key.addr, meta.mode == dsr);
             if meta.source != [0; 4] {
-                set(&mut want, filter_bit_of_words(&meta.source));
+                set_addr(&mut want, &meta.source, false);
             }
         }
         if let Some(v) = self.skel.maps.probe_cfg.lookup(&key32(0), MapFlags::ANY).context("reading probe_cfg")? {
             let cfg: ProbeCfg = from_bytes(&v)?;
             if cfg.family != 0 {
-                set(&mut want, filter_bit_of_words(&cfg.addr));
+                set_addr(&mut want, &cfg.addr, false);
             }
         }
         self.filter_write(want)
     }
 
-    /// Is `a`'s bit set in the map (tests, `weir lookup`)?
+    /// Is `a`'s bit set in the map's first half (tests)?
     pub fn filter_says_maybe(&self, a: IpAddr) -> Result<bool> {
+        self.filter_bit_set(a, 0)
+    }
+
+    /// Is `a`'s bit set in the second half: an address with a DSR VIP?
+    pub fn filter_says_dsr(&self, a: IpAddr) -> Result<bool> {
+        self.filter_bit_set(a, 1)
+    }
+
+    fn filter_bit_set(&self, a: IpAddr, half: u32) -> Result<bool> {
         let bit = filter_bit(a);
-        let v = self.skel.maps.addr_filter.lookup(&key32(bit >> 6), MapFlags::ANY)?.context("the address filter has no such word")?;
+        let w = (bit >> 6) + half * FILTER_WORDS as u32;
+        let v = self.skel.maps.addr_filter.lookup(&key32(w), MapFlags::ANY)?.context("the address filter has no such word")?;
         let w = u64::from_ne_bytes(v.as_slice().try_into().context("an address filter word is not 8 bytes")?);
         Ok(w >> (bit & 63) & 1 == 1)
     }

@@ -141,7 +141,10 @@ impl Dataplane {
             vlan: vip.vlan,
             ..Default::default()
         };
-        self.filter_add(&[key.addr, meta.source])?;
+        self.filter_add(&[key.addr], vip.mode == crate::config::Mode::Dsr)?;
+        if meta.source != [0; 4] {
+            self.filter_add(&[meta.source], false)?;
+        }
         self.skel.maps.vips.update(bytes_of(&key), bytes_of(&meta), MapFlags::ANY).context("writing the VIP")?;
         self.live.borrow_mut().insert(vip.id, (key, meta));
         Ok(())
