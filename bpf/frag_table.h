@@ -51,6 +51,9 @@ static __always_inline void frag_key_of(struct frag_key *fk, const struct packet
 #define FRAG_NONE_YET 0
 #define FRAG_BUSY (-1)
 #define FRAG_FULL (-2)
+/* The entry is another datagram's: same (src, dst, proto, ID) to another
+ * VIP port (an ID clash; the receiver could not reassemble either). */
+#define FRAG_OTHER (-3)
 
 /*
  * The datagram's live entry, copied to *out: FRAG_FOUND, FRAG_NONE_YET (none,
@@ -153,6 +156,10 @@ static __always_inline int frag_first_follow(const struct packet *pkt, __u32 now
 	rc = frag_read(&fk, now, &e);
 	if (rc != FRAG_FOUND)
 		return rc;
+	/* Its VIP: the port a first fragment recorded, or 0 for one placed
+	 * early for the address's only VIP of the protocol (frag_vips). */
+	if (e.vip_proto != pkt->key.proto || (e.vip_port != pkt->key.dport && e.vip_port != 0))
+		return FRAG_OTHER;
 	bid = e.backend_id;
 	be = bpf_map_lookup_elem(&backends, &bid);
 	if (!be || !(be->flags & WEIR_BACKEND_ACTIVE) || be->generation != e.generation)

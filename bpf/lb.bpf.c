@@ -209,7 +209,8 @@ static __always_inline int process(struct xdp_md *ctx, struct packet *pkt, __u32
 		if (followed == FRAG_FOUND)
 			goto send;
 		if (followed < 0)
-			return drop_because(c, WEIR_STAT_DROP_FRAG_BACKEND_GONE);
+			return drop_because(c, followed == FRAG_OTHER ? WEIR_STAT_DROP_FRAG_UNRESOLVED
+							      : WEIR_STAT_DROP_FRAG_BACKEND_GONE);
 	}
 	if (!looked)
 		f = flow_find(&pkt->key);

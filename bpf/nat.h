@@ -267,7 +267,8 @@ static __always_inline int nat_forward(struct stat_block *c, struct xdp_md *ctx,
 		fnow = frag_now();
 		frc = frag_first_follow(pkt, fnow, &fbe, &fbid);
 		if (frc < 0)
-			return drop_because(c, WEIR_STAT_DROP_FRAG_BACKEND_GONE);
+			return drop_because(c, frc == FRAG_OTHER ? WEIR_STAT_DROP_FRAG_UNRESOLVED
+							  : WEIR_STAT_DROP_FRAG_BACKEND_GONE);
 	}
 	f = bpf_map_lookup_elem(&nat_fwd, &pkt->key);
 	if (f) {

@@ -386,7 +386,8 @@ enum weir_stat {
 	WEIR_STAT_FRAG_TRACKED,      /* a datagram's entry made by its first fragment */
 	WEIR_STAT_FRAG_EARLY,        /* a datagram's entry made without ports: a later fragment arrived first (or ICMP) */
 	WEIR_STAT_FRAG_EXPIRED,      /* an entry past the fragment timeout, freed or reused */
-	WEIR_STAT_DROP_FRAG_UNRESOLVED, /* an early fragment that several VIPs (or a shielded / NAT TCP VIP) could own */
+	WEIR_STAT_DROP_FRAG_UNRESOLVED, /* an early fragment that several VIPs (or a shielded / NAT TCP VIP) could own;
+					 * a first fragment whose (src, dst, proto, ID) entry is another VIP port's */
 	WEIR_STAT_DROP_FRAG_TABLE_FULL, /* no room for the datagram's entry (fragments.max_datagrams) */
 	WEIR_STAT_DROP_FRAG_BACKEND_GONE, /* the datagram's backend left or changed between its fragments */
 	WEIR_STAT_DROP_FRAG_SPLIT,   /* a NAT first fragment whose flow's backend is not its datagram's */

@@ -526,3 +526,29 @@ fn table_full_timeout_sweep_and_off() {
     check(&off, "first fragment, fragments off", &f[0], XDP_PASS, None, &["xdp_pass", "pass_fragment"]);
     check(&off, "later fragment, fragments off", &f[1], XDP_PASS, None, &["xdp_pass", "pass_fragment"]);
 }
+
+/// Two datagrams from one client to two VIPs of one address (ports 53 and
+/// 5353) that carry the same IP ID: the second's first fragment must not
+/// follow the first datagram's entry to the other VIP's backend (found by
+/// the fuzzer). It is dropped as unresolved; the first datagram's later
+/// fragments still follow theirs.
+#[test]
+fn a_first_fragment_never_follows_another_vips_datagram() {
+    if !require_root("fragment fixtures") {
+        return;
+    }
+    let cfg = format!(
+        "{}\n[[vip]]\nname = \"e\"\naddress = \"198.18.0.100\"\nport = 5353\nprotocol = \"udp\"\n\
+         [[vip.backend]]\naddress = \"198.18.0.12\"\nmac = \"02:00:00:00:00:0c\"\n",
+        small_config("")
+    );
+    let lb = load(&cfg);
+    let a = dgram(C4, "198.18.0.100", 40000, 53, 0x4242);
+    let b = dgram(C4, "198.18.0.100", 40001, 5353, 0x4242);
+    let fa = fragments(&a, 1000, 0);
+    let fb = fragments(&b, 1000, 0);
+    let mac_a = [0x02, 0, 0, 0, 0, 0x0b];
+    check(&lb, "datagram A's first fragment (VIP d)", &fa[0], XDP_TX, Some(&fragments(&a.clone().macs(mac_a, LB_MAC), 1000, 0)[0]), FIRST);
+    check(&lb, "datagram B's first fragment, same ID, VIP e", &fb[0], XDP_DROP, None, &["xdp_drop", "drop_frag_unresolved"]);
+    check(&lb, "datagram A's next fragment", &fa[1], XDP_TX, Some(&fragments(&a.clone().macs(mac_a, LB_MAC), 1000, 0)[1]), LATER);
+}
