@@ -95,7 +95,7 @@ fn fingerprints_and_lookup_of_a_running_instance() {
     let served = format!("198.18.0.1{}:80", body.trim_start_matches('b'));
     assert_eq!(served, predicted, "backend {body} answered");
     let text = weir_in(&lab, &["lookup", tuple[0], tuple[1], tuple[2]]);
-    assert_eq!(text.trim_end(), format!("backend {predicted} of VIP web (198.18.0.100:80 tcp): tracked flow (flows table)"));
+    assert_eq!(text.trim_end(), format!("backend {predicted} of VIP web (198.18.0.100:80 tcp): tracked flow (flows4 table)"));
     let other = weir_in(&lab, &["lookup", "udp", "198.18.0.1:40123", "198.18.0.100:80"]);
     assert_eq!(other.trim_end(), "not a VIP: passed to the kernel");
 
