@@ -320,8 +320,8 @@ pub struct Dataplane {
     blocks: RefCell<BTreeMap<(u32, u32), u64>>,
     /// Data-path probes by index in probe_targets (source port - PROBE_PORT_LO).
     probe_slots: RefCell<BTreeMap<u32, ProbeSlot>>,
-    /// The address filter as last written (filter.rs); None: not yet.
-    filter: RefCell<Option<Vec<u64>>>,
+    /// The address filter as last written (filter.rs); None: not read yet.
+    filter: RefCell<Option<filter::FilterState>>,
     /// maglev_ring and rr_ring mapped into memory (BPF_F_MMAPABLE); None
     /// for maps adopted from an instance that made them without the flag
     /// (tables are then written with BPF_MAP_UPDATE_BATCH).

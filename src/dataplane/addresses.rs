@@ -74,7 +74,7 @@ impl Dataplane {
                 continue;
             }
             meta.source = words;
-            self.filter_add(&[words], false)?;
+            self.filter_add_source(words)?;
             self.skel.maps.vips.update(bytes_of(&key), bytes_of(&meta), MapFlags::ANY).context("switching a VIP's source address")?;
             self.live.borrow_mut().insert(v.id, (key, meta));
             lines.push(format!("VIP {} (mode {}): new flows now leave from {src}", v.name, v.mode));

@@ -4,9 +4,11 @@
 //! packet whose bit is clear goes to the kernel after one array load.
 //!
 //! The bit of an address is set before anything that uses the address is
-//! written (`filter_add`), and bits are cleared only by `filter_sync`, after
-//! the writes, from what is live: the filter never says "not ours" for an
-//! address that is.
+//! written (`filter_add`, `filter_add_source`), and only VIP addresses'
+//! bits are ever cleared, by `filter_sync` after the writes, from what is
+//! live: the filter never says "not ours" for an address that is. A source
+//! address's bit stays while the instance lives (a NAT flow's replies come
+//! to its old source after a reload changed it).
 
 use std::net::IpAddr;
 
@@ -42,41 +44,85 @@ fn set_addr(words: &mut [u64], a: &[u32; 4], dsr: bool) {
     }
 }
 
+/// What this instance wrote, and the first-half bits it never clears.
+pub(crate) struct FilterState {
+    words: Vec<u64>,
+    /// NAT and tunnel source addresses and the probers' (a NAT flow's
+    /// replies come to its source address for as long as the flow lives,
+    /// whatever the config says now), and whatever the map held when this
+    /// instance took it over from a running one.
+    sticky: Vec<u64>,
+}
+
 impl Dataplane {
-    /// Write the words of `want` that differ from what was written last
-    /// (all of them the first time: a map taken over from a running
-    /// instance may hold anything).
-    fn filter_write(&self, want: Vec<u64>) -> Result<()> {
-        let mut shadow = self.filter.borrow_mut();
+    /// The filter's state, read from the map the first time (a map taken
+    /// over from a running instance keeps its bits: they are sticky).
+    fn filter_state(&self) -> Result<std::cell::RefMut<'_, Option<FilterState>>> {
+        let mut st = self.filter.borrow_mut();
+        if st.is_none() {
+            let mut words = vec![0u64; 2 * FILTER_WORDS];
+            for (i, w) in words.iter_mut().enumerate() {
+                if let Some(v) = self.skel.maps.addr_filter.lookup(&key32(i as u32), MapFlags::ANY).context("reading the address filter")? {
+                    *w = u64::from_ne_bytes(v.as_slice().try_into().context("an address filter word is not 8 bytes")?);
+                }
+            }
+            let sticky = words[..FILTER_WORDS].to_vec();
+            *st = Some(FilterState { words, sticky });
+        }
+        Ok(st)
+    }
+
+    /// Write the words of `want` that differ from what was written last.
+    fn filter_write(&self, st: &mut FilterState, want: Vec<u64>) -> Result<()> {
         for (i, w) in want.iter().enumerate() {
-            if shadow.as_ref().is_some_and(|s| s[i] == *w) {
+            if st.words[i] == *w {
                 continue;
             }
             self.skel.maps.addr_filter.update(&key32(i as u32), &w.to_ne_bytes(), MapFlags::ANY).context("writing the address filter")?;
         }
-        *shadow = Some(want);
+        st.words = want;
         Ok(())
     }
 
-    /// Set the bits of `addrs` (before they are used; `dsr`: in both
-    /// halves): never clears one.
+    /// Set a VIP address's bit (and, `dsr`, its bit in the DSR half) before
+    /// the VIP is written: never clears one.
     pub(crate) fn filter_add(&self, addrs: &[[u32; 4]], dsr: bool) -> Result<()> {
-        let mut want = self.filter.borrow().clone().unwrap_or_else(|| vec![0; 2 * FILTER_WORDS]);
+        let mut guard = self.filter_state()?;
+        let st = guard.as_mut().context("the address filter state")?;
+        let mut want = st.words.clone();
         for a in addrs {
             set_addr(&mut want, a, dsr);
         }
-        self.filter_write(want)
+        self.filter_write(st, want)
     }
 
-    /// The filter of what is live now (VIPs and their sources as written,
-    /// the probers' address): clears the bits of addresses gone.
+    /// Set a source address's bit (NAT / tunnel source, the probers'),
+    /// before it is used; it is never cleared (see FilterState::sticky).
+    pub(crate) fn filter_add_source(&self, a: [u32; 4]) -> Result<()> {
+        if a == [0; 4] {
+            return Ok(());
+        }
+        let mut guard = self.filter_state()?;
+        let st = guard.as_mut().context("the address filter state")?;
+        set_addr(&mut st.sticky, &a, false);
+        let mut want = st.words.clone();
+        set_addr(&mut want, &a, false);
+        self.filter_write(st, want)
+    }
+
+    /// The filter of what is live now (VIP addresses) and the sticky bits:
+    /// clears the bits of VIP addresses gone.
     pub(crate) fn filter_sync(&self) -> Result<()> {
+        let mut guard = self.filter_state()?;
+        let st = guard.as_mut().context("the address filter state")?;
         let mut want = vec![0u64; 2 * FILTER_WORDS];
+        want[..FILTER_WORDS].copy_from_slice(&st.sticky);
         let dsr = crate::skel::weir_fwd_mode::WEIR_MODE_DSR.0 as u8;
         for (key, meta) in self.live.borrow().values() {
             set_addr(&mut want, &key.addr, meta.mode == dsr);
             if meta.source != [0; 4] {
                 set_addr(&mut want, &meta.source, false);
+                set_addr(&mut st.sticky, &meta.source, false);
             }
         }
         if let Some(v) = self.skel.maps.probe_cfg.lookup(&key32(0), MapFlags::ANY).context("reading probe_cfg")? {
@@ -85,7 +131,7 @@ impl Dataplane {
                 set_addr(&mut want, &cfg.addr, false);
             }
         }
-        self.filter_write(want)
+        self.filter_write(st, want)
     }
 
     /// Is `a`'s bit set in the map's first half (tests)?

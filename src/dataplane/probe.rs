@@ -43,7 +43,7 @@ impl Dataplane {
                 .update(&key32(slot), &ifindex.to_ne_bytes(), MapFlags::ANY)
                 .with_context(|| format!("adding {what} (ifindex {ifindex}) to the redirect DEVMAP (does it support XDP?)"))?;
         }
-        self.filter_add(&[addr], false)?;
+        self.filter_add_source(addr)?;
         m.probe_cfg.update(&key32(0), bytes_of(&cfg), MapFlags::ANY).context("writing probe_cfg")?;
         Ok(())
     }

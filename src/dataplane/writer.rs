@@ -142,9 +142,7 @@ impl Dataplane {
             ..Default::default()
         };
         self.filter_add(&[key.addr], vip.mode == crate::config::Mode::Dsr)?;
-        if meta.source != [0; 4] {
-            self.filter_add(&[meta.source], false)?;
-        }
+        self.filter_add_source(meta.source)?;
         self.skel.maps.vips.update(bytes_of(&key), bytes_of(&meta), MapFlags::ANY).context("writing the VIP")?;
         self.live.borrow_mut().insert(vip.id, (key, meta));
         Ok(())
