@@ -28,6 +28,7 @@
 #include "icmp.h"
 #include "frag.h"
 #include "probe.h"
+#include "bench.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -273,8 +274,7 @@ send:
 	return send_tagged(c, ctx, pkt, be);
 }
 
-SEC("xdp")
-int weir_lb(struct xdp_md *ctx)
+static __always_inline int lb_main(struct xdp_md *ctx)
 {
 	struct packet pkt = {};
 	__u32 bid = WEIR_NO_BACKEND, vid = WEIR_NO_BACKEND, len = 0;
@@ -283,6 +283,21 @@ int weir_lb(struct xdp_md *ctx)
 	if (trace_every)
 		trace_emit(&pkt.key, pkt.tcp_flags, action, bid, vid, len);
 	return action;
+}
+
+SEC("xdp")
+int weir_lb(struct xdp_md *ctx)
+{
+	return lb_main(ctx);
+}
+
+/* The same path under `weir bench`'s harness (bench.h); loaded only by the bench. */
+SEC("xdp")
+int weir_lb_bench(struct xdp_md *ctx)
+{
+	if (bench_prepare(ctx))
+		return XDP_ABORTED;
+	return lb_main(ctx);
 }
 
 /* The sweep's input and output, in the frame it is run on (test_run). */

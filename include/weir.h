@@ -474,4 +474,25 @@ struct stat_block {
 	__u64 n[WEIR_STAT_MAX];
 };
 
+/*
+ * `weir bench`'s in-kernel harness (bpf/bench.h): BPF_PROG_TEST_RUN with
+ * repeat = N runs the program N times on one frame, which keeps what the
+ * previous run rewrote; the harness puts the original frame back before
+ * every run. Written by the bench; never used by the production program.
+ */
+#define WEIR_BENCH_FRAME_MAX 256
+struct bench_scratch {
+	__u64 first_data; /* the program: the frame's start at run 0 (a pointer value, never read through) */
+	__u64 cur_data;   /* the program: the frame's start at this run */
+	__u32 iter;       /* runs so far: the bench sets 0 before each batch */
+	__u32 len;        /* the original frame's length */
+	__u32 live;       /* 1: live frames (the kernel resets start and length, not the bytes) */
+	__u32 vary;       /* 1: run i comes from client i (below) */
+	__u32 vary_shift; /* client i: IPv4 source + (i >> shift), source port + (i & (2^shift - 1)) */
+	__u32 vary_mod;   /* i = (vary_from + run) % vary_mod (0: no modulus) */
+	__u32 vary_from;
+	__u32 pad;
+	__u8 frame[WEIR_BENCH_FRAME_MAX];
+};
+
 #endif /* WEIR_H */

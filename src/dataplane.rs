@@ -73,6 +73,8 @@ pub struct Settings {
     /// The flow and handshake tables (flows4/6, syn_flows4/6) with a free list
     /// per CPU (BPF_F_NO_COMMON_LRU) instead of one shared: conntrack.lru_per_cpu.
     pub lru_per_cpu: bool,
+    /// Load `weir bench`'s harness programs too (bpf/bench.h): only the bench.
+    pub bench: bool,
 }
 
 impl Settings {
@@ -127,6 +129,7 @@ impl Settings {
             shield: plan.shield.as_ref().map(ShieldLoad::from_config),
             nat: plan.uses_nat(),
             lru_per_cpu: plan.lru_per_cpu,
+            bench: false,
         }
     }
 }
@@ -233,6 +236,9 @@ pub fn size(open: &mut OpenLbSkel<'_>, settings: &Settings) -> Result<Vec<MapSiz
         let flags = m.map_flags() | libbpf_sys::BPF_F_MMAPABLE;
         m.set_map_flags(flags)?;
     }
+    // The bench's harness programs (bpf/bench.h) are verified only when asked for.
+    open.progs.weir_lb_bench.set_autoload(settings.bench);
+    open.progs.weir_bench_base.set_autoload(settings.bench);
     if settings.lru_per_cpu {
         for m in [&mut open.maps.flows4, &mut open.maps.flows6, &mut open.maps.syn_flows4, &mut open.maps.syn_flows6] {
             let flags = m.map_flags() | libbpf_sys::BPF_F_NO_COMMON_LRU;
@@ -609,8 +615,13 @@ pub fn test_run(prog: &libbpf_rs::ProgramMut<'_>, frame: &[u8], repeat: u32) -> 
 
 /// Load and fill a data plane for a plan whose backends carry their MACs.
 pub fn load_configured(plan: &Plan, iface: &Iface) -> Result<Dataplane> {
+    load_configured_as(plan, iface, Settings::for_plan(plan, iface))
+}
+
+/// load_configured with settings of the caller's (the bench's harness).
+pub fn load_configured_as(plan: &Plan, iface: &Iface, settings: Settings) -> Result<Dataplane> {
     let (hops, tx) = configured_hops(plan, iface)?;
-    let dp = Dataplane::load(Settings::for_plan(plan, iface))?;
+    let dp = Dataplane::load(settings)?;
     dp.apply(plan, &hops, &tx)?;
     Ok(dp)
 }

@@ -242,6 +242,9 @@ enum Cmd {
         compare: Option<std::path::PathBuf>,
         #[arg(long, default_value_t = 5)]
         compare_runs: usize,
+        /// Batches of the precise rows (in-kernel loop, --calls runs each).
+        #[arg(long, default_value_t = 5)]
+        batches: usize,
     },
     /// Print the man page (roff) generated from this command line.
     #[command(hide = true)]
@@ -388,19 +391,22 @@ fn real_main() -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Bench { calls, repeats, json, live, live_packets, svg, cpus, cpu_calls, compare: None, .. } => {
+        Cmd::Bench { calls, repeats, json, live, live_packets, svg, cpus, cpu_calls, compare: None, batches, .. } => {
             if let Some(n) = cpus {
                 weir::bench::cpus::check(n, cpu_calls)?;
             }
             let r = weir::bench::run(calls, repeats)?;
+            let runs = u32::try_from(calls).context("--calls: at most 4294967295")?;
+            let p = weir::bench::precise::run(runs, batches)?;
             let l = if live { Some(weir::bench::live::run(live_packets, repeats)?) } else { None };
             let sc = cpus.map(|n| weir::bench::cpus::run(n, cpu_calls, repeats)).transpose()?;
             let cp = weir::bench::control_plane(true)?;
             if json {
-                let v = serde_json::json!({ "per_packet": r, "throughput": l, "cpu_scaling": sc, "control_plane": cp });
+                let v = serde_json::json!({ "per_packet": r, "precise": p, "throughput": l, "cpu_scaling": sc, "control_plane": cp });
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print!("{}", r.render());
+                print!("\n{}", p.render());
                 if let Some(l) = &l {
                     print!("\n{}", l.render());
                 }

@@ -26,7 +26,7 @@ pub mod decap {
 pub use lb::types::{
     backend as Backend, flow as Flow, in6_key as In6Key, stat_block as StatBlock, lpm_v4 as LpmV4, lpm_v6 as LpmV6,
     shield_policy as ShieldPolicy, shield_state as ShieldState, trace_event as TraceEvent, weir_attack_mode, weir_shield_flags, flow_key as FlowKey, flow4_key as Flow4Key, traffic as Traffic, vip_key as VipKey,
-    vip_meta as VipMeta, nat_fwd as NatFwd, probe_cfg as ProbeCfg, probe_target as ProbeTarget, nat_rev as NatRev, weir_nat_state, weir_vip_flags, weir_backend_flags, weir_const, weir_fwd_mode, weir_sched, weir_stat,
+    vip_meta as VipMeta, bench_scratch as BenchScratch, nat_fwd as NatFwd, probe_cfg as ProbeCfg, probe_target as ProbeTarget, nat_rev as NatRev, weir_nat_state, weir_vip_flags, weir_backend_flags, weir_const, weir_fwd_mode, weir_sched, weir_stat,
 };
 
 // SAFETY: plain C structs of integers and byte arrays, no pointers, no padding
@@ -49,8 +49,10 @@ unsafe impl plain::Plain for NatFwd {}
 unsafe impl plain::Plain for NatRev {}
 unsafe impl plain::Plain for ProbeCfg {}
 unsafe impl plain::Plain for ProbeTarget {}
+unsafe impl plain::Plain for BenchScratch {}
 
 const _: () = assert!(std::mem::size_of::<VipKey>() == 20);
+const _: () = assert!(std::mem::size_of::<BenchScratch>() == 48 + 256);
 const _: () = assert!(std::mem::size_of::<VipMeta>() == 36);
 const _: () = assert!(std::mem::size_of::<Backend>() == 44);
 const _: () = assert!(std::mem::size_of::<FlowKey>() == 40);

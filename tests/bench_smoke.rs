@@ -140,3 +140,92 @@ fn live_throughput_smoke() {
     let ns = std::process::Command::new("ip").args(["netns", "list"]).output().unwrap();
     assert!(!String::from_utf8_lossy(&ns.stdout).contains(&format!("wbench{}", std::process::id())));
 }
+
+/// Issue #14: the in-kernel harness (bpf/bench.h) gives every run of a
+/// repeat = N test_run the original frame. Without it the kernel re-runs
+/// the program on what the last run rewrote: of three runs of the tunnel
+/// path only the first is the tunnel path. With it, after 1,000 runs the output is exactly
+/// one run's, for the tunnel, NAT forward and NAT return paths, and the
+/// counters say the path ran 1,000 times; a varied run i is client i.
+#[test]
+fn the_bench_harness_gives_every_run_the_original_frame() {
+    use weir::bench::precise::{batch, Vary};
+    use weir::bench::{client_of, conntrack_for, frame_v4, load_harnessed_dp, mode_config, VIP};
+    use weir::dataplane::test_run;
+    use weir::skel::weir_stat as ws;
+    if !common::require_root("bench harness") {
+        return;
+    }
+    let grew = |dp: &weir::dataplane::Dataplane, before: &[u64], s: ws| dp.global_counters().unwrap()[s.0 as usize] - before[s.0 as usize];
+    let syn = frame_v4("10.0.0.1".parse().unwrap(), VIP, 40000, 80, true);
+    let mut ack = syn.clone();
+    ack[47] = 0x10;
+
+    let tunnel = load_harnessed_dp(&mode_config("tunnel", conntrack_for(2, 2), 3)).unwrap();
+    let lb = &tunnel.skel.progs.weir_lb;
+    for f in [&syn, &ack] {
+        assert_eq!(test_run(lb, f, 1).unwrap().0, 3);
+    }
+    let (a, once, _) = test_run(lb, &ack, 1).unwrap();
+    assert_eq!((a, once.len()), (3, ack.len() + 20), "one IPIP header");
+    let before = tunnel.global_counters().unwrap();
+    let (a, _, _) = test_run(lb, &ack, 3).unwrap();
+    assert_eq!(
+        (a, grew(&tunnel, &before, ws::WEIR_STAT_FLOW_HIT)),
+        (2, 1),
+        "without the harness, runs 2 and 3 see run 1's encapsulated frame (not ours: XDP_PASS)"
+    );
+    let before = tunnel.global_counters().unwrap();
+    let (a, out, _) = batch(&tunnel, &tunnel.skel.progs.weir_lb_bench, &ack, None, 0, 1000).unwrap();
+    assert_eq!(a, 3);
+    assert_eq!(common::hex_row(&out), common::hex_row(&once), "the 1,000th run's tunnel output is one run's");
+    assert_eq!(grew(&tunnel, &before, ws::WEIR_STAT_FLOW_HIT), 1000);
+    drop(tunnel);
+
+    let nat = load_harnessed_dp(&mode_config("nat", conntrack_for(0, 64), 3)).unwrap();
+    let lb = &nat.skel.progs.weir_lb;
+    let (_, fwd_syn, _) = test_run(lb, &syn, 1).unwrap();
+    let (a, fwd, _) = test_run(lb, &ack, 1).unwrap();
+    assert_eq!(a, 3);
+    let (a, out, _) = batch(&nat, &nat.skel.progs.weir_lb_bench, &ack, None, 0, 1000).unwrap();
+    assert_eq!(a, 3);
+    assert_eq!(common::hex_row(&out), common::hex_row(&fwd), "NAT forward, run 1,000");
+    let backend: std::net::Ipv4Addr = [fwd_syn[30], fwd_syn[31], fwd_syn[32], fwd_syn[33]].into();
+    let mut reply = frame_v4(backend, "198.18.0.10".parse().unwrap(), 80, u16::from_be_bytes([fwd_syn[34], fwd_syn[35]]), true);
+    reply[47] = 0x10;
+    let (a, back, _) = test_run(lb, &reply, 1).unwrap();
+    assert_eq!(a, 3);
+    assert_eq!(&back[30..34], &[10, 0, 0, 1], "the reply goes back to the client");
+    let before = nat.global_counters().unwrap();
+    let (a, out, _) = batch(&nat, &nat.skel.progs.weir_lb_bench, &reply, None, 0, 1000).unwrap();
+    assert_eq!(a, 3);
+    assert_eq!(common::hex_row(&out), common::hex_row(&back), "NAT return, run 1,000");
+    assert_eq!(grew(&nat, &before, ws::WEIR_STAT_NAT_REPLY), 1000);
+    drop(nat);
+
+    // A new client per run: 500 SYNs, 500 new flows; the last is client 499.
+    let dsr = load_harnessed_dp(&weir::bench::bench_config(conntrack_for(1024, 2), 3)).unwrap();
+    let (c0, p0) = client_of(0x0a00_0000, 0);
+    let before = dsr.global_counters().unwrap();
+    let (a, out, _) = batch(&dsr, &dsr.skel.progs.weir_lb_bench, &frame_v4(c0, VIP, p0, 80, true), Some(Vary::CLIENTS), 0, 500).unwrap();
+    assert_eq!(a, 3);
+    assert_eq!(grew(&dsr, &before, ws::WEIR_STAT_FLOW_NEW), 500);
+    let (c, p) = client_of(0x0a00_0000, 499);
+    assert_eq!((&out[26..30], &out[34..36]), (&c.octets()[..], &p.to_be_bytes()[..]), "run 500 is client 499");
+}
+
+/// The precise rows run: every row's last run returns its action and its
+/// counter grew by every run (checked inside), and the report renders.
+#[test]
+fn precise_rows_run_and_check_their_counters() {
+    if !common::require_root("precise bench rows") {
+        return;
+    }
+    let p = weir::bench::precise::run(300, 2).expect("every precise row takes its path on every run");
+    assert_eq!((p.runs_per_batch, p.batches, p.rows.len()), (300, 2, 14));
+    assert!(p.harness_ns > 0.0);
+    let text = p.render();
+    for row in ["weir: established (65536 flows)", "nat: return (backend -> client)", "shield: random-source SYN, challenge", "tunnel: IPIP encap"] {
+        assert!(text.contains(row), "{text}");
+    }
+}

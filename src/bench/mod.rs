@@ -9,6 +9,7 @@
 pub mod compare;
 pub mod cpus;
 pub mod live;
+pub mod precise;
 
 use std::mem::MaybeUninit;
 use std::net::Ipv4Addr;
@@ -122,7 +123,7 @@ pub fn frame_v4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, tcp: bool)
 
 /// An IPv4 frame (frame_v4) as a fragment: identification `id`, offset
 /// `off8` x 8 bytes, MF when `more`.
-fn fragment_of(frame: &[u8], id: u16, off8: u16, more: bool) -> Vec<u8> {
+pub(crate) fn fragment_of(frame: &[u8], id: u16, off8: u16, more: bool) -> Vec<u8> {
     let mut f = frame.to_vec();
     f[18..20].copy_from_slice(&id.to_be_bytes());
     f[20..22].copy_from_slice(&(off8 | if more { 0x2000 } else { 0 }).to_be_bytes());
@@ -130,7 +131,7 @@ fn fragment_of(frame: &[u8], id: u16, off8: u16, more: bool) -> Vec<u8> {
 }
 
 /// The same TCP frame (frame_v4) as an ACK.
-fn ack(syn: &[u8]) -> Vec<u8> {
+pub(crate) fn ack(syn: &[u8]) -> Vec<u8> {
     let mut f = syn.to_vec();
     f[47] = 0x10;
     f
@@ -154,7 +155,7 @@ mac = "02:00:00:00:00:0d"
 "#;
 
 /// Flows of the 65,536-flow row.
-const MANY: usize = 65536;
+pub(crate) const MANY: usize = 65536;
 /// Most calls per path: the tables sized from it stay within conntrack.size's bound.
 pub const MAX_CALLS: usize = 1_000_000;
 
@@ -166,6 +167,15 @@ pub fn bench_config(flows: usize, backends: usize) -> String {
         c += &format!("[[vip.backend]]\naddress = \"198.18.{}.{}\"\nmac = \"02:00:00:00:{:02x}:{:02x}\"\n", 1 + b / 200, b % 200 + 1, b >> 8, b & 0xff);
     }
     c
+}
+
+/// bench_config with the VIP in `mode` ("nat" or "tunnel"), source
+/// 198.18.0.10 (NAT: every port from 1024).
+pub fn mode_config(mode: &str, flows: usize, backends: usize) -> String {
+    bench_config(flows, backends).replace(
+        "protocol = \"tcp\"\n",
+        &format!("protocol = \"tcp\"\nmode = \"{mode}\"\nsource_address = \"198.18.0.10\"\n{}", if mode == "nat" { "source_ports = [1024, 65535]\n" } else { "" }),
+    )
 }
 
 /// conntrack.size for a data plane whose rows put `syns` handshakes in
@@ -185,7 +195,7 @@ pub fn nat_backends(calls: usize) -> usize {
     (4 * calls).div_ceil(65535 - 1024 + 1).max(3)
 }
 
-fn xdp_name(a: u32) -> &'static str {
+pub(crate) fn xdp_name(a: u32) -> &'static str {
     match a {
         0 => "XDP_ABORTED",
         1 => "XDP_DROP",
@@ -196,7 +206,7 @@ fn xdp_name(a: u32) -> &'static str {
     }
 }
 
-fn action_code(name: &str) -> u32 {
+pub(crate) fn action_code(name: &str) -> u32 {
     match name {
         "DROP" => 1,
         "PASS" => 2,
@@ -346,6 +356,16 @@ pub fn load_dp(cfg: &str) -> Result<Dataplane> {
     let mac = [0x02, 0, 0, 0, 0, 0x0a];
     let iface = Iface::unattached("bench", mac);
     dataplane::load_configured(&Plan::build(&Config::from_toml(cfg)?)?, &iface)
+}
+
+/// load_dp with the in-kernel harness loaded too (bpf/bench.h, precise.rs).
+pub fn load_harnessed_dp(cfg: &str) -> Result<Dataplane> {
+    let mac = [0x02, 0, 0, 0, 0, 0x0a];
+    let iface = Iface::unattached("bench", mac);
+    let plan = Plan::build(&Config::from_toml(cfg)?)?;
+    let mut settings = dataplane::Settings::for_plan(&plan, &iface);
+    settings.bench = true;
+    dataplane::load_configured_as(&plan, &iface, settings)
 }
 
 /// The rows, in order; each data plane is dropped once its rows are done.
@@ -505,12 +525,7 @@ fn run_once(calls: usize) -> Result<Report> {
     }
 
     // Full NAT and tunnel: the same VIP and backends in those modes.
-    let mode_cfg = |mode: &str, flows: usize, backends: usize| {
-        bench_config(flows, backends).replace(
-            "protocol = \"tcp\"\n",
-            &format!("protocol = \"tcp\"\nmode = \"{mode}\"\nsource_address = \"198.18.0.10\"\n{}", if mode == "nat" { "source_ports = [1024, 65535]\n" } else { "" }),
-        )
-    };
+    let mode_cfg = mode_config;
     {
         // One SNAT port per new flow: enough backends (nat_backends) and a
         // table (nat_rev, never evicting) for every call.

@@ -15,10 +15,7 @@ pub fn flow4_key(k: &FlowKey) -> Flow4Key {
     Flow4Key { src: k.src[0], dst: k.dst[0], sport: k.sport, dport: k.dport, proto: k.proto, ..Default::default() }
 }
 
-fn bytes<T: plain::Plain>(v: &T) -> &[u8] {
-    // SAFETY: Plain types (skel.rs) are plain bytes.
-    unsafe { plain::as_bytes(v) }
-}
+use crate::skel::bytes_of as bytes;
 
 /// One family pair of tables: established flows, or handshakes.
 pub struct FlowTables {
