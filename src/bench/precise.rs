@@ -81,6 +81,18 @@ impl PreciseReport {
     }
 }
 
+/// Tell `dp`'s harness the frame to put back (and run i's client); `live`
+/// for BPF_F_TEST_XDP_LIVE_FRAMES runs (only the bytes are put back).
+pub fn set_frame(dp: &Dataplane, frame: &[u8], vary: Option<Vary>, from: u32, live: bool) -> Result<()> {
+    let mut s = scratch(frame, vary, from)?;
+    s.live = u32::from(live);
+    dp.skel
+        .maps
+        .bench_scratch
+        .update(&0u32.to_ne_bytes(), crate::skel::bytes_of(&s), libbpf_rs::MapFlags::ANY)
+        .context("writing the bench harness's frame (bench_scratch)")
+}
+
 fn scratch(frame: &[u8], vary: Option<Vary>, from: u32) -> Result<BenchScratch> {
     let mut s = BenchScratch::default();
     anyhow::ensure!(
@@ -110,12 +122,7 @@ pub fn batch(
     from: u32,
     runs: u32,
 ) -> Result<(u32, Vec<u8>, f64)> {
-    let s = scratch(frame, vary, from)?;
-    dp.skel
-        .maps
-        .bench_scratch
-        .update(&0u32.to_ne_bytes(), crate::skel::bytes_of(&s), libbpf_rs::MapFlags::ANY)
-        .context("writing the bench harness's frame (bench_scratch)")?;
+    set_frame(dp, frame, vary, from, false)?;
     test_run(prog, frame, runs)
 }
 
