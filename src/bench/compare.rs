@@ -6,7 +6,9 @@
 //! net_ns (the schema since weir's first bench). Runs go old, new, new, old,
 //! old, new, ... so a drift of the machine's load falls on both alike; each
 //! row's ratio is new / old of the same pair of runs, and the figure is the
-//! median of those ratios with their spread.
+//! median of those ratios with their spread. When both binaries print
+//! precise rows (the in-kernel loop of precise.rs, since issue #14), those
+//! are compared the same way in a second table.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -22,6 +24,8 @@ use super::summarize;
 pub struct SuiteRun {
     pub baseline_ns: f64,
     pub rows: Vec<(String, f64)>,
+    /// precise.rows (net ns); empty from a binary without them.
+    pub precise: Vec<(String, f64)>,
 }
 
 /// The rows of a `bench --json` output (older binaries' included).
@@ -29,15 +33,20 @@ pub fn parse(json: &str) -> Result<SuiteRun> {
     let v: serde_json::Value = serde_json::from_str(json).context("the bench output is not JSON")?;
     let per = &v["per_packet"];
     let rows = per["rows"].as_array().context("the bench JSON has no per_packet.rows")?;
-    let rows = rows
-        .iter()
-        .map(|r| {
-            let path = r["path"].as_str().context("a per_packet row without a path")?;
-            let net = r["net_ns"].as_f64().with_context(|| format!("row \"{path}\" without net_ns"))?;
-            Ok((path.to_string(), net))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(SuiteRun { baseline_ns: per["baseline_ns"].as_f64().unwrap_or(0.0), rows })
+    let net_rows = |rows: &Vec<serde_json::Value>, what: &str| {
+        rows.iter()
+            .map(|r| {
+                let path = r["path"].as_str().with_context(|| format!("a {what} row without a path"))?;
+                let net = r["net_ns"].as_f64().with_context(|| format!("{what} row \"{path}\" without net_ns"))?;
+                Ok((path.to_string(), net))
+            })
+            .collect::<Result<Vec<_>>>()
+    };
+    let precise = match v["precise"]["rows"].as_array() {
+        Some(p) => net_rows(p, "precise")?,
+        None => Vec::new(),
+    };
+    Ok(SuiteRun { baseline_ns: per["baseline_ns"].as_f64().unwrap_or(0.0), rows: net_rows(rows, "per_packet")?, precise })
 }
 
 fn suite(bin: &Path, calls: usize) -> Result<SuiteRun> {
@@ -77,16 +86,19 @@ pub struct Comparison {
     /// Rows one side has and the other has not.
     pub only_old: Vec<String>,
     pub only_new: Vec<String>,
+    /// The precise rows of both (None: a binary without them).
+    pub precise: Option<Vec<CompareRow>>,
 }
 
-/// Match the runs' rows by name (the new suite's order).
-pub fn combine(old_bin: &str, new_bin: &str, calls: usize, old: &[SuiteRun], new: &[SuiteRun]) -> Comparison {
+/// Rows of each run, matched by name (the new runs' order): the compared
+/// rows, then the names only the old and only the new runs have.
+fn match_rows(old: &[&[(String, f64)]], new: &[&[(String, f64)]]) -> (Vec<CompareRow>, Vec<String>, Vec<String>) {
     let med = |v: &[f64]| summarize(v).median;
-    let maps = |runs: &[SuiteRun]| runs.iter().map(|r| r.rows.iter().cloned().collect::<BTreeMap<_, _>>()).collect::<Vec<_>>();
+    let maps = |runs: &[&[(String, f64)]]| runs.iter().map(|r| r.iter().cloned().collect::<BTreeMap<_, _>>()).collect::<Vec<_>>();
     let (om, nm) = (maps(old), maps(new));
     let mut rows = Vec::new();
     let mut only_new = Vec::new();
-    for (path, _) in &new[0].rows {
+    for (path, _) in new[0] {
         if !om.iter().all(|m| m.contains_key(path)) {
             only_new.push(path.clone());
             continue;
@@ -104,7 +116,21 @@ pub fn combine(old_bin: &str, new_bin: &str, calls: usize, old: &[SuiteRun], new
             ratio_max: whole.then(|| ratios.iter().copied().fold(0.0, f64::max)),
         });
     }
-    let only_old = old[0].rows.iter().map(|(p, _)| p.clone()).filter(|p| !nm.iter().all(|m| m.contains_key(p))).collect();
+    let only_old = old[0].iter().map(|(p, _)| p.clone()).filter(|p| !nm.iter().all(|m| m.contains_key(p))).collect();
+    (rows, only_old, only_new)
+}
+
+/// Match the runs' rows by name (the new suite's order).
+pub fn combine(old_bin: &str, new_bin: &str, calls: usize, old: &[SuiteRun], new: &[SuiteRun]) -> Comparison {
+    let med = |v: &[f64]| summarize(v).median;
+    fn per(runs: &[SuiteRun]) -> Vec<&[(String, f64)]> {
+        runs.iter().map(|r| r.rows.as_slice()).collect()
+    }
+    fn precise(runs: &[SuiteRun]) -> Vec<&[(String, f64)]> {
+        runs.iter().map(|r| r.precise.as_slice()).collect()
+    }
+    let (rows, only_old, only_new) = match_rows(&per(old), &per(new));
+    let both = old.iter().chain(new).all(|r| !r.precise.is_empty());
     Comparison {
         old: old_bin.into(),
         new: new_bin.into(),
@@ -115,6 +141,7 @@ pub fn combine(old_bin: &str, new_bin: &str, calls: usize, old: &[SuiteRun], new
         rows,
         only_old,
         only_new,
+        precise: both.then(|| match_rows(&precise(old), &precise(new)).0),
     }
 }
 
@@ -143,18 +170,32 @@ impl Comparison {
             self.old, self.new, self.calls_per_path, self.runs, self.old_baseline_ns, self.new_baseline_ns
         );
         s += &format!("{:<50} {:>9} {:>9} {:>7} {:>13}\n", "path", "old net", "new net", "new/old", "min-max");
-        for r in &self.rows {
-            let ratio = match (r.ratio, r.ratio_min, r.ratio_max) {
-                (Some(m), Some(lo), Some(hi)) => format!("{m:>6.2}x {lo:>6.2}-{hi:.2}x"),
-                _ => format!("{:>7} {:>13}", "-", "-"),
-            };
-            s += &format!("{:<50} {:>9.1} {:>9.1} {ratio}\n", r.path, r.old_net_ns, r.new_net_ns);
-        }
+        s += &Self::table(&self.rows);
         for p in &self.only_new {
             s += &format!("{p:<50} (new only)\n");
         }
         for p in &self.only_old {
             s += &format!("{p:<50} (old only)\n");
+        }
+        match &self.precise {
+            Some(rows) => {
+                s += "\nprecise rows (in-kernel loop through bpf/bench.h's harness, net of the harness around XDP_PASS), medians of the runs\n";
+                s += &format!("{:<50} {:>9} {:>9} {:>7} {:>13}\n", "path", "old net", "new net", "new/old", "min-max");
+                s += &Self::table(rows);
+            }
+            None => s += "\n(no precise rows: the old binary does not print them)\n",
+        }
+        s
+    }
+
+    fn table(rows: &[CompareRow]) -> String {
+        let mut s = String::new();
+        for r in rows {
+            let ratio = match (r.ratio, r.ratio_min, r.ratio_max) {
+                (Some(m), Some(lo), Some(hi)) => format!("{m:>6.2}x {lo:>6.2}-{hi:.2}x"),
+                _ => format!("{:>7} {:>13}", "-", "-"),
+            };
+            s += &format!("{:<50} {:>9.1} {:>9.1} {ratio}\n", r.path, r.old_net_ns, r.new_net_ns);
         }
         s
     }
@@ -179,6 +220,7 @@ mod tests {
         let new = |x: f64| SuiteRun {
             baseline_ns: 90.0,
             rows: vec![("trivial XDP_PASS (baseline)".into(), 0.0), ("weir: new flow (SYN, distinct tuples)".into(), x), ("fresh".into(), 5.0)],
+            precise: vec![("weir: new flow (SYN, distinct tuples)".into(), x / 2.0)],
         };
         let c = combine("o", "n", 100, &[old.clone(), old.clone(), old], &[new(300.0), new(900.0), new(600.0)]);
         assert_eq!(c.only_new, ["fresh"]);
@@ -190,6 +232,24 @@ mod tests {
         let text = c.render();
         assert!(text.contains("  1.00x   0.50-1.50x"), "{text}");
         assert!(text.contains("fresh") && text.contains("(new only)") && text.contains("(old only)"), "{text}");
+        assert!(c.precise.is_none() && text.contains("no precise rows"), "the old JSON has none: {text}");
+    }
+
+    /// Both binaries with precise rows: a second table, matched by name.
+    #[test]
+    fn precise_rows_are_compared_when_both_have_them() {
+        let run = |net: f64| {
+            let j = OLD.replace(
+                r#""throughput":null"#,
+                &format!(r#""precise":{{"runs_per_batch":100,"batches":5,"harness_ns":60.0,"rows":[{{"path":"weir: established flow (1 flow)","expected_action":"TX","ns_per_run":1.0,"net_ns":{net},"net_min":1.0,"net_max":1.0}}]}},"throughput":null"#),
+            );
+            parse(&j).unwrap()
+        };
+        assert_eq!(run(80.0).precise, [("weir: established flow (1 flow)".to_string(), 80.0)]);
+        let c = combine("o", "n", 100, &[run(100.0), run(100.0)], &[run(50.0), run(70.0)]);
+        let p = c.precise.clone().expect("both have precise rows");
+        assert_eq!((p.len(), p[0].ratio, p[0].ratio_min, p[0].ratio_max), (1, Some(0.6), Some(0.5), Some(0.7)));
+        assert!(c.render().contains("precise rows"), "{}", c.render());
     }
 
     #[test]
