@@ -395,8 +395,9 @@ fn real_main() -> Result<()> {
             if let Some(n) = cpus {
                 weir::bench::cpus::check(n, cpu_calls)?;
             }
-            let r = weir::bench::run(calls, repeats)?;
             let runs = u32::try_from(calls).context("--calls: at most 4294967295")?;
+            weir::bench::precise::check(runs, batches)?;
+            let r = weir::bench::run(calls, repeats)?;
             let p = weir::bench::precise::run(runs, batches)?;
             let l = if live { Some(weir::bench::live::run(live_packets, repeats)?) } else { None };
             let sc = cpus.map(|n| weir::bench::cpus::run(n, cpu_calls, repeats)).transpose()?;

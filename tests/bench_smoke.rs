@@ -130,7 +130,17 @@ fn live_throughput_smoke() {
     }
     let r = weir::bench::live::run(200_000, 1).expect("live bench runs (it checks weir forwarded every frame)");
     let names: Vec<&str> = r.rows.iter().map(|x| x.program.as_str()).collect();
-    assert_eq!(names, ["trivial XDP_DROP", "trivial XDP_TX reflector", "weir DSR (XDP_TX)"]);
+    assert_eq!(
+        names,
+        [
+            "trivial XDP_DROP",
+            "trivial XDP_TX reflector",
+            "weir DSR (XDP_TX)",
+            "weir DSR, harness",
+            "weir NAT forward, harness",
+            "weir tunnel (IPIP), harness"
+        ]
+    );
     assert_eq!(r.rows[1].ratio_to_reflector, 1.0);
     assert!(r.rows.iter().all(|x| x.mpps_median > 0.01), "{}", r.render());
     let per = weir::bench::run(100, 1).unwrap();

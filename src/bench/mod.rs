@@ -353,18 +353,19 @@ pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
 
 /// Load a data plane for a config text.
 pub fn load_dp(cfg: &str) -> Result<Dataplane> {
-    let mac = [0x02, 0, 0, 0, 0, 0x0a];
-    let iface = Iface::unattached("bench", mac);
-    dataplane::load_configured(&Plan::build(&Config::from_toml(cfg)?)?, &iface)
+    load_dp_as(cfg, false)
 }
 
 /// load_dp with the in-kernel harness loaded too (bpf/bench.h, precise.rs).
 pub fn load_harnessed_dp(cfg: &str) -> Result<Dataplane> {
-    let mac = [0x02, 0, 0, 0, 0, 0x0a];
-    let iface = Iface::unattached("bench", mac);
+    load_dp_as(cfg, true)
+}
+
+fn load_dp_as(cfg: &str, harness: bool) -> Result<Dataplane> {
+    let iface = Iface::unattached("bench", [0x02, 0, 0, 0, 0, 0x0a]);
     let plan = Plan::build(&Config::from_toml(cfg)?)?;
     let mut settings = dataplane::Settings::for_plan(&plan, &iface);
-    settings.bench = true;
+    settings.bench = harness;
     dataplane::load_configured_as(&plan, &iface, settings)
 }
 

@@ -196,10 +196,23 @@ fn open(dp: &Dataplane, frames: &[&[u8]], what: &str) -> Result<()> {
     Ok(())
 }
 
+/// Runs per precise row (runs per batch x batches): at most as many as the
+/// per-call rows' calls, whose table sizing they share.
+pub fn check(runs: u32, batches: usize) -> Result<()> {
+    let total = u64::from(runs) * batches as u64;
+    anyhow::ensure!(batches >= 1, "--batches 0: give 1 or more");
+    anyhow::ensure!(
+        total <= super::MAX_CALLS as u64,
+        "--calls {runs} x --batches {batches} = {total} runs per precise row: at most {} (the tables are sized from them); lower --calls or --batches",
+        super::MAX_CALLS
+    );
+    Ok(())
+}
+
 /// The precise rows: `runs` runs per batch, `batches` batches per row.
 pub fn run(runs: u32, batches: usize) -> Result<PreciseReport> {
     let runs = runs.max(100);
-    let batches = batches.max(1);
+    check(runs, batches)?;
     let total = runs as usize * batches;
     let mut t = Suite { runs, batches, harness: Vec::new(), rows: Vec::new() };
     let vip = VIP;
@@ -291,4 +304,30 @@ pub fn run(runs: u32, batches: usize) -> Result<PreciseReport> {
         t.time("fragment: later, follows its datagram (DSR)", "TX", &frag, &later, None, Some(Expect::hit(ws::WEIR_STAT_FRAG_BALANCED)))?;
     }
     Ok(PreciseReport { runs_per_batch: runs, batches, harness_ns: super::summarize(&t.harness).median, rows: t.rows })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--calls 1000000` (allowed per call) with 5 batches would size tables
+    /// for 5M runs past conntrack.size's bound: refused before anything runs.
+    #[test]
+    fn runs_per_row_are_bounded_with_a_clear_error() {
+        assert!(check(20_000, 5).is_ok());
+        let e = check(1_000_000, 5).unwrap_err().to_string();
+        assert!(e.contains("--calls 1000000 x --batches 5 = 5000000") && e.contains("lower --calls or --batches"), "{e}");
+        assert!(check(100, 0).unwrap_err().to_string().contains("--batches 0"));
+    }
+
+    /// The scratch the harness reads: the frame, its length and run i's client.
+    #[test]
+    fn the_scratch_carries_the_frame_and_the_clients() {
+        let f = frame_v4(Ipv4Addr::new(10, 0, 0, 1), VIP, 1024, 80, true);
+        let s = scratch(&f, Some(Vary { shift: 14, modulus: 65536, from: 7 }), 100).unwrap();
+        assert_eq!((s.len as usize, &s.frame[..f.len()]), (f.len(), &f[..]));
+        assert_eq!((s.vary, s.vary_shift, s.vary_mod, s.vary_from), (1, 14, 65536, 107));
+        let e = scratch(&[0u8; 300], None, 0).unwrap_err().to_string();
+        assert!(e.contains("a frame of 300 bytes"), "{e}");
+    }
 }
