@@ -200,10 +200,7 @@ pub fn run(packets: u32, runs: usize) -> Result<LiveReport> {
         let hdp = dataplane::load_configured_as(&plan, &bl0, settings)?;
         let mut syn = frame.clone();
         syn[47] = 0x02;
-        for f in [&syn, &frame] {
-            let (a, _, _) = dataplane::test_run(&hdp.skel.progs.weir_lb, f, 1)?;
-            anyhow::ensure!(a == 3, "live bench: opening the {} flow returned action {a}", mode.unwrap_or("dsr"));
-        }
+        super::open_flows(&hdp, &[&syn, &frame], &format!("live: opening the {} flow", mode.unwrap_or("dsr")))?;
         super::precise::set_frame(&hdp, &frame, None, 0, true)?;
         Ok(hdp)
     };

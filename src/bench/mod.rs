@@ -178,6 +178,28 @@ pub fn mode_config(mode: &str, flows: usize, backends: usize) -> String {
     )
 }
 
+/// A shield data plane's config: `shield`'s lines, source and challenge
+/// tables for `runs` packets of a row (twice and four times, at least the
+/// defaults), a handshake table for `syns`.
+pub fn shield_config(shield: &str, runs: usize, syns: usize) -> String {
+    format!(
+        "[shield]\n{shield}\nsources = {}\nchallenges = {}\n{}",
+        (2 * runs).max(65536),
+        (4 * runs).max(262144),
+        bench_config(conntrack_for(syns, 2), 3)
+    )
+}
+
+/// Open flows with single untimed calls of the production program: each
+/// frame must be forwarded (XDP_TX); `what` names them in the error.
+pub fn open_flows(dp: &Dataplane, frames: &[&[u8]], what: &str) -> Result<()> {
+    for f in frames {
+        let (a, _, _) = test_run(&dp.skel.progs.weir_lb, f, 1)?;
+        anyhow::ensure!(a == 3, "bench: {what} returned {}", xdp_name(a));
+    }
+    Ok(())
+}
+
 /// conntrack.size for a data plane whose rows put `syns` handshakes in
 /// syn_flows (a quarter of the flow table) and `flows` entries in the flow
 /// table: room for twice each (an LRU map evicts before it is full, by up
@@ -422,10 +444,7 @@ fn run_once(calls: usize) -> Result<Report> {
         t.time("weir: new flow (SYN, distinct tuples)", "TX", &dp, &mut |i| frame_v4(client(i), vip, port(i), 80, true), Some(Expect::new_flow()))?;
         // Established: the client's ACKs of a flow whose handshake went by
         // (its first ACK, untimed, moved it to the flow table).
-        for f in [&one, &one_ack] {
-            let (a, _, _) = test_run(&dp.skel.progs.weir_lb, f, 1)?;
-            anyhow::ensure!(a == 3, "bench: opening the established flow returned {}", xdp_name(a));
-        }
+        open_flows(&dp, &[&one, &one_ack], "opening the established flow")?;
         t.time("weir: established flow (1 flow)", "TX", &dp, &mut |_| one_ack.clone(), Some(Expect::hit(ws::WEIR_STAT_FLOW_HIT)))?;
         // 65,536 tracked flows (made untimed, by an ACK each: a flow picked
         // up mid-stream), cycled through: LRU and cache effects show.
@@ -446,21 +465,11 @@ fn run_once(calls: usize) -> Result<Report> {
     {
         // The shield's verdicts, each in a data plane configured for it; its
         // tables hold twice what the rows put in them.
-        let shield_dp = |shield: &str, syns: usize| {
-            load_dp(&format!(
-                "[shield]\n{shield}\nsources = {}\nchallenges = {}\n{}",
-                (2 * calls).max(65536),
-                (4 * calls).max(262144),
-                bench_config(conntrack_for(syns, 2), 3)
-            ))
-        };
+        let shield_dp = |shield: &str, syns: usize| load_dp(&shield_config(shield, calls, syns));
         let within = shield_dp("attack = \"off\"\nrate = 1000000\nburst = 1000000", calls + 2)?;
         // Established traffic with the shield on: an ACK of a tracked flow.
         let est_syn = frame_v4(Ipv4Addr::new(10, 8, 0, 1), vip, 40000, 80, true);
-        for f in [&est_syn, &ack(&est_syn)] {
-            let (a, _, _) = test_run(&within.skel.progs.weir_lb, f, 1)?;
-            anyhow::ensure!(a == 3, "bench: opening the shielded flow returned {}", xdp_name(a));
-        }
+        open_flows(&within, &[&est_syn, &ack(&est_syn)], "opening the shielded flow")?;
         let est_ack = ack(&est_syn);
         t.time("shield on: established ACK", "TX", &within, &mut |_| est_ack.clone(), Some(Expect::hit(ws::WEIR_STAT_FLOW_HIT)))?;
         // Distinct tuples, 16,384 per source (each source's budget holds them).
@@ -549,9 +558,7 @@ fn run_once(calls: usize) -> Result<Report> {
     }
     {
         let tunnel = load_dp(&mode_cfg("tunnel", conntrack_for(2, 2), 3))?;
-        for f in [&one, &one_ack] {
-            let _ = test_run(&tunnel.skel.progs.weir_lb, f, 1)?;
-        }
+        open_flows(&tunnel, &[&one, &one_ack], "opening the tunnel flow")?;
         t.time("tunnel: IPIP encap, established", "TX", &tunnel, &mut |_| one_ack.clone(), Some(Expect::hit(ws::WEIR_STAT_FLOW_HIT)))?;
     }
     {

@@ -21,7 +21,7 @@ use libbpf_rs::MapCore;
 use serde::Serialize;
 use std::net::Ipv4Addr;
 
-use super::{ack, action_code, bench_config, client_of, conntrack_for, fragment_of, frame_v4, load_harnessed_dp, moved, nat_backends, xdp_name, Expect, MANY, VIP};
+use super::{ack, action_code, bench_config, client_of, conntrack_for, fragment_of, frame_v4, load_harnessed_dp, moved, nat_backends, open_flows, shield_config, xdp_name, Expect, MANY, VIP};
 use crate::dataplane::{test_run, Dataplane};
 use crate::skel::{weir_stat as ws, BenchScratch};
 
@@ -187,15 +187,6 @@ impl Suite {
     }
 }
 
-/// Open a flow with single calls of the production program (untimed).
-fn open(dp: &Dataplane, frames: &[&[u8]], what: &str) -> Result<()> {
-    for f in frames {
-        let (a, _, _) = test_run(&dp.skel.progs.weir_lb, f, 1)?;
-        anyhow::ensure!(a == 3, "precise bench: {what} returned {}", xdp_name(a));
-    }
-    Ok(())
-}
-
 /// Runs per precise row (runs per batch x batches): at most as many as the
 /// per-call rows' calls, whose table sizing they share.
 pub fn check(runs: u32, batches: usize) -> Result<()> {
@@ -225,7 +216,7 @@ pub fn run(runs: u32, batches: usize) -> Result<PreciseReport> {
         t.time("weir: non-VIP packet", "PASS", &dp, &other, None, None)?;
         let (c0, p0) = client_of(0x0a00_0000, 0);
         t.time("weir: new flow (SYN, distinct tuples)", "TX", &dp, &frame_v4(c0, vip, p0, 80, true), Some(Vary::CLIENTS), Some(Expect::new_flow()))?;
-        open(&dp, &[&one, &one_ack], "opening the established flow")?;
+        open_flows(&dp, &[&one, &one_ack], "opening the established flow")?;
         t.time("weir: established flow (1 flow)", "TX", &dp, &one_ack, None, Some(Expect::hit(ws::WEIR_STAT_FLOW_HIT)))?;
         // 65,536 flows picked up mid-stream (an ACK each, untimed, through
         // the harness itself), then cycled through.
@@ -239,17 +230,10 @@ pub fn run(runs: u32, batches: usize) -> Result<PreciseReport> {
         t.time(&format!("weir: established ({MANY} flows)"), "TX", &dp, &many_ack, Some(cycle), Some(Expect::hit(ws::WEIR_STAT_FLOW_HIT)))?;
     }
     {
-        let shield_dp = |shield: &str, syns: usize| {
-            load_harnessed_dp(&format!(
-                "[shield]\n{shield}\nsources = {}\nchallenges = {}\n{}",
-                (2 * total).max(65536),
-                (4 * total).max(262144),
-                bench_config(conntrack_for(syns, 2), 3)
-            ))
-        };
+        let shield_dp = |shield: &str, syns: usize| load_harnessed_dp(&shield_config(shield, total, syns));
         let within = shield_dp("attack = \"off\"\nrate = 1000000\nburst = 1000000", total + 2)?;
         let est_syn = frame_v4(Ipv4Addr::new(10, 8, 0, 1), vip, 40000, 80, true);
-        open(&within, &[&est_syn, &ack(&est_syn)], "opening the shielded flow")?;
+        open_flows(&within, &[&est_syn, &ack(&est_syn)], "opening the shielded flow")?;
         t.time("shield on: established ACK", "TX", &within, &ack(&est_syn), None, Some(Expect::hit(ws::WEIR_STAT_FLOW_HIT)))?;
         let (c, p) = client_of(0x0a09_0001, 0);
         t.time("shield: SYN within budget (new flow)", "TX", &within, &frame_v4(c, vip, p, 80, true), Some(Vary::CLIENTS), Some(Expect::new_flow()))?;
@@ -284,7 +268,7 @@ pub fn run(runs: u32, batches: usize) -> Result<PreciseReport> {
         let nat_syn = frame_v4(Ipv4Addr::new(10, 7, 0, 1), vip, 40000, 80, true);
         let (a, fwd, _) = test_run(&nat.skel.progs.weir_lb, &nat_syn, 1)?;
         anyhow::ensure!(a == 3, "precise bench: the NAT flow's SYN returned {}", xdp_name(a));
-        open(&nat, &[&ack(&nat_syn)], "the NAT flow's ACK")?;
+        open_flows(&nat, &[&ack(&nat_syn)], "the NAT flow's ACK")?;
         t.time("nat: forward, established", "TX", &nat, &ack(&nat_syn), None, Some(Expect::hit(ws::WEIR_STAT_FLOW_HIT)))?;
         let backend = Ipv4Addr::new(fwd[30], fwd[31], fwd[32], fwd[33]);
         let snat_port = u16::from_be_bytes([fwd[34], fwd[35]]);
@@ -293,12 +277,12 @@ pub fn run(runs: u32, batches: usize) -> Result<PreciseReport> {
     }
     {
         let tunnel = load_harnessed_dp(&mode_cfg("tunnel", conntrack_for(2, 2), 3))?;
-        open(&tunnel, &[&one, &one_ack], "opening the tunnel flow")?;
+        open_flows(&tunnel, &[&one, &one_ack], "opening the tunnel flow")?;
         t.time("tunnel: IPIP encap, established", "TX", &tunnel, &one_ack, None, Some(Expect::hit(ws::WEIR_STAT_FLOW_HIT)))?;
     }
     {
         let frag = load_harnessed_dp(&format!("[fragments]\nmax_datagrams = 1024\ntimeout_ms = 60000\n{}", bench_config(conntrack_for(2, 2), 3)))?;
-        open(&frag, &[&one, &one_ack], "opening the fragments' flow")?;
+        open_flows(&frag, &[&one, &one_ack], "opening the fragments' flow")?;
         let _ = test_run(&frag.skel.progs.weir_lb, &fragment_of(&one_ack, 0xffff, 0, true), 1)?;
         let later = fragment_of(&one_ack, 0xffff, 1, false);
         t.time("fragment: later, follows its datagram (DSR)", "TX", &frag, &later, None, Some(Expect::hit(ws::WEIR_STAT_FRAG_BALANCED)))?;
